@@ -1,0 +1,227 @@
+//! Settings and their defaults.
+//!
+//! Precedence, lowest first: the defaults in [`Settings::default`], an optional TOML file
+//! (`collabd.toml` in the working directory, or `--config PATH`), environment variables
+//! `COLLABD_<FIELD>` (e.g. `COLLABD_BIND`, `COLLABD_FLUSH_INTERVAL_MS`), command-line flags.
+//! Every field is documented here and in `collabd.example.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the server can be told. Durations are whole milliseconds so that a value
+/// reads the same in TOML, in an environment variable and on the command line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port (the log line `listening on` says which).
+    pub bind: String,
+    /// Directory of the sled database holding every room's op log and snapshots.
+    pub data_dir: PathBuf,
+    /// Largest WebSocket frame (and HTTP body) accepted, in bytes. Large documents sync in
+    /// one frame, so this must exceed the biggest document a client may send at once.
+    pub max_frame_bytes: usize,
+    /// Group commit: how long the flusher waits after the first unflushed append before it
+    /// makes everything appended so far durable with one flush.
+    pub flush_interval_ms: u64,
+    /// A room with no sessions for this long is flushed and stopped; the next use reloads it.
+    pub room_idle_ms: u64,
+    /// Awareness entries (presence, cursors) not renewed for this long are removed.
+    /// Yjs clients renew theirs every 15 s.
+    pub awareness_timeout_ms: u64,
+    /// A room writes a snapshot of its full state after this many logged updates.
+    pub snapshot_every: u64,
+    /// How many of the most recent updates stay in the log after a snapshot (the replay
+    /// window that reconnecting clients are served from); older records are deleted.
+    pub replay_window: u64,
+    /// WebSocket ping interval.
+    pub heartbeat_interval_ms: u64,
+    /// A WebSocket session that sends nothing (not even a pong) for this long is closed.
+    pub client_timeout_ms: u64,
+    /// Most messages a WebSocket session may have queued for sending; a session that falls
+    /// further behind is closed with code 4008 ("slow consumer") and re-syncs on reconnect.
+    pub outbound_queue_messages: usize,
+    /// Threads that run room actors; 0 means one per CPU.
+    pub room_threads: usize,
+    /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU.
+    pub http_workers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: "127.0.0.1:1234".into(),
+            data_dir: PathBuf::from("./data"),
+            max_frame_bytes: 16 * 1024 * 1024,
+            flush_interval_ms: 5,
+            room_idle_ms: 30_000,
+            awareness_timeout_ms: 30_000,
+            snapshot_every: 1_000,
+            replay_window: 10_000,
+            heartbeat_interval_ms: 15_000,
+            client_timeout_ms: 30_000,
+            outbound_queue_messages: 4_096,
+            room_threads: 0,
+            http_workers: 0,
+        }
+    }
+}
+
+/// Values given on the command line (`--bind`, `--data-dir`, … one flag per setting);
+/// `None` leaves the lower layers' value in place.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub flush_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub room_idle_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub awareness_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub replay_window: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub client_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub outbound_queue_messages: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub room_threads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long)]
+    pub http_workers: Option<usize>,
+}
+
+/// Why the settings could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Source(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "collabd.toml";
+
+impl Settings {
+    /// Layers defaults, the file, the environment and `overrides`, then validates.
+    /// An explicitly named file must exist; the default one is optional.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let defaults = config::Config::try_from(&Settings::default())?;
+        let file_source = match file {
+            Some(path) => config::File::from(path).required(true),
+            None => config::File::with_name(DEFAULT_CONFIG_FILE).required(false),
+        };
+        let flags = config::Config::try_from(overrides)?;
+        let settings: Settings = config::Config::builder()
+            .add_source(defaults)
+            .add_source(file_source.format(config::FileFormat::Toml))
+            .add_source(config::Environment::with_prefix("COLLABD").try_parsing(true))
+            .add_source(flags)
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("flush_interval_ms", self.flush_interval_ms.max(1)),
+            ("snapshot_every", self.snapshot_every),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("client_timeout_ms", self.client_timeout_ms),
+            ("awareness_timeout_ms", self.awareness_timeout_ms),
+            (
+                "outbound_queue_messages",
+                self.outbound_queue_messages as u64,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be greater than 0"
+            )));
+        }
+        if self.client_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(
+                "client_timeout_ms must be greater than heartbeat_interval_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+    pub fn room_idle(&self) -> Duration {
+        Duration::from_millis(self.room_idle_ms)
+    }
+    pub fn awareness_timeout(&self) -> Duration {
+        Duration::from_millis(self.awareness_timeout_ms)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "bind = \"0.0.0.0:9\"\nsnapshot_every = 7\n").unwrap();
+        let overrides = Overrides {
+            snapshot_every: Some(9),
+            ..Overrides::default()
+        };
+        let s = Settings::load(Some(&file), &overrides).unwrap();
+        assert_eq!(s.bind, "0.0.0.0:9");
+        assert_eq!(s.snapshot_every, 9);
+        assert_eq!(s.replay_window, Settings::default().replay_window);
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_limits_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "bindd = \"x\"\n").unwrap();
+        assert!(Settings::load(Some(&file), &Overrides::default()).is_err());
+        let zero = Overrides {
+            snapshot_every: Some(0),
+            ..Overrides::default()
+        };
+        let err = Settings::load(Some(&file.with_file_name("none.toml")), &zero);
+        assert!(err.is_err());
+        std::fs::write(&file, "").unwrap();
+        let err = Settings::load(Some(&file), &zero).unwrap_err();
+        assert!(err.to_string().contains("snapshot_every"), "{err}");
+    }
+}

@@ -1,0 +1,33 @@
+//! collabd: a real-time collaborative state server. Each room is an actor holding a Yjs
+//! (yrs) document; clients edit it together over WebSocket (the y-websocket protocol);
+//! every accepted update gets a per-room sequence number and lands in an append-only op
+//! log in sled.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings, their defaults and how they are layered.
+//! - [`protocol`]: the y-websocket wire codec (sans-IO) and the HTTP JSON shapes.
+//! - [`room`]: the room actor, the registry actor, and the messages between them.
+//! - [`session`]: the WebSocket session actor.
+//! - [`http`]: routes and handlers.
+//! - [`store`]: the op log (sled), snapshots, compaction and group commit.
+//! - [`server`]: wiring and graceful shutdown.
+//!
+//! One update from socket to disk: `session` decodes the frame → `room::actor` applies it
+//! and assigns the seq → `store` appends it → `store::flusher` makes it durable.
+
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use config::Settings;
+pub use server::Server;
+
+/// Starts the server and serves until SIGINT or SIGTERM. Call inside an actix `System`.
+pub async fn run(settings: Settings) -> std::io::Result<()> {
+    Server::start(settings)?.run_until_signal().await
+}

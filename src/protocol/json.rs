@@ -1,0 +1,28 @@
+//! The JSON shapes of the HTTP surface.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /rooms/{room}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoomInfo {
+    pub room: String,
+    /// Highest durable seq (0: nothing logged yet).
+    pub seq: u64,
+    /// WebSocket sessions in the room now.
+    pub connections: usize,
+    /// Clients with a live awareness state (presence).
+    pub awareness: usize,
+    /// Size of the full state encoded as a Yjs update v1, in bytes.
+    pub size: usize,
+    /// Seq covered by the latest snapshot (0: none yet).
+    pub snapshot_seq: u64,
+}
+
+/// Every error answer: `{"error": CODE, "message": TEXT}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `bad_room_name`.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+}

@@ -1,0 +1,567 @@
+//! The room actor: one Yjs document, its awareness, its seq counter and its sessions.
+//!
+//! Every write to a room passes through this actor's mailbox, so the document needs no
+//! lock. One update travels: session decodes the frame → [`FromClient`] → the room
+//! applies it in one transaction → if it changed anything, the room gives it the next
+//! seq, appends it to the store, asks the flusher to make it durable, and sends the
+//! encoded frame (one `Bytes`, shared) to every other session. [`Flushed`] later moves
+//! `durable_seq`, which is the only seq the outside world is shown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, Recipient};
+use bytes::Bytes;
+use log::{debug, error, info, warn};
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+
+use super::messages::{
+    DocState, FromClient, GetInfo, GetState, Join, Leave, Outbound, SessionId, Shutdown,
+};
+use super::registry::RoomStopped;
+use crate::config::Settings;
+use crate::protocol::json::RoomInfo;
+use crate::protocol::{self, ClientMessage};
+use crate::store::flusher::{Flushed, Flusher};
+use crate::store::{Snapshot, Store, StoreError};
+
+/// WebSocket close codes a room asks for.
+pub mod close {
+    /// The server is going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The frame or update did not decode or apply.
+    pub const INVALID_DATA: u16 = 1007;
+    /// The room could not store an update; reconnecting re-syncs.
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+/// What every room shares with its registry: where to store, how to flush, the settings.
+#[derive(Clone)]
+pub struct RoomDeps {
+    pub store: Arc<dyn Store>,
+    pub flusher: Flusher,
+    pub settings: Arc<Settings>,
+    pub registry: Recipient<RoomStopped>,
+}
+
+/// One session as the room sees it.
+struct Member {
+    outbox: Recipient<Outbound>,
+    /// Awareness client ids this session announced, removed when it leaves.
+    clients: HashSet<u64>,
+}
+
+pub struct Room {
+    /// Unique per instance: a room reloaded after eviction is a new instance, and the
+    /// flusher must not confuse the two.
+    id: u64,
+    name: Arc<str>,
+    /// Owns the `yrs::Doc`; presence and document live and die together.
+    awareness: Awareness,
+    /// Seq of the newest accepted update (appended, maybe not yet durable).
+    seq: u64,
+    /// Newest seq known durable; the only seq shown outside (DESIGN.md, contract 1).
+    durable_seq: u64,
+    /// Seq covered by the newest snapshot written.
+    snapshot_seq: u64,
+    /// A snapshot whose flush we wait for before deleting the records it replaces.
+    compaction_due: Option<u64>,
+    sessions: HashMap<SessionId, Member>,
+    /// When the last session left (None while any session is present).
+    idle_since: Option<Instant>,
+    deps: RoomDeps,
+}
+
+impl Room {
+    /// Rebuilds the room from its snapshot and the records after it. `flush_first` makes
+    /// records a crashed predecessor appended durable before their seqs are shown.
+    pub fn load(
+        id: u64,
+        name: Arc<str>,
+        deps: RoomDeps,
+        flush_first: bool,
+    ) -> Result<Room, StoreError> {
+        let started = Instant::now();
+        if flush_first {
+            deps.store.flush()?;
+        }
+        let log = deps.store.load(&name)?;
+        let doc = Doc::new();
+        let mut skipped = 0usize;
+        {
+            let mut txn = doc.transact_mut();
+            let snapshot = log.snapshot.as_ref().map(|s| (s.seq, &s.state));
+            let records = log.updates.iter().map(|u| (u.seq, &u.update));
+            for (seq, bytes) in snapshot.into_iter().chain(records) {
+                let applied = Update::decode_v1(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| txn.apply_update(u).map_err(|e| e.to_string()));
+                if let Err(e) = applied {
+                    error!("room {name:?}: stored record {seq} does not apply, skipped: {e}");
+                    skipped += 1;
+                }
+            }
+        }
+        let seq = log.last_seq();
+        let snapshot_seq = log.snapshot.as_ref().map_or(0, |s| s.seq);
+        info!(
+            "room {name:?} loaded: seq {seq}, snapshot at {snapshot_seq}, {} records replayed{} in {} ms",
+            log.updates.len(),
+            if skipped > 0 {
+                format!(" ({skipped} skipped)")
+            } else {
+                String::new()
+            },
+            started.elapsed().as_millis()
+        );
+        let mut room = Room::empty(id, name, deps);
+        room.awareness = Awareness::new(doc);
+        room.seq = seq;
+        room.durable_seq = seq;
+        room.snapshot_seq = snapshot_seq;
+        Ok(room)
+    }
+
+    /// A room with an empty document and nothing logged.
+    pub fn empty(id: u64, name: Arc<str>, deps: RoomDeps) -> Room {
+        Room {
+            id,
+            name,
+            awareness: Awareness::new(Doc::new()),
+            seq: 0,
+            durable_seq: 0,
+            snapshot_seq: 0,
+            compaction_due: None,
+            sessions: HashMap::new(),
+            idle_since: Some(Instant::now()),
+            deps,
+        }
+    }
+
+    fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    fn send_to(&self, session: SessionId, frame: Bytes) {
+        if let Some(member) = self.sessions.get(&session) {
+            member.outbox.do_send(Outbound::Frame(frame));
+        }
+    }
+
+    fn broadcast(&self, frame: &Bytes, except: Option<SessionId>) {
+        for (id, member) in &self.sessions {
+            if Some(*id) != except {
+                member.outbox.do_send(Outbound::Frame(frame.clone()));
+            }
+        }
+    }
+
+    fn close_session(&mut self, session: SessionId, code: u16, reason: String) {
+        if let Some(member) = self.sessions.get(&session) {
+            member.outbox.do_send(Outbound::Close { code, reason });
+        }
+        self.remove_session(session);
+    }
+
+    /// Applies one client update. Returns a reason if it must be refused.
+    fn apply_update(
+        &mut self,
+        origin: SessionId,
+        update: Update,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), String> {
+        let diff = {
+            let mut txn = self.doc().transact_mut();
+            let result = txn.apply_update(update);
+            let changed = !(txn.insert_set().is_empty() && txn.delete_set().is_empty());
+            match result {
+                Err(e) if changed => {
+                    drop(txn);
+                    // The document may hold part of a bad update; the log does not.
+                    self.reload_document();
+                    return Err(format!("update does not apply: {e}"));
+                }
+                Err(e) => return Err(format!("update does not apply: {e}")),
+                // Nothing new (e.g. a reconnecting client re-sending what we have).
+                Ok(()) if !changed => return Ok(()),
+                Ok(()) => txn.encode_update_v1(),
+            }
+        };
+        self.seq += 1;
+        if let Err(e) = self.deps.store.append(&self.name, self.seq, &diff) {
+            self.fail(ctx, &e);
+            return Ok(());
+        }
+        self.deps
+            .flusher
+            .mark(self.id, self.seq, ctx.address().recipient());
+        self.broadcast(&protocol::encode_update(&diff), Some(origin));
+        if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
+            self.write_snapshot(ctx);
+        }
+        Ok(())
+    }
+
+    /// Replaces the in-memory document with what the store holds.
+    fn reload_document(&mut self) {
+        match Room::load(self.id, self.name.clone(), self.deps.clone(), false) {
+            Ok(fresh) => {
+                let states = self.awareness.update().ok();
+                self.awareness = fresh.awareness;
+                if let Some(states) = states {
+                    let _ = self.awareness.apply_update(states);
+                }
+                warn!(
+                    "room {:?}: document reloaded from the store after a bad update",
+                    self.name
+                );
+            }
+            Err(e) => error!("room {:?}: reload failed: {e}", self.name),
+        }
+    }
+
+    /// The store refused a write: the document now holds an update the log does not, so
+    /// the room stops; clients reconnect, the room reloads from the store, and the clients'
+    /// state vectors bring the missing update back.
+    fn fail(&mut self, ctx: &mut Context<Self>, e: &StoreError) {
+        error!(
+            "room {:?}: storing seq {} failed, closing the room: {e}",
+            self.name, self.seq
+        );
+        for member in self.sessions.values() {
+            member.outbox.do_send(Outbound::Close {
+                code: close::INTERNAL_ERROR,
+                reason: "storage failure".into(),
+            });
+        }
+        self.sessions.clear();
+        ctx.stop();
+    }
+
+    fn write_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let state = self
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let snapshot = Snapshot {
+            seq: self.seq,
+            state,
+        };
+        match self.deps.store.put_snapshot(&self.name, &snapshot) {
+            Ok(()) => {
+                debug!(
+                    "room {:?}: snapshot at seq {} ({} bytes) in {} µs",
+                    self.name,
+                    snapshot.seq,
+                    snapshot.state.len(),
+                    started.elapsed().as_micros()
+                );
+                self.snapshot_seq = snapshot.seq;
+                self.compaction_due = Some(snapshot.seq);
+                self.deps
+                    .flusher
+                    .mark(self.id, self.seq, ctx.address().recipient());
+            }
+            Err(e) => error!("room {:?}: snapshot failed: {e}", self.name),
+        }
+    }
+
+    /// Deletes records that the durable snapshot at `snapshot_seq` covers and that fall
+    /// out of the replay window.
+    fn compact(&mut self, snapshot_seq: u64) {
+        let keep_from = (snapshot_seq + 1).saturating_sub(self.deps.settings.replay_window);
+        match self.deps.store.delete_before(&self.name, keep_from) {
+            Ok(n) => debug!(
+                "room {:?}: compacted {n} records before seq {keep_from}",
+                self.name
+            ),
+            Err(e) => error!("room {:?}: compaction failed: {e}", self.name),
+        }
+    }
+
+    fn apply_awareness(&mut self, origin: SessionId, update: AwarenessUpdate) {
+        let summary = match self.awareness.apply_update_summary(update) {
+            Ok(Some(summary)) => summary,
+            Ok(None) => return,
+            Err(e) => {
+                debug!("room {:?}: awareness update ignored: {e}", self.name);
+                return;
+            }
+        };
+        if let Some(member) = self.sessions.get_mut(&origin) {
+            for id in summary.added.iter().chain(&summary.updated) {
+                member.clients.insert(id.get());
+            }
+            for id in &summary.removed {
+                member.clients.remove(&id.get());
+            }
+        }
+        // Everyone, the sender included: a lone y-websocket client counts the echo of its
+        // own renewals as a sign of life.
+        self.broadcast_awareness(summary.all_changes());
+    }
+
+    fn broadcast_awareness(&self, clients: Vec<ClientID>) {
+        if clients.is_empty() {
+            return;
+        }
+        match self.awareness.update_with_clients(clients) {
+            Ok(update) => self.broadcast(&protocol::encode_awareness(&update), None),
+            Err(e) => debug!("room {:?}: awareness encode: {e}", self.name),
+        }
+    }
+
+    /// Removes the given awareness clients (a session left, or they expired) and tells
+    /// everyone still here.
+    fn remove_awareness(&mut self, clients: impl IntoIterator<Item = u64>) {
+        let mut removed = Vec::new();
+        for id in clients {
+            let id = ClientID::new(id);
+            if self.awareness.meta(id).is_some() {
+                self.awareness.remove_state(id);
+                removed.push(id);
+            }
+        }
+        self.broadcast_awareness(removed);
+    }
+
+    fn remove_session(&mut self, session: SessionId) {
+        if let Some(member) = self.sessions.remove(&session) {
+            self.remove_awareness(member.clients);
+        }
+        if self.sessions.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Expires awareness entries not renewed in time; stops the room when idle long enough.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.deps.settings.awareness_timeout_ms;
+        let now = yrs::sync::Clock::now(&yrs::sync::time::SystemClock);
+        let expired: Vec<u64> = self
+            .awareness
+            .iter()
+            .filter(|(_, state)| {
+                state.data.is_some() && now.saturating_sub(state.last_updated) >= timeout
+            })
+            .map(|(id, _)| id.get())
+            .collect();
+        if !expired.is_empty() {
+            debug!(
+                "room {:?}: {} awareness states expired",
+                self.name,
+                expired.len()
+            );
+            for member in self.sessions.values_mut() {
+                for id in &expired {
+                    member.clients.remove(id);
+                }
+            }
+            self.remove_awareness(expired);
+        }
+        if let Some(since) = self.idle_since {
+            if since.elapsed() >= self.deps.settings.room_idle() {
+                self.flush_now();
+                info!(
+                    "room {:?} evicted after {} ms idle, seq {}",
+                    self.name,
+                    since.elapsed().as_millis(),
+                    self.durable_seq
+                );
+                ctx.stop();
+            }
+        }
+    }
+
+    /// Makes everything appended so far durable, now.
+    fn flush_now(&mut self) {
+        match self.deps.store.flush() {
+            Ok(()) => self.durable_seq = self.seq,
+            Err(e) => error!("room {:?}: final flush failed: {e}", self.name),
+        }
+    }
+
+    fn touch(&mut self) {
+        if self.idle_since.is_some() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let settings = &self.deps.settings;
+        let period = settings.room_idle().min(settings.awareness_timeout()) / 4;
+        ctx.run_interval(period.max(Duration::from_millis(10)), Room::tick);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.deps.registry.do_send(RoomStopped {
+            name: self.name.clone(),
+            id: self.id,
+        });
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, _ctx: &mut Context<Self>) {
+        self.idle_since = None;
+        let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
+        msg.outbox.do_send(Outbound::Frame(step1));
+        if let Ok(states) = self.awareness.update() {
+            if !states.clients.is_empty() {
+                msg.outbox
+                    .do_send(Outbound::Frame(protocol::encode_awareness(&states)));
+            }
+        }
+        self.sessions.insert(
+            msg.session,
+            Member {
+                outbox: msg.outbox,
+                clients: HashSet::new(),
+            },
+        );
+        debug!(
+            "room {:?}: session {} joined, {} present",
+            self.name,
+            msg.session,
+            self.sessions.len()
+        );
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
+        self.remove_session(msg.session);
+        debug!(
+            "room {:?}: session {} left, {} present",
+            self.name,
+            msg.session,
+            self.sessions.len()
+        );
+    }
+}
+
+impl Handler<FromClient> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
+        let session = msg.session;
+        if !self.sessions.contains_key(&session) {
+            return; // closed by the room already; late frames are dropped
+        }
+        for message in msg.messages {
+            match message {
+                ClientMessage::SyncStep1(sv) => {
+                    let diff = self.doc().transact().encode_state_as_update_v1(&sv);
+                    self.send_to(session, protocol::encode_sync_step2(&diff));
+                }
+                ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
+                    if let Err(reason) = self.apply_update(session, update, ctx) {
+                        warn!(
+                            "room {:?}: session {session} sent a bad update: {reason}",
+                            self.name
+                        );
+                        self.close_session(session, close::INVALID_DATA, reason);
+                        return;
+                    }
+                }
+                ClientMessage::Awareness(update) => self.apply_awareness(session, update),
+                ClientMessage::QueryAwareness => {
+                    if let Ok(states) = self.awareness.update() {
+                        self.send_to(session, protocol::encode_awareness(&states));
+                    }
+                }
+                ClientMessage::Auth => {}
+                ClientMessage::Custom { tag, .. } => {
+                    debug!(
+                        "room {:?}: session {session} sent unknown message type {tag}",
+                        self.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Flushed> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flushed, _ctx: &mut Context<Self>) {
+        self.durable_seq = self.durable_seq.max(msg.seq);
+        if let Some(snapshot_seq) = self.compaction_due {
+            if msg.seq >= snapshot_seq {
+                self.compaction_due = None;
+                self.compact(snapshot_seq);
+            }
+        }
+    }
+}
+
+impl Handler<GetInfo> for Room {
+    type Result = MessageResult<GetInfo>;
+
+    fn handle(&mut self, _msg: GetInfo, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let size = self
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .len();
+        let awareness = self
+            .awareness
+            .iter()
+            .filter(|(_, s)| s.data.is_some())
+            .count();
+        MessageResult(RoomInfo {
+            room: self.name.to_string(),
+            seq: self.durable_seq,
+            connections: self.sessions.len(),
+            awareness,
+            size,
+            snapshot_seq: self.snapshot_seq,
+        })
+    }
+}
+
+impl Handler<GetState> for Room {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _msg: GetState, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let state = self
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        MessageResult(DocState {
+            state: Bytes::from(state),
+            seq: self.durable_seq,
+        })
+    }
+}
+
+impl Handler<Shutdown> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
+        for member in self.sessions.values() {
+            member.outbox.do_send(Outbound::Close {
+                code: close::GOING_AWAY,
+                reason: "server shutting down".into(),
+            });
+        }
+        self.sessions.clear();
+        self.flush_now();
+        ctx.stop();
+    }
+}

@@ -1,0 +1,181 @@
+//! The registry actor: room name → room actor. Spawns rooms on first use (loading them
+//! from the store) on a pool of room threads, forgets them when they stop, and shuts
+//! them all down on request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, Arbiter, ArbiterHandle, AsyncContext, Context,
+    Handler, Message, MessageResult, ResponseActFuture, WrapFuture,
+};
+use log::{error, info};
+
+use super::actor::{Room, RoomDeps};
+use super::messages::Shutdown;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::store::flusher::Flusher;
+
+/// Finds the room, spawning it if it is not running; `None` once shutdown has begun.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<Room>>")]
+pub struct GetRoom {
+    pub name: Arc<str>,
+}
+
+/// A room actor stopped (evicted, failed or shut down).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomStopped {
+    pub name: Arc<str>,
+    pub id: u64,
+}
+
+/// How many rooms are running; for health and metrics.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountRooms;
+
+/// Stop every room (each flushes and closes its sessions with 1001) and answer when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutdownAll;
+
+struct Entry {
+    id: u64,
+    addr: Addr<Room>,
+}
+
+pub struct Registry {
+    rooms: HashMap<Arc<str>, Entry>,
+    /// Room actors run here, round-robin, so rooms use every core while HTTP workers
+    /// run sessions on theirs.
+    arbiters: Vec<Arbiter>,
+    next_arbiter: usize,
+    next_room_id: u64,
+    /// Set by [`ShutdownAll`]: no room is spawned after it.
+    stopping: bool,
+    store: Arc<dyn Store>,
+    flusher: Flusher,
+    settings: Arc<Settings>,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, flusher: Flusher, settings: Arc<Settings>) -> Registry {
+        let threads = match settings.room_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Registry {
+            rooms: HashMap::new(),
+            arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
+            next_arbiter: 0,
+            next_room_id: 1,
+            stopping: false,
+            store,
+            flusher,
+            settings,
+        }
+    }
+
+    fn next_arbiter(&mut self) -> ArbiterHandle {
+        let handle = self.arbiters[self.next_arbiter % self.arbiters.len()].handle();
+        self.next_arbiter += 1;
+        handle
+    }
+
+    fn spawn(&mut self, name: Arc<str>, flush_first: bool, ctx: &mut Context<Self>) -> Addr<Room> {
+        let id = self.next_room_id;
+        self.next_room_id += 1;
+        let deps = RoomDeps {
+            store: self.store.clone(),
+            flusher: self.flusher.clone(),
+            settings: self.settings.clone(),
+            registry: ctx.address().recipient(),
+        };
+        let room_name = name.clone();
+        let arbiter = self.next_arbiter();
+        let addr = Room::start_in_arbiter(&arbiter, move |ctx| {
+            match Room::load(id, room_name.clone(), deps.clone(), flush_first) {
+                Ok(room) => room,
+                Err(e) => {
+                    // An empty stand-in that stops at once: callers see the room as
+                    // unavailable and the next use tries the store again.
+                    error!("room {room_name:?} failed to load: {e}");
+                    ctx.stop();
+                    Room::empty(id, room_name, deps)
+                }
+            }
+        });
+        self.rooms.insert(
+            name,
+            Entry {
+                id,
+                addr: addr.clone(),
+            },
+        );
+        addr
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+impl Handler<GetRoom> for Registry {
+    type Result = MessageResult<GetRoom>;
+
+    fn handle(&mut self, msg: GetRoom, ctx: &mut Context<Self>) -> Self::Result {
+        if self.stopping {
+            return MessageResult(None);
+        }
+        let crashed = match self.rooms.get(&msg.name) {
+            Some(entry) if entry.addr.connected() => {
+                return MessageResult(Some(entry.addr.clone()));
+            }
+            // Still listed but gone: it stopped without saying so (a panic), and its last
+            // appends may not be flushed yet.
+            Some(_) => true,
+            None => false,
+        };
+        if crashed {
+            error!("room {:?} died; reloading it from the store", msg.name);
+        }
+        MessageResult(Some(self.spawn(msg.name, crashed, ctx)))
+    }
+}
+
+impl Handler<RoomStopped> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomStopped, _ctx: &mut Context<Self>) {
+        if self.rooms.get(&msg.name).is_some_and(|e| e.id == msg.id) {
+            self.rooms.remove(&msg.name);
+        }
+    }
+}
+
+impl Handler<CountRooms> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: CountRooms, _ctx: &mut Context<Self>) -> usize {
+        self.rooms.len()
+    }
+}
+
+impl Handler<ShutdownAll> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: ShutdownAll, _ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        let rooms: Vec<Addr<Room>> = self.rooms.drain().map(|(_, e)| e.addr).collect();
+        info!("shutting down {} rooms", rooms.len());
+        let all = futures_util::future::join_all(rooms.into_iter().map(|r| r.send(Shutdown)));
+        Box::pin(all.into_actor(self).map(|_, act, _| {
+            for arbiter in &act.arbiters {
+                arbiter.stop();
+            }
+        }))
+    }
+}
