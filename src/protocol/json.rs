@@ -16,6 +16,8 @@ pub struct RoomInfo {
     pub size: usize,
     /// Seq covered by the latest snapshot (0: none yet).
     pub snapshot_seq: u64,
+    /// Oldest seq still in the op log (null: none); replay can start after `first_seq - 1`.
+    pub first_seq: Option<u64>,
 }
 
 /// Every error answer: `{"error": CODE, "message": TEXT}`.

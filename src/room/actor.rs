@@ -530,6 +530,7 @@ impl Handler<GetInfo> for Room {
             awareness,
             size,
             snapshot_seq: self.snapshot_seq,
+            first_seq: self.deps.store.first_seq(&self.name).ok().flatten(),
         })
     }
 }

@@ -1,0 +1,417 @@
+//! Test harness: the real `collabd` binary on port 0 with a temp data dir, and a Yjs
+//! client built on yrs that speaks y-websocket over a real WebSocket (awc).
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_codec::Framed;
+use awc::BoxedSocket;
+use awc::ws::{Codec, Frame, Message};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// Upper bound for anything a test waits for; reaching it is a failure, never a pass.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A `collabd` process.
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Starts the binary on 127.0.0.1:0 with `data_dir` and extra flags, and waits until
+    /// it logs the address it listens on.
+    pub fn start(data_dir: &Path, args: &[&str]) -> TestServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_collabd"))
+            .args(["--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info,collabd=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start collabd");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
+        TestServer {
+            child,
+            addr: addr.parse().unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, room: &str) -> String {
+        format!("ws://{}/ws/{}", self.addr, room)
+    }
+
+    /// SIGKILL: no shutdown, no final flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.logs().iter().any(|l| l.contains(needle)) {
+            assert!(Instant::now() < deadline, "no log line with {needle:?}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let mut res = awc::Client::new().get(self.url(path)).send().await.unwrap();
+        let body = res.body().limit(64 << 20).await.unwrap();
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&body).unwrap(),
+        )
+    }
+
+    /// The room's full state, decoded into a fresh document.
+    pub async fn state(&self, room: &str) -> (Doc, u64) {
+        let mut res = awc::Client::new()
+            .get(self.url(&format!("/rooms/{room}/state")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let seq = res
+            .headers()
+            .get("x-seq")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = res.body().limit(64 << 20).await.unwrap();
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(&body).unwrap())
+            .unwrap();
+        (doc, seq)
+    }
+
+    /// The room's durable seq from `GET /rooms/{room}`.
+    pub async fn seq(&self, room: &str) -> u64 {
+        self.get_json(&format!("/rooms/{room}")).await.1["seq"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Waits until the room's durable seq reaches `seq`.
+    pub async fn wait_for_seq(&self, room: &str, seq: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.seq(room).await;
+            if now >= seq {
+                return;
+            }
+            assert!(Instant::now() < deadline, "seq stuck at {now}, want {seq}");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn text_of(doc: &Doc, name: &str) -> String {
+    let text = doc.get_or_insert_text(name);
+    text.get_string(&doc.transact())
+}
+
+/// A y-websocket client built on yrs, like a browser tab with a Yjs document.
+pub struct YClient {
+    pub awareness: Awareness,
+    socket: Framed<BoxedSocket, Codec>,
+    /// The close frame the server sent, once it has.
+    pub closed: Option<Option<awc::ws::CloseReason>>,
+    /// Whether the server's sync step 2 arrived (the initial sync is done).
+    pub synced: bool,
+    /// Every client id named in an awareness message from the server, own id included.
+    pub awareness_heard: std::collections::HashSet<u64>,
+}
+
+impl YClient {
+    /// Connects and starts the handshake (sends sync step 1), like `WebsocketProvider`.
+    pub async fn connect(server: &TestServer, room: &str) -> YClient {
+        YClient::connect_with(server, room, Doc::new()).await
+    }
+
+    pub async fn connect_with(server: &TestServer, room: &str, doc: Doc) -> YClient {
+        let (_, socket) = awc::Client::new()
+            .ws(server.ws_url(room))
+            .max_frame_size(64 << 20)
+            .connect()
+            .await
+            .expect("WebSocket connect");
+        let mut client = YClient {
+            awareness: Awareness::new(doc),
+            socket,
+            closed: None,
+            synced: false,
+            awareness_heard: Default::default(),
+        };
+        let sv = client.doc().transact().state_vector();
+        client.send_raw(sync_frame(0, &sv.encode_v1())).await;
+        client
+    }
+
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    pub fn text(&self, name: &str) -> String {
+        text_of(self.doc(), name)
+    }
+
+    pub async fn send_raw(&mut self, frame: impl Into<Bytes>) {
+        self.socket
+            .send(Message::Binary(frame.into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text_frame(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Edits the text locally and sends the update, as a Yjs binding would.
+    pub async fn insert(&mut self, name: &str, index: u32, chunk: &str) {
+        let update = {
+            let text = self.doc().get_or_insert_text(name);
+            let mut txn = self.doc().transact_mut();
+            text.insert(&mut txn, index, chunk);
+            txn.encode_update_v1()
+        };
+        self.send_raw(sync_frame(2, &update)).await;
+    }
+
+    /// Appends to the end of the text.
+    pub async fn append(&mut self, name: &str, chunk: &str) {
+        let len = {
+            let text = self.doc().get_or_insert_text(name);
+            text.len(&self.doc().transact())
+        };
+        self.insert(name, len, chunk).await;
+    }
+
+    /// Sets this client's awareness state and announces it.
+    pub async fn set_awareness(&mut self, json: &str) {
+        self.awareness.set_local_state_raw(json);
+        let update = self.awareness.update().unwrap();
+        self.send_raw(awareness_frame(&update)).await;
+    }
+
+    /// Client ids with a live awareness state, as this client sees them.
+    pub fn awareness_clients(&self) -> Vec<u64> {
+        self.awareness
+            .iter()
+            .filter(|(_, s)| s.data.is_some())
+            .map(|(id, _)| id.get())
+            .collect()
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.doc().client_id().get()
+    }
+
+    /// Handles one incoming frame; false once the connection is closed.
+    async fn step(&mut self) -> bool {
+        match self.socket.next().await {
+            Some(Ok(Frame::Binary(bytes))) => {
+                self.handle(&bytes).await;
+                true
+            }
+            Some(Ok(Frame::Close(reason))) => {
+                self.closed = Some(reason);
+                false
+            }
+            Some(Ok(_)) => true,
+            Some(Err(_)) | None => {
+                self.closed.get_or_insert(None);
+                false
+            }
+        }
+    }
+
+    async fn handle(&mut self, mut frame: &[u8]) {
+        while !frame.is_empty() {
+            let tag = read_var(&mut frame);
+            match tag {
+                0 => {
+                    let sub = read_var(&mut frame);
+                    let payload = read_buf(&mut frame);
+                    match sub {
+                        0 => {
+                            let sv = StateVector::decode_v1(payload).unwrap();
+                            let diff = self.doc().transact().encode_state_as_update_v1(&sv);
+                            self.send_raw(sync_frame(1, &diff)).await;
+                        }
+                        _ => {
+                            let update = Update::decode_v1(payload).unwrap();
+                            self.doc().transact_mut().apply_update(update).unwrap();
+                            if sub == 1 {
+                                self.synced = true;
+                            }
+                        }
+                    }
+                }
+                1 => {
+                    let update = AwarenessUpdate::decode_v1(read_buf(&mut frame)).unwrap();
+                    self.awareness_heard
+                        .extend(update.clients.keys().map(|id| id.get()));
+                    self.awareness.apply_update(update).unwrap();
+                }
+                other => panic!("unexpected message type {other} from server"),
+            }
+        }
+    }
+
+    /// Processes incoming frames until `done` holds; panics after [`PATIENCE`].
+    pub async fn until(&mut self, what: &str, mut done: impl FnMut(&YClient) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match actix_rt::time::timeout(left, self.step()).await {
+                Ok(true) => {}
+                Ok(false) => assert!(done(self), "connection closed while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Processes frames until the server closes the connection; returns the close code.
+    pub async fn until_closed(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + PATIENCE;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if actix_rt::time::timeout(left, self.step()).await.is_err() {
+                panic!("server did not close the connection");
+            }
+        }
+        self.closed
+            .clone()
+            .flatten()
+            .map(|reason| u16::from(reason.code))
+    }
+
+    /// Processes whatever arrives within `window` (for "nothing more happens" checks
+    /// that are followed by a positive assertion).
+    pub async fn drain_for(&mut self, window: Duration) {
+        let _ = actix_rt::time::timeout(window, async { while self.step().await {} }).await;
+    }
+
+    /// Closes the connection from the client side.
+    pub async fn close(mut self) {
+        let _ = self.socket.send(Message::Close(None)).await;
+        let _ =
+            actix_rt::time::timeout(Duration::from_secs(2), async { while self.step().await {} })
+                .await;
+    }
+}
+
+/// `[0 sync, sub, varbuf payload]`.
+pub fn sync_frame(sub: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, sub];
+    write_var(&mut out, payload.len() as u64);
+    out.extend_from_slice(payload);
+    out
+}
+
+pub fn awareness_frame(update: &AwarenessUpdate) -> Vec<u8> {
+    let payload = update.encode_v1();
+    let mut out = vec![1];
+    write_var(&mut out, payload.len() as u64);
+    out.extend_from_slice(&payload);
+    out
+}
+
+pub fn write_var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_var(buf: &mut &[u8]) -> u64 {
+    let mut value = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = buf[0];
+        *buf = &buf[1..];
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+        shift += 7;
+    }
+}
+
+fn read_buf<'a>(buf: &mut &'a [u8]) -> &'a [u8] {
+    let len = read_var(buf) as usize;
+    let (head, tail) = buf.split_at(len);
+    *buf = tail;
+    head
+}
