@@ -131,10 +131,7 @@ async fn malformed_frames_close_only_that_session() {
     truncated.truncate(6);
     // [sync, update, len 5, garbage]: frames fine, the update inside does not decode.
     let undecodable = sync_frame(2, &[0xff, 0xff, 0xff, 0xff, 0x0f]);
-    let mut overlong = vec![];
-    for _ in 0..11 {
-        overlong.push(0xff);
-    }
+    let overlong = vec![0xff; 11];
     let mut unknown_sync = vec![0];
     write_var(&mut unknown_sync, 7);
     for frame in [truncated, undecodable, overlong, unknown_sync, vec![]] {

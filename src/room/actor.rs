@@ -363,17 +363,17 @@ impl Room {
             }
             self.remove_awareness(expired);
         }
-        if let Some(since) = self.idle_since {
-            if since.elapsed() >= self.deps.settings.room_idle() {
-                self.flush_now();
-                info!(
-                    "room {:?} evicted after {} ms idle, seq {}",
-                    self.name,
-                    since.elapsed().as_millis(),
-                    self.durable_seq
-                );
-                ctx.stop();
-            }
+        if let Some(since) = self.idle_since
+            && since.elapsed() >= self.deps.settings.room_idle()
+        {
+            self.flush_now();
+            info!(
+                "room {:?} evicted after {} ms idle, seq {}",
+                self.name,
+                since.elapsed().as_millis(),
+                self.durable_seq
+            );
+            ctx.stop();
         }
     }
 
@@ -416,11 +416,11 @@ impl Handler<Join> for Room {
         self.idle_since = None;
         let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
         msg.outbox.do_send(Outbound::Frame(step1));
-        if let Ok(states) = self.awareness.update() {
-            if !states.clients.is_empty() {
-                msg.outbox
-                    .do_send(Outbound::Frame(protocol::encode_awareness(&states)));
-            }
+        if let Ok(states) = self.awareness.update()
+            && !states.clients.is_empty()
+        {
+            msg.outbox
+                .do_send(Outbound::Frame(protocol::encode_awareness(&states)));
         }
         self.sessions.insert(
             msg.session,
@@ -499,11 +499,11 @@ impl Handler<Flushed> for Room {
 
     fn handle(&mut self, msg: Flushed, _ctx: &mut Context<Self>) {
         self.durable_seq = self.durable_seq.max(msg.seq);
-        if let Some(snapshot_seq) = self.compaction_due {
-            if msg.seq >= snapshot_seq {
-                self.compaction_due = None;
-                self.compact(snapshot_seq);
-            }
+        if let Some(snapshot_seq) = self.compaction_due
+            && msg.seq >= snapshot_seq
+        {
+            self.compaction_due = None;
+            self.compact(snapshot_seq);
         }
     }
 }

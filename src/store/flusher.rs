@@ -106,10 +106,10 @@ fn run(shared: &Shared, store: &dyn Store, interval: Duration) {
             return;
         }
         drop(pending);
-        if let Some(wait) = last_flush.and_then(|t| interval.checked_sub(t.elapsed())) {
-            if !stopping {
-                std::thread::sleep(wait);
-            }
+        if let Some(wait) = last_flush.and_then(|t| interval.checked_sub(t.elapsed()))
+            && !stopping
+        {
+            std::thread::sleep(wait);
         }
         // Everything in the swapped-out map was appended before this flush starts.
         let batch = std::mem::take(&mut lock(&shared.pending).dirty);
@@ -128,6 +128,9 @@ fn run(shared: &Shared, store: &dyn Store, interval: Duration) {
             }
             Err(e) => {
                 error!("flush failed, will retry: {e}");
+                if stopping {
+                    return;
+                }
                 let mut pending = lock(&shared.pending);
                 for (id, dirty) in batch {
                     let entry = pending.dirty.entry(id).or_insert(Dirty {

@@ -1,0 +1,27 @@
+//! Interoperability with stock Yjs JavaScript clients (yjs + y-websocket), run with node.
+//! Needs `npm ci` once (the README's test command does it).
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs one script from `tests/js` against the real binary; the script asserts.
+pub fn run_node(script: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("node_modules/y-websocket").exists(),
+        "node_modules missing: run `npm ci` in {}",
+        root.display()
+    );
+    let status = Command::new("node")
+        .arg(root.join("tests/js").join(script))
+        .env("YJS_INTEROP_SERVER_BIN", env!("CARGO_BIN_EXE_collabd"))
+        .current_dir(root)
+        .status()
+        .expect("node must be installed");
+    assert!(status.success(), "{script} failed: {status}");
+}
+
+#[test]
+fn stock_yjs_clients_converge_share_awareness_and_survive_a_restart() {
+    run_node("yjs_clients.mjs");
+}
