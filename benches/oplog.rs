@@ -1,0 +1,101 @@
+//! What the op log costs: bytes per update record and durable appends per second through
+//! sled with group commit (the default 5 ms flush interval).
+//!
+//! Run: `cargo bench --bench oplog` (optionally `-- ROOMS UPDATES`).
+//!
+//! Each "room" is a tiny actor that only records the durable seq the flusher reports; one
+//! writer thread appends realistic keystroke updates (one character typed per update,
+//! encoded by yrs) round-robin over the rooms, as room actors would. The clock stops when
+//! every room has heard that its last seq is durable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Context, Handler};
+use collabd::store::Store;
+use collabd::store::flusher::{Flushed, Flusher};
+use collabd::store::sled::SledStore;
+use yrs::{Doc, Text, Transact};
+
+struct DurableSeq(Arc<AtomicU64>);
+
+impl Actor for DurableSeq {
+    type Context = Context<Self>;
+}
+
+impl Handler<Flushed> for DurableSeq {
+    type Result = ();
+    fn handle(&mut self, msg: Flushed, _: &mut Context<Self>) {
+        self.0.fetch_max(msg.seq, Ordering::Relaxed);
+    }
+}
+
+/// `n` keystroke updates: one character appended per transaction.
+fn keystrokes(n: usize) -> Vec<Vec<u8>> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    (0..n)
+        .map(|i| {
+            let mut txn = doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, if i % 7 == 0 { " " } else { "x" });
+            txn.encode_update_v1()
+        })
+        .collect()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let rooms: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let updates = keystrokes(total);
+    let payload: usize = updates.iter().map(Vec::len).sum();
+
+    actix_rt::System::new().block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = sled.clone();
+        let flusher = Flusher::start(store.clone(), Duration::from_millis(5));
+        let durable: Vec<Arc<AtomicU64>> = (0..rooms).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let sinks: Vec<_> = durable
+            .iter()
+            .map(|d| DurableSeq(d.clone()).start().recipient())
+            .collect();
+        let names: Vec<String> = (0..rooms).map(|r| format!("bench/room-{r}")).collect();
+        let size_before = sled.size_on_disk();
+        let key_bytes = names[0].len() + 1 + 8;
+
+        let started = Instant::now();
+        let writer_store = store.clone();
+        let writer_flusher = flusher.clone();
+        let writer = std::thread::spawn(move || {
+            let mut seqs = vec![0u64; names.len()];
+            for (i, update) in updates.iter().enumerate() {
+                let r = i % names.len();
+                seqs[r] += 1;
+                writer_store.append(&names[r], seqs[r], update).unwrap();
+                writer_flusher.mark(r as u64, seqs[r], sinks[r].clone());
+            }
+            (started.elapsed(), seqs)
+        });
+        let (append_time, last) = writer.join().unwrap();
+        while durable.iter().zip(&last).any(|(d, l)| d.load(Ordering::Relaxed) < *l) {
+            actix_rt::time::sleep(Duration::from_micros(200)).await;
+        }
+        let durable_time = started.elapsed();
+        flusher.shutdown();
+        store.flush().unwrap();
+        let grown = sled.size_on_disk().saturating_sub(size_before);
+
+        println!("op log: {total} keystroke updates over {rooms} rooms, flush interval 5 ms");
+        println!("  update payload      {:.1} bytes/update (yrs v1, one character each)", payload as f64 / total as f64);
+        println!("  record (key+value)  {:.1} bytes/update (key {key_bytes} = name + 0x00 + seq; value = version + bincode)",
+            (payload + total * (key_bytes + 1 + 9 + 1)) as f64 / total as f64);
+        println!("  sled on disk        {:.1} bytes/update after the final flush", grown as f64 / total as f64);
+        println!("  appends (visible)   {:>9.0} /s", total as f64 / append_time.as_secs_f64());
+        println!("  appends (durable)   {:>9.0} /s  ({} ms until the last seq was durable)",
+            total as f64 / durable_time.as_secs_f64(), durable_time.as_millis());
+        actix_rt::System::current().stop();
+    });
+}
