@@ -73,42 +73,55 @@ impl Default for Settings {
 #[derive(Debug, Default, Clone, Serialize, clap::Args)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Address to listen on [default: 127.0.0.1:1234]
     #[arg(long)]
     pub bind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Data directory (sled) [default: ./data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Largest WebSocket frame accepted [default: 16777216]
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Group commit interval [default: 5]
     #[arg(long)]
     pub flush_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Unload a room this long after its last session left [default: 30000]
     #[arg(long)]
     pub room_idle_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Remove presence not renewed for this long [default: 30000]
     #[arg(long)]
     pub awareness_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Updates between snapshots [default: 1000]
     #[arg(long)]
     pub snapshot_every: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Updates kept in the log after a snapshot [default: 10000]
     #[arg(long)]
     pub replay_window: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// WebSocket ping interval [default: 15000]
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Close WebSocket sessions silent this long [default: 30000]
     #[arg(long)]
     pub client_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Frames queued per session before "slow consumer" [default: 4096]
     #[arg(long)]
     pub outbound_queue_messages: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Threads for room actors, 0 = one per CPU [default: 0]
     #[arg(long)]
     pub room_threads: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// HTTP worker threads, 0 = one per CPU [default: 0]
     #[arg(long)]
     pub http_workers: Option<usize>,
 }
