@@ -42,6 +42,17 @@ pub struct Settings {
     /// Most messages a WebSocket session may have queued for sending; a session that falls
     /// further behind is closed with code 4008 ("slow consumer") and re-syncs on reconnect.
     pub outbound_queue_messages: usize,
+    /// Comment heartbeat interval on SSE streams (keeps proxies from closing them).
+    pub sse_heartbeat_ms: u64,
+    /// The `retry:` hint sent to EventSource clients: how soon to reconnect.
+    pub sse_retry_ms: u64,
+    /// Events an SSE stream may have queued; a stream that falls further behind is ended
+    /// and the client resumes from its Last-Event-ID.
+    pub sse_queue_events: usize,
+    /// Longest a long poll is held (`wait` is capped to this).
+    pub poll_max_wait_ms: u64,
+    /// Most updates in one poll answer; the client continues from the last seq it got.
+    pub poll_batch_limit: usize,
     /// Threads that run room actors; 0 means one per CPU.
     pub room_threads: usize,
     /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU.
@@ -62,6 +73,11 @@ impl Default for Settings {
             heartbeat_interval_ms: 15_000,
             client_timeout_ms: 30_000,
             outbound_queue_messages: 4_096,
+            sse_heartbeat_ms: 15_000,
+            sse_retry_ms: 1_000,
+            sse_queue_events: 4_096,
+            poll_max_wait_ms: 30_000,
+            poll_batch_limit: 1_000,
             room_threads: 0,
             http_workers: 0,
         }
@@ -116,6 +132,26 @@ pub struct Overrides {
     /// Frames queued per session before "slow consumer" [default: 4096]
     #[arg(long)]
     pub outbound_queue_messages: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// SSE comment heartbeat interval [default: 15000]
+    #[arg(long)]
+    pub sse_heartbeat_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The retry hint sent to EventSource clients [default: 1000]
+    #[arg(long)]
+    pub sse_retry_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Events queued per SSE stream before it is ended [default: 4096]
+    #[arg(long)]
+    pub sse_queue_events: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Longest a long poll is held [default: 30000]
+    #[arg(long)]
+    pub poll_max_wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most updates in one poll answer [default: 1000]
+    #[arg(long)]
+    pub poll_batch_limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Threads for room actors, 0 = one per CPU [default: 0]
     #[arg(long)]
@@ -196,6 +232,12 @@ impl Settings {
     }
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn sse_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.sse_heartbeat_ms)
+    }
+    pub fn poll_max_wait(&self) -> Duration {
+        Duration::from_millis(self.poll_max_wait_ms)
     }
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_timeout_ms)

@@ -42,6 +42,7 @@ impl Server {
         let state = AppState {
             registry: registry.clone(),
             settings: settings.clone(),
+            store: store.clone(),
         };
         let workers = match settings.http_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -2,18 +2,19 @@
 //! state and the WebSocket upgrade. Handlers are thin: they find the room and ask it.
 
 pub mod error;
+pub mod rooms;
+pub mod sse;
 
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
 use percent_encoding::percent_decode_str;
 
 use crate::config::Settings;
-use crate::room::messages::{GetInfo, GetState};
-use crate::room::{Registry, ask};
+use crate::room::Registry;
 use crate::session::WsSession;
+use crate::store::Store;
 use error::ApiError;
 
 /// Longest room name, in bytes of UTF-8 after percent-decoding.
@@ -24,6 +25,8 @@ pub const MAX_ROOM_NAME_BYTES: usize = 256;
 pub struct AppState {
     pub registry: Addr<Registry>,
     pub settings: Arc<Settings>,
+    /// Read directly by replay (SSE, polling): reads need no trip through the room.
+    pub store: Arc<dyn Store>,
 }
 
 /// Registers every route.
@@ -32,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/ws/{room:.*}", web::get().to(websocket))
         .route("/rooms/{rest:.*}", web::get().to(get_room))
+        .route("/rooms/{rest:.*}", web::post().to(post_room))
         .default_service(web::to(not_found));
 }
 
@@ -99,22 +103,42 @@ async fn websocket(
     Ok(response)
 }
 
-/// `GET /rooms/{room}` and `GET /rooms/{room}/state`. The suffix is matched on the raw
-/// path, so a room whose name ends in `/state` is reached as `…%2Fstate`.
+/// `GET /rooms/{room}[/state|/json|/events|/updates]`. Suffixes are matched on the raw
+/// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tail = raw_tail(&req, "/rooms/");
     if let Some(raw) = tail.strip_suffix("/state") {
-        let name = room_name(raw)?;
-        let (_, doc) = ask(&state.registry, &name, GetState).await?;
-        return Ok(HttpResponse::Ok()
-            .insert_header((CONTENT_TYPE, "application/octet-stream"))
-            .insert_header(("X-Seq", doc.seq.to_string()))
-            .insert_header((CACHE_CONTROL, "no-store"))
-            .body(doc.state));
+        return rooms::doc_state(req.clone(), state, room_name(raw)?).await;
     }
-    let name = room_name(tail)?;
-    let (_, info) = ask(&state.registry, &name, GetInfo).await?;
-    Ok(HttpResponse::Ok().json(info))
+    if let Some(raw) = tail.strip_suffix("/json") {
+        return rooms::doc_json(state, room_name(raw)?).await;
+    }
+    if let Some(raw) = tail.strip_suffix("/events") {
+        return sse::events(req.clone(), state, room_name(raw)?).await;
+    }
+    if let Some(raw) = tail.strip_suffix("/updates") {
+        return rooms::poll(req.clone(), state, room_name(raw)?).await;
+    }
+    rooms::info(state, room_name(tail)?).await
+}
+
+/// `POST /rooms/{room}/updates`.
+async fn post_room(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    match raw_tail(&req, "/rooms/").strip_suffix("/updates") {
+        Some(raw) => {
+            let name = room_name(raw)?;
+            rooms::post_update(req.clone(), payload, state, name).await
+        }
+        None => Err(ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST goes to /rooms/{room}/updates",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! | 1 | awareness | varbuf: varuint count, then per client varuint id, varuint clock, varstring JSON state |
 //! | 2 | auth | varuint 0 + varstring reason (permission denied) or 1 (granted) |
 //! | 3 | query awareness | nothing |
-//! | ≥ 4 | custom (collabd extensions) | varbuf payload |
+//! | 100 | collabd write ack (see [`MSG_ACK`]) | varbuf: varuint token (client → server); varuint token, varuint seq (server → client) |
+//! | other ≥ 4 | custom, ignored | varbuf payload |
 //!
 //! Decoding checks every length against what is left of the frame, decodes updates and
 //! state vectors fully (so a room only ever sees well-formed ones) and never panics.
@@ -27,6 +28,11 @@ pub const MSG_SYNC: u64 = 0;
 pub const MSG_AWARENESS: u64 = 1;
 pub const MSG_AUTH: u64 = 2;
 pub const MSG_QUERY_AWARENESS: u64 = 3;
+/// collabd's write acknowledgement, outside y-protocols' 0–3 so stock clients never send
+/// it. A writer sends `[100, varbuf(varuint token)]` after its updates; once every update
+/// the session sent before it is durable, the server answers `[100, varbuf(varuint
+/// token, varuint seq)]`, where `seq` is the room's durable seq covering them.
+pub const MSG_ACK: u64 = 100;
 
 pub const SYNC_STEP1: u64 = 0;
 pub const SYNC_STEP2: u64 = 1;
@@ -47,6 +53,10 @@ pub enum ClientMessage {
     QueryAwareness,
     /// Clients do not normally send auth messages; the server ignores them.
     Auth,
+    /// "Tell me when what I sent so far is durable" ([`MSG_ACK`]).
+    AckRequest {
+        token: u64,
+    },
     /// A tag this server does not know, with its payload.
     Custom {
         tag: u64,
@@ -102,6 +112,11 @@ fn decode_message(r: &mut Reader<'_>) -> Result<ClientMessage, ProtocolError> {
             Ok(ClientMessage::Auth)
         }
         MSG_QUERY_AWARENESS => Ok(ClientMessage::QueryAwareness),
+        MSG_ACK => {
+            let mut payload = Reader::new(r.buf()?);
+            let token = payload.var()?;
+            Ok(ClientMessage::AckRequest { token })
+        }
         tag => {
             let payload = r.buf()?;
             Ok(ClientMessage::Custom {
@@ -241,6 +256,14 @@ pub fn encode_sync_step2(update: &[u8]) -> Bytes {
 /// A document update for every peer of the room.
 pub fn encode_update(update: &[u8]) -> Bytes {
     frame(&[MSG_SYNC, SYNC_UPDATE], update)
+}
+
+/// The answer to an ack request: `token` is durable, covered by `seq`.
+pub fn encode_ack(token: u64, seq: u64) -> Bytes {
+    let mut payload = Vec::with_capacity(20);
+    write_var(&mut payload, token);
+    write_var(&mut payload, seq);
+    frame(&[MSG_ACK], &payload)
 }
 
 /// An awareness update.

@@ -7,7 +7,7 @@
 //! encoded frame (one `Bytes`, shared) to every other session. [`Flushed`] later moves
 //! `durable_seq`, which is the only seq the outside world is shown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,14 @@ use bytes::Bytes;
 use log::{debug, error, info, warn};
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::messages::{
-    DocState, FromClient, GetInfo, GetState, Join, Leave, Outbound, SessionId, Shutdown,
+    ApplyUpdate, DocState, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join, Leave,
+    LiveEvent, Outbound, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::registry::RoomStopped;
 use crate::config::Settings;
@@ -47,6 +51,14 @@ pub struct RoomDeps {
     pub registry: Recipient<RoomStopped>,
 }
 
+/// Someone waiting for a seq to become durable.
+enum Waiter {
+    /// An HTTP handler (POST answer, long poll).
+    Reply(oneshot::Sender<u64>),
+    /// A WebSocket writer that asked for an ack (see `protocol::MSG_ACK`).
+    Ack { session: SessionId, token: u64 },
+}
+
 /// One session as the room sees it.
 struct Member {
     outbox: Recipient<Outbound>,
@@ -70,8 +82,17 @@ pub struct Room {
     /// A snapshot whose flush we wait for before deleting the records it replaces.
     compaction_due: Option<u64>,
     sessions: HashMap<SessionId, Member>,
-    /// When the last session left (None while any session is present).
-    idle_since: Option<Instant>,
+    /// Updates appended but not yet durable, oldest first; SSE streams get them on flush.
+    undurable: VecDeque<(u64, Bytes)>,
+    /// SSE streams, each with a bounded queue; one that overflows is dropped and its
+    /// client resumes from its Last-Event-ID.
+    subscribers: HashMap<u64, mpsc::Sender<LiveEvent>>,
+    next_subscriber: u64,
+    /// Waiters by the seq they wait for.
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// Last message from anyone; with no sessions, streams or waiters, the room is
+    /// evicted `room_idle_ms` after it.
+    last_activity: Instant,
     deps: RoomDeps,
 }
 
@@ -136,7 +157,11 @@ impl Room {
             snapshot_seq: 0,
             compaction_due: None,
             sessions: HashMap::new(),
-            idle_since: Some(Instant::now()),
+            undurable: VecDeque::new(),
+            subscribers: HashMap::new(),
+            next_subscriber: 0,
+            waiters: BTreeMap::new(),
+            last_activity: Instant::now(),
             deps,
         }
     }
@@ -169,7 +194,7 @@ impl Room {
     /// Applies one client update. Returns a reason if it must be refused.
     fn apply_update(
         &mut self,
-        origin: SessionId,
+        origin: Option<SessionId>,
         update: Update,
         ctx: &mut Context<Self>,
     ) -> Result<(), String> {
@@ -198,7 +223,8 @@ impl Room {
         self.deps
             .flusher
             .mark(self.id, self.seq, ctx.address().recipient());
-        self.broadcast(&protocol::encode_update(&diff), Some(origin));
+        self.broadcast(&protocol::encode_update(&diff), origin);
+        self.undurable.push_back((self.seq, Bytes::from(diff)));
         if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
             self.write_snapshot(ctx);
         }
@@ -238,6 +264,8 @@ impl Room {
             });
         }
         self.sessions.clear();
+        self.subscribers.clear();
+        self.waiters.clear();
         ctx.stop();
     }
 
@@ -305,12 +333,18 @@ impl Room {
         self.broadcast_awareness(summary.all_changes());
     }
 
-    fn broadcast_awareness(&self, clients: Vec<ClientID>) {
+    fn broadcast_awareness(&mut self, clients: Vec<ClientID>) {
         if clients.is_empty() {
             return;
         }
         match self.awareness.update_with_clients(clients) {
-            Ok(update) => self.broadcast(&protocol::encode_awareness(&update), None),
+            Ok(update) => {
+                self.broadcast(&protocol::encode_awareness(&update), None);
+                if !self.subscribers.is_empty() {
+                    let event = LiveEvent::Awareness(Bytes::from(update.encode_v1()));
+                    self.publish(event);
+                }
+            }
             Err(e) => debug!("room {:?}: awareness encode: {e}", self.name),
         }
     }
@@ -333,8 +367,65 @@ impl Room {
         if let Some(member) = self.sessions.remove(&session) {
             self.remove_awareness(member.clients);
         }
-        if self.sessions.is_empty() {
-            self.idle_since = Some(Instant::now());
+    }
+
+    /// Sends an event to every SSE stream; drops the streams that cannot take it.
+    fn publish(&mut self, event: LiveEvent) {
+        let name = &self.name;
+        self.subscribers
+            .retain(|id, events| match events.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(
+                        "room {name:?}: SSE stream {id} fell behind; ending it (the client resumes)"
+                    );
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+
+    /// Everything up to `seq` is durable: publish it to SSE streams, answer waiters,
+    /// and compact once the latest snapshot is durable.
+    fn advance_durable(&mut self, seq: u64) {
+        self.durable_seq = self.durable_seq.max(seq);
+        while self
+            .undurable
+            .front()
+            .is_some_and(|(s, _)| *s <= self.durable_seq)
+        {
+            let (seq, update) = self.undurable.pop_front().expect("front exists");
+            if !self.subscribers.is_empty() {
+                self.publish(LiveEvent::Update { seq, update });
+            }
+        }
+        let later = self.waiters.split_off(&(self.durable_seq + 1));
+        for waiter in std::mem::replace(&mut self.waiters, later)
+            .into_values()
+            .flatten()
+        {
+            match waiter {
+                Waiter::Reply(reply) => {
+                    let _ = reply.send(self.durable_seq);
+                }
+                Waiter::Ack { session, token } => {
+                    self.send_to(session, protocol::encode_ack(token, self.durable_seq));
+                }
+            }
+        }
+        if let Some(snapshot_seq) = self.compaction_due
+            && self.durable_seq >= snapshot_seq
+        {
+            self.compaction_due = None;
+            self.compact(snapshot_seq);
+        }
+    }
+
+    /// Registers `waiter` for `seq`, or answers it now if `seq` is durable already.
+    fn wait_for(&mut self, seq: u64, waiter: Waiter) {
+        self.waiters.entry(seq).or_default().push(waiter);
+        if seq <= self.durable_seq {
+            self.advance_durable(self.durable_seq);
         }
     }
 
@@ -363,14 +454,22 @@ impl Room {
             }
             self.remove_awareness(expired);
         }
-        if let Some(since) = self.idle_since
-            && since.elapsed() >= self.deps.settings.room_idle()
-        {
+        self.subscribers.retain(|_, events| !events.is_closed());
+        // Long polls that timed out leave their waiter behind.
+        self.waiters.retain(|_, waiters| {
+            waiters.retain(|w| !matches!(w, Waiter::Reply(reply) if reply.is_closed()));
+            !waiters.is_empty()
+        });
+        let busy =
+            !self.sessions.is_empty() || !self.subscribers.is_empty() || !self.waiters.is_empty();
+        if busy {
+            self.last_activity = Instant::now();
+        } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
             self.flush_now();
             info!(
                 "room {:?} evicted after {} ms idle, seq {}",
                 self.name,
-                since.elapsed().as_millis(),
+                self.last_activity.elapsed().as_millis(),
                 self.durable_seq
             );
             ctx.stop();
@@ -380,15 +479,13 @@ impl Room {
     /// Makes everything appended so far durable, now.
     fn flush_now(&mut self) {
         match self.deps.store.flush() {
-            Ok(()) => self.durable_seq = self.seq,
+            Ok(()) => self.advance_durable(self.seq),
             Err(e) => error!("room {:?}: final flush failed: {e}", self.name),
         }
     }
 
     fn touch(&mut self) {
-        if self.idle_since.is_some() {
-            self.idle_since = Some(Instant::now());
-        }
+        self.last_activity = Instant::now();
     }
 }
 
@@ -413,7 +510,7 @@ impl Handler<Join> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Join, _ctx: &mut Context<Self>) {
-        self.idle_since = None;
+        self.touch();
         let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
         msg.outbox.do_send(Outbound::Frame(step1));
         if let Ok(states) = self.awareness.update()
@@ -467,7 +564,7 @@ impl Handler<FromClient> for Room {
                     self.send_to(session, protocol::encode_sync_step2(&diff));
                 }
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                    if let Err(reason) = self.apply_update(session, update, ctx) {
+                    if let Err(reason) = self.apply_update(Some(session), update, ctx) {
                         warn!(
                             "room {:?}: session {session} sent a bad update: {reason}",
                             self.name
@@ -483,6 +580,10 @@ impl Handler<FromClient> for Room {
                     }
                 }
                 ClientMessage::Auth => {}
+                ClientMessage::AckRequest { token } => {
+                    // Everything this session sent before is at or below `self.seq`.
+                    self.wait_for(self.seq, Waiter::Ack { session, token });
+                }
                 ClientMessage::Custom { tag, .. } => {
                     debug!(
                         "room {:?}: session {session} sent unknown message type {tag}",
@@ -498,13 +599,7 @@ impl Handler<Flushed> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Flushed, _ctx: &mut Context<Self>) {
-        self.durable_seq = self.durable_seq.max(msg.seq);
-        if let Some(snapshot_seq) = self.compaction_due
-            && msg.seq >= snapshot_seq
-        {
-            self.compaction_due = None;
-            self.compact(snapshot_seq);
-        }
+        self.advance_durable(msg.seq);
     }
 }
 
@@ -563,6 +658,73 @@ impl Handler<Shutdown> for Room {
         }
         self.sessions.clear();
         self.flush_now();
+        self.subscribers.clear();
         ctx.stop();
+    }
+}
+
+impl Handler<Subscribe> for Room {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        self.next_subscriber += 1;
+        self.subscribers.insert(self.next_subscriber, msg.events);
+        let awareness = self
+            .awareness
+            .update()
+            .ok()
+            .filter(|u| !u.clients.is_empty())
+            .map(|u| Bytes::from(u.encode_v1()));
+        MessageResult(Subscribed {
+            durable_seq: self.durable_seq,
+            awareness,
+        })
+    }
+}
+
+impl Handler<GetDurableSeq> for Room {
+    type Result = u64;
+
+    fn handle(&mut self, _msg: GetDurableSeq, _ctx: &mut Context<Self>) -> u64 {
+        self.touch();
+        self.durable_seq
+    }
+}
+
+impl Handler<WaitDurable> for Room {
+    type Result = MessageResult<WaitDurable>;
+
+    fn handle(&mut self, msg: WaitDurable, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let (reply, answer) = oneshot::channel();
+        self.wait_for(msg.seq, Waiter::Reply(reply));
+        MessageResult(answer)
+    }
+}
+
+impl Handler<ApplyUpdate> for Room {
+    type Result = MessageResult<ApplyUpdate>;
+
+    fn handle(&mut self, msg: ApplyUpdate, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let applied = protocol::decode_update(&msg.update)
+            .map_err(|e| e.to_string())
+            .and_then(|update| self.apply_update(None, update, ctx));
+        MessageResult(applied.map(|()| {
+            // A no-op update is answered with the seq the room is at: it holds it already.
+            let (reply, answer) = oneshot::channel();
+            self.wait_for(self.seq, Waiter::Reply(reply));
+            answer
+        }))
+    }
+}
+
+impl Handler<GetJson> for Room {
+    type Result = MessageResult<GetJson>;
+
+    fn handle(&mut self, _msg: GetJson, _ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        MessageResult(super::doc_json::to_json(self.doc()))
     }
 }

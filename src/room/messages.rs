@@ -63,3 +63,55 @@ pub struct DocState {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// What an SSE stream receives from the room, in order. Updates come only once durable.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    Update {
+        seq: u64,
+        update: Bytes,
+    },
+    /// An awareness update (y-protocols encoding, without the y-websocket message tag).
+    Awareness(Bytes),
+}
+
+/// Registers an SSE stream: it will get every update with a seq above the returned
+/// `durable_seq`, as each becomes durable, and every awareness change.
+#[derive(Message, Clone)]
+#[rtype(result = "Subscribed")]
+pub struct Subscribe {
+    pub events: tokio::sync::mpsc::Sender<LiveEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    /// Updates up to here are the caller's to replay from the store; above it, live.
+    pub durable_seq: u64,
+    /// The current awareness states, if anyone is present.
+    pub awareness: Option<Bytes>,
+}
+
+/// The room's durable seq, for polling.
+#[derive(Message, Clone)]
+#[rtype(result = "u64")]
+pub struct GetDurableSeq;
+
+/// Resolves once the room's durable seq reaches `seq` (with the durable seq then).
+#[derive(Message, Clone)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<u64>")]
+pub struct WaitDurable {
+    pub seq: u64,
+}
+
+/// An update from HTTP (`POST /rooms/{room}/updates`): applied like a WebSocket one;
+/// the answer resolves with its seq once durable. `Err` says why it was refused.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<tokio::sync::oneshot::Receiver<u64>, String>")]
+pub struct ApplyUpdate {
+    pub update: Bytes,
+}
+
+/// The document's root types as JSON (`GET /rooms/{room}/state?format=json`).
+#[derive(Message, Clone)]
+#[rtype(result = "serde_json::Value")]
+pub struct GetJson;

@@ -2,6 +2,8 @@
 //! and the messages they exchange with sessions and HTTP handlers.
 
 pub mod actor;
+pub mod cursor;
+pub mod doc_json;
 pub mod messages;
 pub mod registry;
 

@@ -1,0 +1,213 @@
+//! `/rooms/{room}…`: metadata, state (binary or JSON), polling and HTTP writes. Every
+//! handler is stateless: the cursor is the client's, so any node could answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::room::cursor::{self, CatchUp};
+use crate::room::messages::{
+    ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, WaitDurable,
+};
+use crate::room::{RoomUnavailable, ask};
+
+/// A query parameter, or a 400 if the query string does not parse.
+pub fn query_param(req: &HttpRequest, key: &str) -> Result<Option<String>, ApiError> {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    Ok(query.get(key).cloned())
+}
+
+/// A seq given by a client (cursor).
+pub fn parse_seq(what: &str, value: &str) -> Result<u64, ApiError> {
+    value.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_cursor",
+            format!("{what} must be a sequence number, got {value:?}"),
+        )
+    })
+}
+
+/// [`cursor::catch_up`] off the HTTP worker thread (it reads the store).
+pub async fn catch_up(
+    state: &AppState,
+    room: &Arc<str>,
+    since: Option<u64>,
+    durable: u64,
+    limit: usize,
+) -> Result<CatchUp, ApiError> {
+    let store = state.store.clone();
+    let room = room.clone();
+    web::block(move || cursor::catch_up(&*store, &room, since, durable, limit))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+pub async fn full_state(state: &AppState, room: &Arc<str>) -> Result<DocState, ApiError> {
+    Ok(ask(&state.registry, room, GetState).await?.1)
+}
+
+/// `GET /rooms/{room}`.
+pub async fn info(state: web::Data<AppState>, room: Arc<str>) -> Result<HttpResponse, ApiError> {
+    let (_, info) = ask(&state.registry, &room, GetInfo).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// `GET /rooms/{room}/state`: the full state as a Yjs update v1 (or, with
+/// `?format=json`, the root types as JSON).
+pub async fn doc_state(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    match query_param(&req, "format")?.as_deref() {
+        None | Some("binary") => {}
+        Some("json") => return doc_json(state, room).await,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_format",
+                format!("format must be json or binary, got {other:?}"),
+            ));
+        }
+    }
+    let doc = full_state(&state, &room).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "application/octet-stream"))
+        .insert_header(("X-Seq", doc.seq.to_string()))
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .body(doc.state))
+}
+
+/// `GET /rooms/{room}/json`.
+pub async fn doc_json(
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, value) = ask(&state.registry, &room, GetJson).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(value))
+}
+
+/// `GET /rooms/{room}/updates?since=SEQ&wait=SECS`: polling (`wait=0`, the default) and
+/// long polling (`wait` > 0: held until an update is durable or `wait` passes).
+pub async fn poll(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let since = query_param(&req, "since")?
+        .map(|v| parse_seq("since", &v))
+        .transpose()?;
+    let wait = match query_param(&req, "wait")? {
+        None => Duration::ZERO,
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+            .ok_or_else(|| {
+                ApiError::bad_request("bad_wait", format!("wait must be seconds >= 0, got {v:?}"))
+            })?,
+    }
+    .min(state.settings.poll_max_wait());
+
+    let (addr, mut durable) = ask(&state.registry, &room, GetDurableSeq).await?;
+    if let Some(since) = since
+        && since == durable
+        && !wait.is_zero()
+    {
+        let woken = addr
+            .send(WaitDurable { seq: since + 1 })
+            .await
+            .map_err(|_| RoomUnavailable(room.clone()))?;
+        if let Ok(Ok(seq)) = actix_rt::time::timeout(wait, woken).await {
+            durable = seq;
+        }
+    }
+
+    let limit = state.settings.poll_batch_limit;
+    match catch_up(&state, &room, since, durable, limit).await? {
+        CatchUp::Updates(updates) => {
+            let updates: Vec<_> = updates
+                .iter()
+                .map(|u| json!({ "seq": u.seq, "update": BASE64.encode(&u.update) }))
+                .collect();
+            Ok(HttpResponse::Ok().json(json!({ "seq": durable, "updates": updates })))
+        }
+        CatchUp::Snapshot => {
+            let doc = full_state(&state, &room).await?;
+            Ok(HttpResponse::Ok()
+                .json(json!({ "seq": doc.seq, "snapshot": BASE64.encode(&doc.state) })))
+        }
+    }
+}
+
+/// `POST /rooms/{room}/updates`: body is one Yjs update v1; answers `{"seq": n}` once
+/// the update is durable.
+pub async fn post_update(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.settings.max_frame_bytes).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("bad_update", "empty body"));
+    }
+    let (_, applied) = ask(&state.registry, &room, ApplyUpdate { update: body }).await?;
+    let durable = applied.map_err(|reason| ApiError::bad_request("bad_update", reason))?;
+    let seq = durable.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_stored",
+            "the room stopped before the update was durable; retry",
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
+}
+
+/// Reads a request body of at most `limit` bytes; larger ones get a JSON 413.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
