@@ -25,3 +25,8 @@ pub fn run_node(script: &str) {
 fn stock_yjs_clients_converge_share_awareness_and_survive_a_restart() {
     run_node("yjs_clients.mjs");
 }
+
+#[test]
+fn a_real_eventsource_resumes_with_last_event_id_after_the_stream_drops() {
+    run_node("eventsource.mjs");
+}

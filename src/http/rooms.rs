@@ -12,6 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use log::debug;
 use serde_json::json;
 
 use super::AppState;
@@ -130,6 +131,7 @@ pub async fn poll(
         && since == durable
         && !wait.is_zero()
     {
+        debug!("room {room:?}: long poll held at seq {since} for up to {wait:?}");
         let woken = addr
             .send(WaitDurable { seq: since + 1 })
             .await

@@ -46,11 +46,16 @@ mod tests {
     #[test]
     fn roots_learned_from_updates_render_by_their_content() {
         let source = Doc::new();
+        let (text, map, list) = (
+            source.get_or_insert_text("text"),
+            source.get_or_insert_map("map"),
+            source.get_or_insert_array("list"),
+        );
         {
             let mut txn = source.transact_mut();
-            source.get_or_insert_text("text").push(&mut txn, "hello");
-            source.get_or_insert_map("map").insert(&mut txn, "k", 1.5);
-            source.get_or_insert_array("list").push_back(&mut txn, "a");
+            text.push(&mut txn, "hello");
+            map.insert(&mut txn, "k", 1.5);
+            list.push_back(&mut txn, "a");
         }
         let update = source
             .transact()

@@ -187,6 +187,8 @@ pub struct YClient {
     pub synced: bool,
     /// Every client id named in an awareness message from the server, own id included.
     pub awareness_heard: std::collections::HashSet<u64>,
+    /// Write acks received: (token, durable seq).
+    pub acks: Vec<(u64, u64)>,
 }
 
 impl YClient {
@@ -208,6 +210,7 @@ impl YClient {
             closed: None,
             synced: false,
             awareness_heard: Default::default(),
+            acks: Vec::new(),
         };
         let sv = client.doc().transact().state_vector();
         client.send_raw(sync_frame(0, &sv.encode_v1())).await;
@@ -254,6 +257,16 @@ impl YClient {
             text.len(&self.doc().transact())
         };
         self.insert(name, len, chunk).await;
+    }
+
+    /// Asks the server to say when everything sent so far is durable (message type 100).
+    pub async fn request_ack(&mut self, token: u64) {
+        let mut payload = Vec::new();
+        write_var(&mut payload, token);
+        let mut frame = vec![100];
+        write_var(&mut frame, payload.len() as u64);
+        frame.extend_from_slice(&payload);
+        self.send_raw(frame).await;
     }
 
     /// Sets this client's awareness state and announces it.
@@ -322,6 +335,12 @@ impl YClient {
                     self.awareness_heard
                         .extend(update.clients.keys().map(|id| id.get()));
                     self.awareness.apply_update(update).unwrap();
+                }
+                100 => {
+                    let mut payload = read_buf(&mut frame);
+                    let token = read_var(&mut payload);
+                    let seq = read_var(&mut payload);
+                    self.acks.push((token, seq));
                 }
                 other => panic!("unexpected message type {other} from server"),
             }
@@ -414,4 +433,160 @@ fn read_buf<'a>(buf: &mut &'a [u8]) -> &'a [u8] {
     let (head, tail) = buf.split_at(len);
     *buf = tail;
     head
+}
+
+/// A writer that edits a local yrs document and POSTs each update.
+pub struct HttpWriter {
+    pub doc: Doc,
+}
+
+impl HttpWriter {
+    pub fn new() -> HttpWriter {
+        HttpWriter { doc: Doc::new() }
+    }
+
+    /// Appends `chunk` to text `name` locally and returns the update.
+    pub fn append(&self, name: &str, chunk: &str) -> Vec<u8> {
+        let text = self.doc.get_or_insert_text(name);
+        let mut txn = self.doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, chunk);
+        txn.encode_update_v1()
+    }
+}
+
+/// POSTs an update; returns status and JSON body.
+pub async fn post_update(
+    server: &TestServer,
+    room: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let mut res = awc::Client::new()
+        .post(server.url(&format!("/rooms/{room}/updates")))
+        .insert_header(("content-type", "application/octet-stream"))
+        .send_body(body)
+        .await
+        .unwrap();
+    let body = res.body().limit(1 << 20).await.unwrap();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    (res.status().as_u16(), json)
+}
+
+pub fn b64(data: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap()
+}
+
+/// Applies a Yjs update v1 to `doc`.
+pub fn apply(doc: &Doc, update: &[u8]) {
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).unwrap())
+        .unwrap();
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub kind: String,
+    pub id: Option<u64>,
+    pub data: String,
+}
+
+type SseBody =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>>>>;
+
+/// A minimal EventSource: parses `text/event-stream` from a real HTTP response.
+pub struct SseClient {
+    body: SseBody,
+    buf: String,
+    pub retry: Option<u64>,
+    pub heartbeats: usize,
+}
+
+impl SseClient {
+    /// Connects to `/rooms/{room}/events`, with `Last-Event-ID` if given.
+    pub async fn connect(
+        server: &TestServer,
+        room: &str,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        SseClient::open(server, &format!("/rooms/{room}/events"), last_event_id).await
+    }
+
+    /// Connects to any path (e.g. with `?since=`).
+    pub async fn open(server: &TestServer, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut req = awc::Client::builder()
+            .timeout(Duration::from_secs(3600))
+            .finish()
+            .get(server.url(path));
+        if let Some(id) = last_event_id {
+            req = req.insert_header(("Last-Event-ID", id));
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "text/event-stream"
+        );
+        SseClient {
+            body: Box::pin(res),
+            buf: String::new(),
+            retry: None,
+            heartbeats: 0,
+        }
+    }
+
+    /// The next event (comments and `retry:` are recorded, not returned).
+    pub async fn next(&mut self) -> SseEvent {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    kind: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut is_event = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event.kind = v.to_string();
+                        is_event = true;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data.push_str(v);
+                        is_event = true;
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        self.retry = Some(v.parse().unwrap());
+                    } else if line.starts_with(':') {
+                        self.heartbeats += 1;
+                    }
+                }
+                if is_event {
+                    return event;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = actix_rt::time::timeout(left, self.body.next())
+                .await
+                .expect("timed out waiting for an SSE event")
+                .expect("SSE stream ended")
+                .unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next event that is not awareness.
+    pub async fn next_doc_event(&mut self) -> SseEvent {
+        loop {
+            let event = self.next().await;
+            if event.kind != "awareness" {
+                return event;
+            }
+        }
+    }
 }
