@@ -35,14 +35,24 @@ fn one_megabyte() -> Vec<u8> {
     let doc = Doc::new();
     let text = doc.get_or_insert_text("t");
     let mut txn = doc.transact_mut();
-    text.insert(&mut txn, 0, &"lorem ipsum ".repeat(1 << 20).chars().take(1 << 20).collect::<String>());
+    text.insert(
+        &mut txn,
+        0,
+        &"lorem ipsum "
+            .repeat(1 << 20)
+            .chars()
+            .take(1 << 20)
+            .collect::<String>(),
+    );
     txn.encode_update_v1()
 }
 
 /// Reads an SSE response until the event `header` (e.g. "event: update\nid: 7\n") has
 /// arrived completely; returns the bytes read. Scans each byte once.
 async fn read_event(url: &str, last_event_id: Option<&str>, header: &str) -> usize {
-    let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
     let mut req = client.get(url);
     if let Some(id) = last_event_id {
         req = req.insert_header(("Last-Event-ID", id));

@@ -264,6 +264,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_exactly_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("collabd.example.toml");
+        let from_file = Settings::load(Some(&example), &Overrides::default()).unwrap();
+        assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
     fn unknown_keys_and_zero_limits_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
