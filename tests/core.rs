@@ -82,12 +82,50 @@ async fn awareness_is_shared_echoed_and_removed_on_disconnect() {
     })
     .await;
 
+    // Query awareness (message type 3) is answered with everyone's state.
+    let mut asker = YClient::connect(&server, "presence").await;
+    asker.until("asker synced", |c| c.synced).await;
+    asker.drain_for(Duration::from_millis(50)).await;
+    asker.awareness_heard.clear();
+    asker.send_raw(vec![3]).await;
+    asker
+        .until("the answer to query awareness", |c| {
+            c.awareness_heard.contains(&a_id) && c.awareness_heard.contains(&echo_id)
+        })
+        .await;
+
     a.close().await;
     b.until("a's presence removed", |c| {
         !c.awareness_clients().contains(&a_id)
     })
     .await;
     assert!(b.awareness_clients().contains(&echo_id));
+}
+
+#[actix_rt::test]
+async fn one_frame_may_carry_several_messages() {
+    let dir = tempdir();
+    let server = TestServer::start(dir.path(), &[]);
+    let mut a = YClient::connect(&server, "multi").await;
+    let mut b = YClient::connect(&server, "multi").await;
+    a.until("a synced", |c| c.synced).await;
+    b.until("b synced", |c| c.synced).await;
+    let update = {
+        use yrs::{Text, Transact};
+        let text = a.doc().get_or_insert_text("t");
+        let mut txn = a.doc().transact_mut();
+        text.insert(&mut txn, 0, "both");
+        txn.encode_update_v1()
+    };
+    a.awareness.set_local_state_raw(r#"{"in":"one frame"}"#);
+    let mut frame = sync_frame(2, &update);
+    frame.extend(common::awareness_frame(&a.awareness.update().unwrap()));
+    a.send_raw(frame).await;
+    let a_id = a.client_id();
+    b.until("update and awareness from one frame", |c| {
+        c.text("t") == "both" && c.awareness_clients().contains(&a_id)
+    })
+    .await;
 }
 
 #[actix_rt::test]
