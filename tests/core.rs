@@ -295,6 +295,13 @@ async fn an_idle_room_is_evicted_and_reloads_identical() {
         .filter(|l| l.contains("room \"idle\" loaded"))
         .count();
     assert_eq!(loads, 2, "the room was not reloaded from the store");
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|l| l.contains("room \"idle\" loaded: seq 4, snapshot at 4, 0 records")),
+        "eviction should leave a snapshot so the reload replays nothing"
+    );
 }
 
 #[actix_rt::test]

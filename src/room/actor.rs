@@ -465,7 +465,7 @@ impl Room {
         if busy {
             self.last_activity = Instant::now();
         } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
-            self.flush_now();
+            self.snapshot_and_flush(ctx);
             info!(
                 "room {:?} evicted after {} ms idle, seq {}",
                 self.name,
@@ -474,6 +474,15 @@ impl Room {
             );
             ctx.stop();
         }
+    }
+
+    /// Before the room stops: a snapshot (if the log grew since the last one), so the
+    /// next load applies one state instead of replaying records, then a flush.
+    fn snapshot_and_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.seq > self.snapshot_seq {
+            self.write_snapshot(ctx);
+        }
+        self.flush_now();
     }
 
     /// Makes everything appended so far durable, now.
@@ -657,7 +666,7 @@ impl Handler<Shutdown> for Room {
             });
         }
         self.sessions.clear();
-        self.flush_now();
+        self.snapshot_and_flush(ctx);
         self.subscribers.clear();
         ctx.stop();
     }
