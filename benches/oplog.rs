@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Context, Handler};
+mod common;
+
 use collabd::store::Store;
 use collabd::store::flusher::{Flushed, Flusher};
 use collabd::store::sled::SledStore;
-use yrs::{Doc, Text, Transact};
 
 struct DurableSeq(Arc<AtomicU64>);
 
@@ -31,25 +32,11 @@ impl Handler<Flushed> for DurableSeq {
     }
 }
 
-/// `n` keystroke updates: one character appended per transaction.
-fn keystrokes(n: usize) -> Vec<Vec<u8>> {
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text("t");
-    (0..n)
-        .map(|i| {
-            let mut txn = doc.transact_mut();
-            let len = text.len(&txn);
-            text.insert(&mut txn, len, if i % 7 == 0 { " " } else { "x" });
-            txn.encode_update_v1()
-        })
-        .collect()
-}
-
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let rooms: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let updates = keystrokes(total);
+    let updates = common::keystrokes(total);
     let payload: usize = updates.iter().map(Vec::len).sum();
 
     actix_rt::System::new().block_on(async move {

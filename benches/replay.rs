@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use collabd::store::Store;
 use collabd::store::sled::SledStore;
 use collabd::{Server, Settings};
@@ -17,19 +19,6 @@ use yrs::{Doc, Text, Transact};
 
 const UPDATES: u64 = 10_001;
 const RUNS: usize = 20;
-
-fn keystrokes(n: u64) -> Vec<Vec<u8>> {
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text("t");
-    (0..n)
-        .map(|_| {
-            let mut txn = doc.transact_mut();
-            let len = text.len(&txn);
-            text.insert(&mut txn, len, "x");
-            txn.encode_update_v1()
-        })
-        .collect()
-}
 
 fn one_megabyte() -> Vec<u8> {
     let doc = Doc::new();
@@ -106,7 +95,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SledStore::open(dir.path()).unwrap();
-        for (i, update) in keystrokes(UPDATES).iter().enumerate() {
+        for (i, update) in common::keystrokes(UPDATES as usize).iter().enumerate() {
             store.append("bench/replay", i as u64 + 1, update).unwrap();
         }
         store.append("bench/big", 1, &one_megabyte()).unwrap();
