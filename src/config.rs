@@ -57,6 +57,38 @@ pub struct Settings {
     pub room_threads: usize,
     /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU.
     pub http_workers: usize,
+    /// Bytes a WebSocket session may have queued for sending (with
+    /// `outbound_queue_messages`, whichever is reached first); one frame larger than this
+    /// is still sent when nothing else is queued.
+    pub outbound_queue_bytes: usize,
+    /// Long-lived connections (WebSocket sessions and SSE streams) the server holds at
+    /// once; beyond that new ones get 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// The same limit for one room.
+    pub max_connections_per_room: usize,
+    /// The same limit for one client IP address (the TCP peer; proxies are not trusted).
+    pub max_connections_per_ip: usize,
+    /// Admission token bucket: new long-lived connections accepted per second, sustained…
+    pub admission_rate: u32,
+    /// …and in a burst. A reconnect storm beyond this gets 503 + `Retry-After` and spreads
+    /// itself out instead of melting the server.
+    pub admission_burst: u32,
+    /// Per-session message-rate limit (token bucket over inbound frames): sustained…
+    pub session_rate: u32,
+    /// …and burst. A session that exhausts it is closed with 1008 ("rate limit").
+    pub session_burst: u32,
+    /// Largest document a room may grow to, in bytes of its encoded state (estimated as
+    /// the last snapshot plus the updates since). Writes that would exceed it are refused;
+    /// the room stays readable.
+    pub max_doc_bytes: usize,
+    /// HS256 secret for access tokens (JWT). Unset: every room is open to everyone (the
+    /// server warns at startup). Set it in the file or as `COLLABD_AUTH_SECRET`, never as a
+    /// flag (flags are visible in `ps`).
+    pub auth_secret: Option<String>,
+    /// Browser origins allowed to open WebSocket and SSE connections (exact match of the
+    /// `Origin` header, e.g. `https://app.example.com`). Empty: any origin. Requests
+    /// without an `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -80,6 +112,17 @@ impl Default for Settings {
             poll_batch_limit: 1_000,
             room_threads: 0,
             http_workers: 0,
+            outbound_queue_bytes: 16 * 1024 * 1024,
+            max_connections: 20_000,
+            max_connections_per_room: 5_000,
+            max_connections_per_ip: 500,
+            admission_rate: 1_000,
+            admission_burst: 1_000,
+            session_rate: 200,
+            session_burst: 2_000,
+            max_doc_bytes: 64 * 1024 * 1024,
+            auth_secret: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -160,6 +203,46 @@ pub struct Overrides {
     /// HTTP worker threads, 0 = one per CPU [default: 0]
     #[arg(long)]
     pub http_workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Bytes queued per session before "slow consumer" [default: 16777216]
+    #[arg(long)]
+    pub outbound_queue_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most WebSocket + SSE connections [default: 20000]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most connections in one room [default: 5000]
+    #[arg(long)]
+    pub max_connections_per_room: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most connections from one IP [default: 500]
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// New connections admitted per second [default: 1000]
+    #[arg(long)]
+    pub admission_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// New connections admitted in a burst [default: 1000]
+    #[arg(long)]
+    pub admission_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Inbound frames per second per session, sustained [default: 200]
+    #[arg(long)]
+    pub session_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Inbound frames per session in a burst [default: 2000]
+    #[arg(long)]
+    pub session_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Largest document per room, in bytes [default: 67108864]
+    #[arg(long)]
+    pub max_doc_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Browser origins allowed for WebSocket/SSE, comma-separated [default: any]
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Why the settings could not be assembled.
@@ -187,7 +270,12 @@ impl Settings {
         let settings: Settings = config::Config::builder()
             .add_source(defaults)
             .add_source(file_source.format(config::FileFormat::Toml))
-            .add_source(config::Environment::with_prefix("COLLABD").try_parsing(true))
+            .add_source(
+                config::Environment::with_prefix("COLLABD")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("allowed_origins"),
+            )
             .add_source(flags)
             .build()?
             .try_deserialize()?;
@@ -207,6 +295,18 @@ impl Settings {
                 "outbound_queue_messages",
                 self.outbound_queue_messages as u64,
             ),
+            ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_room",
+                self.max_connections_per_room as u64,
+            ),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("admission_rate", self.admission_rate.into()),
+            ("admission_burst", self.admission_burst.into()),
+            ("session_rate", self.session_rate.into()),
+            ("session_burst", self.session_burst.into()),
+            ("max_doc_bytes", self.max_doc_bytes as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(
@@ -216,6 +316,11 @@ impl Settings {
         if self.client_timeout_ms <= self.heartbeat_interval_ms {
             return Err(ConfigError::Invalid(
                 "client_timeout_ms must be greater than heartbeat_interval_ms".into(),
+            ));
+        }
+        if self.auth_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "auth_secret must be at least 16 bytes".into(),
             ));
         }
         Ok(())

@@ -6,6 +6,9 @@
 //! # Layout
 //!
 //! - [`config`]: settings, their defaults and how they are layered.
+//! - [`auth`]: access tokens (HS256 JWT): which rooms, read or write, until when.
+//! - [`limits`]: connection limits, admission and per-session rate buckets.
+//! - [`metrics`]: Prometheus metrics served at `/metrics`.
 //! - [`protocol`]: the y-websocket wire codec (sans-IO) and the HTTP JSON shapes.
 //! - [`room`]: the room actor, the registry actor, and the messages between them.
 //! - [`session`]: the WebSocket session actor.
@@ -16,8 +19,11 @@
 //! One update from socket to disk: `session` decodes the frame → `room::actor` applies it
 //! and assigns the seq → `store` appends it → `store::flusher` makes it durable.
 
+pub mod auth;
 pub mod config;
 pub mod http;
+pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod server;

@@ -1,20 +1,45 @@
-//! The `collabd` binary: parse flags, load settings, start logging, serve.
+//! The `collabd` binary: parse flags, load settings, start logging, serve — or mint an
+//! access token (`collabd token`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use collabd::auth::{self, Access, Claims};
 use collabd::config::{Overrides, Settings};
 
 /// A real-time collaborative state server for Yjs clients.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// TOML configuration file (default: ./collabd.toml if present).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an access token signed with the configured auth_secret
+    /// (from --config, collabd.toml or COLLABD_AUTH_SECRET).
+    Token {
+        /// Room name, or a prefix ending in `*` (`docs/*`; `*` is every room).
+        #[arg(long)]
+        room: String,
+        /// Grant write access (default: read only).
+        #[arg(long)]
+        write: bool,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Optional subject (user id), logged by the server.
+        #[arg(long)]
+        sub: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -27,6 +52,34 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Token {
+        room,
+        write,
+        ttl,
+        sub,
+    }) = cli.command
+    {
+        let Some(secret) = settings.auth_secret.as_deref() else {
+            log::error!("auth_secret is not configured; there is nothing to sign tokens with");
+            return ExitCode::from(2);
+        };
+        let claims = Claims {
+            room,
+            perm: if write { Access::Write } else { Access::Read },
+            exp: auth::expiry_in(Duration::from_secs(ttl)),
+            sub,
+        };
+        return match auth::mint(secret, &claims) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("signing failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match actix_rt::System::new().block_on(collabd::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

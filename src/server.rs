@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};
-use log::{error, info};
+use log::{error, info, warn};
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::limits::Admission;
 use crate::room::Registry;
 use crate::room::registry::ShutdownAll;
 use crate::store::Store;
@@ -39,10 +41,20 @@ impl Server {
         );
         let flusher = Flusher::start(store.clone(), settings.flush_interval());
         let registry = Registry::new(store.clone(), flusher.clone(), settings.clone()).start();
+        let auth = Auth::new(settings.auth_secret.as_deref());
+        if !auth.enabled() {
+            warn!(
+                "NO AUTH: auth_secret is not set, so anyone who can reach {} may read and \
+                 write every room. Set COLLABD_AUTH_SECRET in production.",
+                settings.bind
+            );
+        }
         let state = AppState {
             registry: registry.clone(),
             settings: settings.clone(),
             store: store.clone(),
+            admission: Admission::new(&settings),
+            auth,
         };
         let workers = match settings.http_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

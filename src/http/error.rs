@@ -1,9 +1,12 @@
 //! Errors at the HTTP edge: one type, mapped once to a status and a JSON body.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use log::warn;
 
+use crate::auth::AuthError;
+use crate::limits::Refusal;
 use crate::protocol::json::ErrorBody;
 use crate::room::RoomUnavailable;
 
@@ -14,6 +17,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +27,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -48,6 +59,24 @@ impl From<RoomUnavailable> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        let status = if e.is_forbidden() {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string())
+            .retry_after(e.retry_after_secs())
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status
@@ -60,7 +89,14 @@ impl ResponseError for ApiError {
             self.code,
             self.message
         );
-        HttpResponse::build(self.status).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            response.insert_header((RETRY_AFTER, secs.to_string()));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(ErrorBody {
             error: self.code.to_string(),
             message: self.message.clone(),
         })

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, room-name parsing, and the handlers for health, metadata,
 //! state and the WebSocket upgrade. Handlers are thin: they find the room and ask it.
 
+pub mod access;
 pub mod error;
 pub mod rooms;
 pub mod sse;
@@ -11,7 +12,10 @@ use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
 use percent_encoding::percent_decode_str;
 
+use crate::auth::{Access, Auth};
 use crate::config::Settings;
+use crate::limits::Admission;
+use crate::metrics::metrics;
 use crate::room::Registry;
 use crate::session::WsSession;
 use crate::store::Store;
@@ -27,12 +31,15 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Read directly by replay (SSE, polling): reads need no trip through the room.
     pub store: Arc<dyn Store>,
+    pub admission: Arc<Admission>,
+    pub auth: Auth,
 }
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
         .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(prometheus))
         .route("/ws/{room:.*}", web::get().to(websocket))
         .route("/rooms/{rest:.*}", web::get().to(get_room))
         .route("/rooms/{rest:.*}", web::post().to(post_room))
@@ -72,6 +79,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+async fn prometheus() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics().render())
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
         "no route for {} {}",
@@ -87,6 +100,7 @@ async fn websocket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(raw_tail(&req, "/ws/"))?;
+    let (grant, permit) = access::admit_connection(&req, &state, &name)?;
     let max = state.settings.max_frame_bytes;
     let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
@@ -99,6 +113,8 @@ async fn websocket(
         socket,
         stream,
         state.settings.clone(),
+        grant,
+        permit,
     );
     Ok(response)
 }
@@ -107,19 +123,25 @@ async fn websocket(
 /// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tail = raw_tail(&req, "/rooms/");
+    let readable = |raw: &str| {
+        let name = room_name(raw)?;
+        access::authorize(&req, &state, &name, Access::Read)?;
+        Ok::<_, ApiError>(name)
+    };
     if let Some(raw) = tail.strip_suffix("/state") {
-        return rooms::doc_state(req.clone(), state, room_name(raw)?).await;
+        return rooms::doc_state(req.clone(), state.clone(), readable(raw)?).await;
     }
     if let Some(raw) = tail.strip_suffix("/json") {
-        return rooms::doc_json(state, room_name(raw)?).await;
+        return rooms::doc_json(state.clone(), readable(raw)?).await;
     }
     if let Some(raw) = tail.strip_suffix("/events") {
+        // Origin, token and admission are checked together in `sse::events`.
         return sse::events(req.clone(), state, room_name(raw)?).await;
     }
     if let Some(raw) = tail.strip_suffix("/updates") {
-        return rooms::poll(req.clone(), state, room_name(raw)?).await;
+        return rooms::poll(req.clone(), state.clone(), readable(raw)?).await;
     }
-    rooms::info(state, room_name(tail)?).await
+    rooms::info(state.clone(), readable(tail)?).await
 }
 
 /// `POST /rooms/{room}/updates`.
@@ -131,6 +153,7 @@ async fn post_room(
     match raw_tail(&req, "/rooms/").strip_suffix("/updates") {
         Some(raw) => {
             let name = room_name(raw)?;
+            access::authorize(&req, &state, &name, Access::Write)?;
             rooms::post_update(req.clone(), payload, state, name).await
         }
         None => Err(ApiError::new(

@@ -17,6 +17,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::metrics::{ConnectionGauge, metrics};
+use crate::room::actor::Refused;
 use crate::room::cursor::{self, CatchUp};
 use crate::room::messages::{
     ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, WaitDurable,
@@ -132,6 +134,7 @@ pub async fn poll(
         && !wait.is_zero()
     {
         debug!("room {room:?}: long poll held at seq {since} for up to {wait:?}");
+        let _held = ConnectionGauge::open("longpoll");
         let woken = addr
             .send(WaitDurable { seq: since + 1 })
             .await
@@ -167,11 +170,22 @@ pub async fn post_update(
     room: Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.settings.max_frame_bytes).await?;
+    metrics()
+        .bytes_in
+        .with_label_values(&["http"])
+        .inc_by(body.len() as u64);
     if body.is_empty() {
         return Err(ApiError::bad_request("bad_update", "empty body"));
     }
     let (_, applied) = ask(&state.registry, &room, ApplyUpdate { update: body }).await?;
-    let durable = applied.map_err(|reason| ApiError::bad_request("bad_update", reason))?;
+    let durable = applied.map_err(|refused| match refused {
+        Refused::Invalid(_) => ApiError::bad_request("bad_update", refused.to_string()),
+        Refused::TooLarge(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "document_too_large",
+            refused.to_string(),
+        ),
+    })?;
     let seq = durable.await.map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -5,7 +5,7 @@
 //! replay from the store what the client lacks up to D (or send a snapshot), then stream
 //! the queue, skipping any update at or below the last id already sent.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,9 +15,11 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use tokio::sync::mpsc;
 
-use super::AppState;
 use super::error::ApiError;
 use super::rooms::{catch_up, full_state, parse_seq, query_param};
+use super::{AppState, access};
+use crate::limits::Permit;
+use crate::metrics::{ConnectionGauge, metrics};
 use crate::room::ask;
 use crate::room::cursor::CatchUp;
 use crate::room::messages::{LiveEvent, Subscribe};
@@ -53,11 +55,19 @@ fn event(kind: &str, id: Option<u64>, data: &[u8]) -> Bytes {
 
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
+/// Far enough for "never" and still a valid timer deadline.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 struct Live {
     events: mpsc::Receiver<LiveEvent>,
     heartbeat: actix_rt::time::Interval,
     /// Highest update id sent; live updates at or below it were in the replay.
     last_id: u64,
+    /// The stream ends when the client's token expires; EventSource then reconnects and
+    /// must present a fresh one.
+    expiry: std::pin::Pin<Box<actix_rt::time::Sleep>>,
+    _permit: Permit,
+    _gauge: ConnectionGauge,
 }
 
 impl Live {
@@ -73,6 +83,7 @@ impl Live {
                     LiveEvent::Awareness(update) => return Some(event("awareness", None, &update)),
                 },
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
+                _ = &mut self.expiry => return None,
             }
         }
     }
@@ -84,6 +95,7 @@ pub async fn events(
     name: std::sync::Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
     let since = resume_point(&req)?;
+    let (grant, permit) = access::admit_connection(&req, &state, &name)?;
     let settings = &state.settings;
     let (tx, rx) = mpsc::channel(settings.sse_queue_events);
     let (_, subscribed) = ask(&state.registry, &name, Subscribe { events: tx }).await?;
@@ -111,16 +123,28 @@ pub async fn events(
 
     let mut heartbeat = actix_rt::time::interval(settings.sse_heartbeat());
     heartbeat.reset_after(settings.sse_heartbeat().max(Duration::from_millis(1)));
+    let expires_in = grant.expires.map_or(FOREVER, |at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(FOREVER)
+    });
     let live = Live {
         events: rx,
         heartbeat,
         last_id,
+        expiry: Box::pin(actix_rt::time::sleep(expires_in)),
+        _permit: permit,
+        _gauge: ConnectionGauge::open("sse"),
     };
-    let body =
-        stream::iter(prelude.into_iter().map(Ok::<_, actix_web::Error>))
-            .chain(stream::unfold(live, |mut live| async move {
-                live.next().await.map(|bytes| (Ok(bytes), live))
-            }));
+    let sent = metrics().bytes_out.with_label_values(&["sse"]);
+    let body = stream::iter(prelude)
+        .chain(stream::unfold(live, |mut live| async move {
+            live.next().await.map(|bytes| (bytes, live))
+        }))
+        .map(move |bytes| {
+            sent.inc_by(bytes.len() as u64);
+            Ok::<_, actix_web::Error>(bytes)
+        });
     Ok(HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))

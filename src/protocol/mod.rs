@@ -34,6 +34,8 @@ pub const MSG_QUERY_AWARENESS: u64 = 3;
 /// token, varuint seq)]`, where `seq` is the room's durable seq covering them.
 pub const MSG_ACK: u64 = 100;
 
+pub const AUTH_PERMISSION_DENIED: u64 = 0;
+
 pub const SYNC_STEP1: u64 = 0;
 pub const SYNC_STEP2: u64 = 1;
 pub const SYNC_UPDATE: u64 = 2;
@@ -264,6 +266,18 @@ pub fn encode_ack(token: u64, seq: u64) -> Bytes {
     write_var(&mut payload, token);
     write_var(&mut payload, seq);
     frame(&[MSG_ACK], &payload)
+}
+
+/// y-protocols' "permission denied" auth message: a read-only session tried to write, or
+/// a write was refused (document size limit). y-websocket reports `reason` through its
+/// `permissionDeniedHandler` (which logs it by default).
+pub fn encode_permission_denied(reason: &str) -> Bytes {
+    let mut out = Vec::with_capacity(reason.len() + 4);
+    write_var(&mut out, MSG_AUTH);
+    write_var(&mut out, AUTH_PERMISSION_DENIED);
+    write_var(&mut out, reason.len() as u64);
+    out.extend_from_slice(reason.as_bytes());
+    Bytes::from(out)
 }
 
 /// An awareness update.

@@ -8,6 +8,7 @@
 //! `durable_seq`, which is the only seq the outside world is shown.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use super::messages::{
 };
 use super::registry::RoomStopped;
 use crate::config::Settings;
+use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;
 use crate::protocol::{self, ClientMessage};
 use crate::store::flusher::{Flushed, Flusher};
@@ -40,6 +42,17 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     /// The room could not store an update; reconnecting re-syncs.
     pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+/// Why a room refused an update; the room and its log are unchanged either way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// It does not decode or does not apply.
+    #[error("update does not apply: {0}")]
+    Invalid(String),
+    /// Accepting it would grow the document past `max_doc_bytes`.
+    #[error("the document would exceed its size limit of {0} bytes")]
+    TooLarge(usize),
 }
 
 /// What every room shares with its registry: where to store, how to flush, the settings.
@@ -79,6 +92,9 @@ pub struct Room {
     durable_seq: u64,
     /// Seq covered by the newest snapshot written.
     snapshot_seq: u64,
+    /// Size of the encoded document, estimated: the last snapshot (or the loaded log)
+    /// plus every update accepted since. Checked against `max_doc_bytes`.
+    doc_bytes: usize,
     /// A snapshot whose flush we wait for before deleting the records it replaces.
     compaction_due: Option<u64>,
     sessions: HashMap<SessionId, Member>,
@@ -128,6 +144,11 @@ impl Room {
         }
         let seq = log.last_seq();
         let snapshot_seq = log.snapshot.as_ref().map_or(0, |s| s.seq);
+        let doc_bytes = log.snapshot.as_ref().map_or(0, |s| s.state.len())
+            + log.updates.iter().map(|u| u.update.len()).sum::<usize>();
+        metrics()
+            .room_load_seconds
+            .observe(started.elapsed().as_secs_f64());
         info!(
             "room {name:?} loaded: seq {seq}, snapshot at {snapshot_seq}, {} records replayed{} in {} ms",
             log.updates.len(),
@@ -143,6 +164,7 @@ impl Room {
         room.seq = seq;
         room.durable_seq = seq;
         room.snapshot_seq = snapshot_seq;
+        room.doc_bytes = doc_bytes;
         Ok(room)
     }
 
@@ -155,6 +177,7 @@ impl Room {
             seq: 0,
             durable_seq: 0,
             snapshot_seq: 0,
+            doc_bytes: 0,
             compaction_due: None,
             sessions: HashMap::new(),
             undurable: VecDeque::new(),
@@ -177,11 +200,14 @@ impl Room {
     }
 
     fn broadcast(&self, frame: &Bytes, except: Option<SessionId>) {
+        let mut sent = 0;
         for (id, member) in &self.sessions {
             if Some(*id) != except {
                 member.outbox.do_send(Outbound::Frame(frame.clone()));
+                sent += 1;
             }
         }
+        metrics().fanout_frames.inc_by(sent);
     }
 
     fn close_session(&mut self, session: SessionId, code: u16, reason: String) {
@@ -191,35 +217,68 @@ impl Room {
         self.remove_session(session);
     }
 
-    /// Applies one client update. Returns a reason if it must be refused.
+    /// Applies one client update; if it changed the document, logs and broadcasts it.
     fn apply_update(
         &mut self,
         origin: Option<SessionId>,
         update: Update,
         ctx: &mut Context<Self>,
-    ) -> Result<(), String> {
-        let diff = {
+    ) -> Result<(), Refused> {
+        let refused = |why: Refused| {
+            let reason = match why {
+                Refused::Invalid(_) => "invalid",
+                Refused::TooLarge(_) => "doc_too_large",
+            };
+            metrics()
+                .updates_rejected
+                .with_label_values(&[reason])
+                .inc();
+            Err(why)
+        };
+        // yrs may panic on a well-formed but inconsistent update; that must cost this one
+        // update, not the thread every room on this arbiter runs on.
+        let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc().transact_mut();
             let result = txn.apply_update(update);
             let changed = !(txn.insert_set().is_empty() && txn.delete_set().is_empty());
             match result {
-                Err(e) if changed => {
-                    drop(txn);
-                    // The document may hold part of a bad update; the log does not.
-                    self.reload_document();
-                    return Err(format!("update does not apply: {e}"));
-                }
-                Err(e) => return Err(format!("update does not apply: {e}")),
+                Err(e) => Err((e.to_string(), changed)),
                 // Nothing new (e.g. a reconnecting client re-sending what we have).
-                Ok(()) if !changed => return Ok(()),
-                Ok(()) => txn.encode_update_v1(),
+                Ok(()) if !changed => Ok(None),
+                Ok(()) => Ok(Some(txn.encode_update_v1())),
+            }
+        }));
+        let diff = match applied {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(diff))) => diff,
+            Ok(Err((e, changed))) => {
+                if changed {
+                    // The document may hold part of a bad update; the log does not.
+                    self.reload_document("a bad update");
+                }
+                return refused(Refused::Invalid(e));
+            }
+            Err(_) => {
+                self.reload_document("a panic while applying an update");
+                return refused(Refused::Invalid("update made the CRDT panic".into()));
             }
         };
+        let limit = self.deps.settings.max_doc_bytes;
+        if self.doc_bytes + diff.len() > limit {
+            self.reload_document("an update over the size limit");
+            return refused(Refused::TooLarge(limit));
+        }
+        self.doc_bytes += diff.len();
         self.seq += 1;
+        let started = Instant::now();
         if let Err(e) = self.deps.store.append(&self.name, self.seq, &diff) {
             self.fail(ctx, &e);
             return Ok(());
         }
+        let m = metrics();
+        m.oplog_append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.updates_accepted.inc();
         self.deps
             .flusher
             .mark(self.id, self.seq, ctx.address().recipient());
@@ -231,8 +290,8 @@ impl Room {
         Ok(())
     }
 
-    /// Replaces the in-memory document with what the store holds.
-    fn reload_document(&mut self) {
+    /// Replaces the in-memory document with what the store holds (undoing `why`).
+    fn reload_document(&mut self, why: &str) {
         match Room::load(self.id, self.name.clone(), self.deps.clone(), false) {
             Ok(fresh) => {
                 let states = self.awareness.update().ok();
@@ -240,8 +299,9 @@ impl Room {
                 if let Some(states) = states {
                     let _ = self.awareness.apply_update(states);
                 }
+                self.doc_bytes = fresh.doc_bytes;
                 warn!(
-                    "room {:?}: document reloaded from the store after a bad update",
+                    "room {:?}: document reloaded from the store after {why}",
                     self.name
                 );
             }
@@ -281,6 +341,10 @@ impl Room {
         };
         match self.deps.store.put_snapshot(&self.name, &snapshot) {
             Ok(()) => {
+                metrics()
+                    .snapshot_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.doc_bytes = snapshot.state.len();
                 debug!(
                     "room {:?}: snapshot at seq {} ({} bytes) in {} µs",
                     self.name,
@@ -302,7 +366,12 @@ impl Room {
     /// out of the replay window.
     fn compact(&mut self, snapshot_seq: u64) {
         let keep_from = (snapshot_seq + 1).saturating_sub(self.deps.settings.replay_window);
-        match self.deps.store.delete_before(&self.name, keep_from) {
+        let started = Instant::now();
+        let deleted = self.deps.store.delete_before(&self.name, keep_from);
+        metrics()
+            .compaction_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match deleted {
             Ok(n) => debug!(
                 "room {:?}: compacted {n} records before seq {keep_from}",
                 self.name
@@ -505,9 +574,11 @@ impl Actor for Room {
         let settings = &self.deps.settings;
         let period = settings.room_idle().min(settings.awareness_timeout()) / 4;
         ctx.run_interval(period.max(Duration::from_millis(10)), Room::tick);
+        metrics().rooms_loaded.inc();
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        metrics().rooms_loaded.dec();
         self.deps.registry.do_send(RoomStopped {
             name: self.name.clone(),
             id: self.id,
@@ -573,13 +644,24 @@ impl Handler<FromClient> for Room {
                     self.send_to(session, protocol::encode_sync_step2(&diff));
                 }
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                    if let Err(reason) = self.apply_update(Some(session), update, ctx) {
-                        warn!(
-                            "room {:?}: session {session} sent a bad update: {reason}",
-                            self.name
-                        );
-                        self.close_session(session, close::INVALID_DATA, reason);
-                        return;
+                    match self.apply_update(Some(session), update, ctx) {
+                        Ok(()) => {}
+                        Err(refused @ Refused::TooLarge(_)) => {
+                            warn!(
+                                "room {:?}: session {session}: update refused: {refused}",
+                                self.name
+                            );
+                            let denied = protocol::encode_permission_denied(&refused.to_string());
+                            self.send_to(session, denied);
+                        }
+                        Err(refused) => {
+                            warn!(
+                                "room {:?}: session {session} sent a bad update: {refused}",
+                                self.name
+                            );
+                            self.close_session(session, close::INVALID_DATA, refused.to_string());
+                            return;
+                        }
                     }
                 }
                 ClientMessage::Awareness(update) => self.apply_awareness(session, update),
@@ -718,7 +800,7 @@ impl Handler<ApplyUpdate> for Room {
     fn handle(&mut self, msg: ApplyUpdate, ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
         let applied = protocol::decode_update(&msg.update)
-            .map_err(|e| e.to_string())
+            .map_err(|e| Refused::Invalid(e.to_string()))
             .and_then(|update| self.apply_update(None, update, ctx));
         MessageResult(applied.map(|()| {
             // A no-op update is answered with the seq the room is at: it holds it already.

@@ -106,7 +106,7 @@ pub struct WaitDurable {
 /// An update from HTTP (`POST /rooms/{room}/updates`): applied like a WebSocket one;
 /// the answer resolves with its seq once durable. `Err` says why it was refused.
 #[derive(Message, Clone)]
-#[rtype(result = "Result<tokio::sync::oneshot::Receiver<u64>, String>")]
+#[rtype(result = "Result<tokio::sync::oneshot::Receiver<u64>, super::actor::Refused>")]
 pub struct ApplyUpdate {
     pub update: Bytes,
 }

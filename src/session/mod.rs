@@ -7,10 +7,16 @@
 //! reading fast enough: the session is closed with [`close::SLOW_CONSUMER`] rather than
 //! left to grow server memory or silently skip updates; the client reconnects and
 //! re-syncs by state vector.
+//!
+//! The session also enforces what its token allows: a read-only session's writes are
+//! dropped here (never reach the room) and answered with y-protocols' permission-denied
+//! message; when the token expires the session is closed with [`close::TOKEN_EXPIRED`].
+//! Inbound frames pass a token bucket; a client that exhausts it is closed with
+//! [`close::RATE_LIMIT`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
@@ -21,8 +27,11 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{Access, Grant};
 use crate::config::Settings;
-use crate::protocol;
+use crate::limits::{Permit, TokenBucket};
+use crate::metrics::{ConnectionGauge, metrics};
+use crate::protocol::{self, ClientMessage};
 use crate::room::messages::{FromClient, Join, Leave, Outbound, SessionId};
 use crate::room::{Registry, Room, ask};
 
@@ -32,6 +41,8 @@ pub mod close {
     pub const UNSUPPORTED: u16 = 1003;
     /// A frame that does not decode as y-websocket messages.
     pub const INVALID_DATA: u16 = 1007;
+    /// Inbound frames faster than `session_rate` for longer than `session_burst` allows.
+    pub const RATE_LIMIT: u16 = 1008;
     /// A frame over `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The room could not be reached.
@@ -40,6 +51,8 @@ pub mod close {
     pub const TIMEOUT: u16 = 4000;
     /// The outbound queue overflowed: the client reads slower than the room writes.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The session's access token expired; reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4401;
 }
 
 /// How long the writer waits to deliver a close frame before dropping the connection.
@@ -56,11 +69,19 @@ pub struct WsSession {
     registry: Addr<Registry>,
     /// Bounded: `outbound_queue_messages` frames; `try_send` failing means slow consumer.
     outbound: mpsc::Sender<Bytes>,
+    /// Bytes in `outbound`, bounded by `outbound_queue_bytes`; the writer subtracts.
+    queued_bytes: Arc<AtomicUsize>,
     /// Tells the writer to send a close frame and end; taken when used.
     close: Option<oneshot::Sender<CloseReason>>,
     /// Last time anything arrived from the client, for the heartbeat timeout.
     last_heard: Instant,
     settings: Arc<Settings>,
+    access: Access,
+    expires: Option<SystemTime>,
+    rate: TokenBucket,
+    /// Holds this connection's admission slot and gauge until the session ends.
+    _permit: Permit,
+    _gauge: ConnectionGauge,
 }
 
 impl WsSession {
@@ -71,10 +92,13 @@ impl WsSession {
         socket: actix_ws::Session,
         stream: AggregatedMessageStream,
         settings: Arc<Settings>,
+        grant: Grant,
+        permit: Permit,
     ) -> Addr<WsSession> {
         let (outbound, queue) = mpsc::channel(settings.outbound_queue_messages);
         let (close, close_rx) = oneshot::channel();
-        actix_rt::spawn(write_loop(socket, queue, close_rx));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        actix_rt::spawn(write_loop(socket, queue, close_rx, queued_bytes.clone()));
         WsSession::create(|ctx| {
             ctx.add_stream(stream);
             WsSession {
@@ -83,9 +107,15 @@ impl WsSession {
                 room: None,
                 registry,
                 outbound,
+                queued_bytes,
                 close: Some(close),
                 last_heard: Instant::now(),
+                rate: TokenBucket::new(settings.session_rate, settings.session_burst),
                 settings,
+                access: grant.access,
+                expires: grant.expires,
+                _permit: permit,
+                _gauge: ConnectionGauge::open("ws"),
             }
         })
     }
@@ -93,6 +123,10 @@ impl WsSession {
     /// Sends a close frame (if the socket still takes one) and stops the actor.
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
         if let Some(close) = self.close.take() {
+            metrics()
+                .sessions_closed
+                .with_label_values(&[&code.to_string()])
+                .inc();
             let _ = close.send(CloseReason {
                 code: CloseCode::from(code),
                 description: Some(reason.to_string()),
@@ -102,8 +136,26 @@ impl WsSession {
     }
 
     fn on_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        metrics()
+            .bytes_in
+            .with_label_values(&["ws"])
+            .inc_by(frame.len() as u64);
+        if !self.rate.take() {
+            warn!(
+                "session {} in room {:?}: over {} frames/s (burst {}), closing",
+                self.id, self.room_name, self.settings.session_rate, self.settings.session_burst
+            );
+            self.close(ctx, close::RATE_LIMIT, "rate limit");
+            return;
+        }
         match protocol::decode_frame(&frame) {
-            Ok(messages) => {
+            Ok(mut messages) => {
+                if self.access < Access::Write {
+                    self.drop_writes(&mut messages);
+                }
+                if messages.is_empty() {
+                    return;
+                }
                 if let Some(room) = &self.room {
                     room.do_send(FromClient {
                         session: self.id,
@@ -121,6 +173,42 @@ impl WsSession {
                 self.close(ctx, close::INVALID_DATA, &e.to_string());
             }
         }
+    }
+
+    /// A read-only session: removes its updates and answers each with permission denied.
+    /// Everything else (sync step 1, awareness, acks) still goes to the room.
+    fn drop_writes(&mut self, messages: &mut Vec<ClientMessage>) {
+        let before = messages.len();
+        messages.retain(|m| !matches!(m, ClientMessage::SyncStep2(_) | ClientMessage::Update(_)));
+        let dropped = before - messages.len();
+        if dropped > 0 {
+            debug!(
+                "session {} in room {:?}: read-only, {dropped} updates dropped",
+                self.id, self.room_name
+            );
+            metrics()
+                .updates_rejected
+                .with_label_values(&["read_only"])
+                .inc_by(dropped as u64);
+            let denied = protocol::encode_permission_denied("read-only access");
+            // A full queue is caught by the next room frame (slow consumer).
+            let _ = self.enqueue(denied);
+        }
+    }
+
+    /// Queues a frame for the writer. `Err` means the queue is over one of its bounds.
+    fn enqueue(&mut self, frame: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        let len = frame.len();
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + len > self.settings.outbound_queue_bytes {
+            return Err(mpsc::error::TrySendError::Full(frame));
+        }
+        self.outbound.try_send(frame)?;
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let m = metrics();
+        m.outbound_queued_frames.inc();
+        m.outbound_queued_bytes.add(len as i64);
+        Ok(())
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -143,7 +231,17 @@ async fn write_loop(
     mut socket: actix_ws::Session,
     mut queue: mpsc::Receiver<Bytes>,
     mut close: oneshot::Receiver<CloseReason>,
+    queued_bytes: Arc<AtomicUsize>,
 ) {
+    let m = metrics();
+    let sent_bytes = m.bytes_out.with_label_values(&["ws"]);
+    let dequeued = |frame: &Bytes| {
+        if !frame.is_empty() {
+            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            m.outbound_queued_frames.dec();
+            m.outbound_queued_bytes.sub(frame.len() as i64);
+        }
+    };
     // Both waits watch `close`, so a writer stuck on a client that stopped reading still
     // gets the order to close.
     let reason = loop {
@@ -155,6 +253,8 @@ async fn write_loop(
                 None => break None,
             },
         };
+        dequeued(&frame);
+        sent_bytes.inc_by(frame.len() as u64);
         let sent = tokio::select! {
             biased;
             reason = &mut close => break reason.ok(),
@@ -167,9 +267,14 @@ async fn write_loop(
             } => sent,
         };
         if sent.is_err() {
-            return;
+            break None;
         }
     };
+    // What was never sent leaves the queue gauges; nothing can be queued after `close`.
+    queue.close();
+    while let Ok(frame) = queue.try_recv() {
+        dequeued(&frame);
+    }
     let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(reason)).await;
 }
 
@@ -196,6 +301,18 @@ impl Actor for WsSession {
                 }),
         );
         ctx.run_interval(self.settings.heartbeat_interval(), WsSession::heartbeat);
+        if let Some(expires) = self.expires {
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            ctx.run_later(left, |act, ctx| {
+                info!(
+                    "session {} in room {:?}: token expired",
+                    act.id, act.room_name
+                );
+                act.close(ctx, close::TOKEN_EXPIRED, "token expired");
+            });
+        }
         debug!("session {} opened in room {:?}", self.id, self.room_name);
     }
 
@@ -236,6 +353,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.close.is_some() {
+            // The connection ended without a close frame.
+            metrics().sessions_closed.with_label_values(&["1006"]).inc();
+        }
         ctx.stop();
     }
 }
@@ -245,12 +366,16 @@ impl Handler<Outbound> for WsSession {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Context<Self>) {
         match msg {
-            Outbound::Frame(frame) => match self.outbound.try_send(frame) {
+            Outbound::Frame(frame) => match self.enqueue(frame) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(
-                        "session {} in room {:?}: {} frames queued, closing slow consumer",
-                        self.id, self.room_name, self.settings.outbound_queue_messages
+                        "session {} in room {:?}: outbound queue full ({} frames, {} bytes), \
+                         closing slow consumer",
+                        self.id,
+                        self.room_name,
+                        self.outbound.max_capacity() - self.outbound.capacity(),
+                        self.queued_bytes.load(Ordering::Relaxed)
                     );
                     self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
                 }

@@ -1,0 +1,96 @@
+//! Who gets in, checked at the HTTP edge before any room is touched: the browser origin
+//! (WebSocket and SSE), the access token (every room endpoint), and admission (connection
+//! limits and the admission bucket, for long-lived connections). Every refusal is a JSON
+//! error with a log line and counts in `collabd_connections_refused_total`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use actix_web::HttpRequest;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{AUTHORIZATION, ORIGIN};
+
+use super::AppState;
+use super::error::ApiError;
+use super::rooms::query_param;
+use crate::auth::{Access, Grant};
+use crate::limits::Permit;
+use crate::metrics::metrics;
+
+fn refused(reason: &str) {
+    metrics()
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// The token from `Authorization: Bearer …`, else from `?token=`.
+fn token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    if let Some(value) = req.headers().get(AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default();
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_invalid",
+                    "Authorization must be \"Bearer TOKEN\"",
+                )
+            })?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    query_param(req, "token")
+}
+
+/// What the request's token allows in `room`, if at least `need`.
+pub fn authorize(
+    req: &HttpRequest,
+    state: &AppState,
+    room: &str,
+    need: Access,
+) -> Result<Grant, ApiError> {
+    let token = token(req)?;
+    state.auth.check(token.as_deref(), room, need).map_err(|e| {
+        refused("auth");
+        ApiError::from(e)
+    })
+}
+
+/// Refuses a browser whose `Origin` is not allowed (when an allow-list is configured).
+pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let allowed = &state.settings.allowed_origins;
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+        return Ok(());
+    }
+    refused("origin");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        format!(
+            "origin {:?} is not allowed",
+            String::from_utf8_lossy(origin.as_bytes())
+        ),
+    ))
+}
+
+/// Everything a long-lived connection (WebSocket, SSE) passes before it starts: origin,
+/// token (read access at least), then connection limits and the admission bucket.
+pub fn admit_connection(
+    req: &HttpRequest,
+    state: &AppState,
+    room: &std::sync::Arc<str>,
+) -> Result<(Grant, Permit), ApiError> {
+    check_origin(req, state)?;
+    let grant = authorize(req, state, room, Access::Read)?;
+    let ip = req
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let permit = state.admission.admit(ip, room).map_err(|e| {
+        refused(e.reason());
+        ApiError::from(e)
+    })?;
+    Ok((grant, permit))
+}
