@@ -113,6 +113,11 @@ impl Auth {
                 _ => AuthError::Invalid(e.to_string()),
             })?
             .claims;
+        // Valid strictly before `exp` (jsonwebtoken still accepts the second of `exp`
+        // itself), so that a session closed at expiry cannot reconnect with its token.
+        if UNIX_EPOCH + Duration::from_secs(claims.exp) <= SystemTime::now() {
+            return Err(AuthError::Expired);
+        }
         if !grants_room(&claims.room, room) {
             return Err(AuthError::WrongRoom(room.to_string()));
         }

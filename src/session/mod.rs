@@ -178,9 +178,16 @@ impl WsSession {
     /// A read-only session: removes its updates and answers each with permission denied.
     /// Everything else (sync step 1, awareness, acks) still goes to the room.
     fn drop_writes(&mut self, messages: &mut Vec<ClientMessage>) {
-        let before = messages.len();
-        messages.retain(|m| !matches!(m, ClientMessage::SyncStep2(_) | ClientMessage::Update(_)));
-        let dropped = before - messages.len();
+        let mut dropped = 0;
+        messages.retain(|m| match m {
+            ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
+                // Every client answers our sync step 1, usually with an empty update;
+                // only a write that carries something is denied.
+                dropped += usize::from(!update.is_empty());
+                false
+            }
+            _ => true,
+        });
         if dropped > 0 {
             debug!(
                 "session {} in room {:?}: read-only, {dropped} updates dropped",

@@ -34,10 +34,16 @@ impl TestServer {
     /// Starts the binary on 127.0.0.1:0 with `data_dir` and extra flags, and waits until
     /// it logs the address it listens on.
     pub fn start(data_dir: &Path, args: &[&str]) -> TestServer {
+        TestServer::start_env(data_dir, args, &[])
+    }
+
+    /// [`TestServer::start`] with extra environment variables (e.g. `COLLABD_AUTH_SECRET`).
+    pub fn start_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_collabd"))
             .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,collabd=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -74,6 +80,52 @@ impl TestServer {
 
     pub fn ws_url(&self, room: &str) -> String {
         format!("ws://{}/ws/{}", self.addr, room)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
+    /// The value of one sample from `/metrics` (`name` with its labels as exported, e.g.
+    /// `collabd_connections{transport="ws"}`); 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let mut res = awc::Client::new()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let body = res.body().limit(8 << 20).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Waits until `metric(name)` satisfies `ok`.
+    pub async fn wait_for_metric(&self, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self.metric(name).await;
+            if ok(value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{name} stuck at {value}");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown, no final flush.
@@ -189,6 +241,17 @@ pub struct YClient {
     pub awareness_heard: std::collections::HashSet<u64>,
     /// Write acks received: (token, durable seq).
     pub acks: Vec<(u64, u64)>,
+    /// Reasons of y-protocols permission-denied messages received.
+    pub denied: Vec<String>,
+}
+
+/// Why a WebSocket connection was not established.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The server answered the upgrade with this HTTP status.
+    Status(u16),
+    /// No answer (refused, reset, …).
+    Io(String),
 }
 
 impl YClient {
@@ -198,12 +261,27 @@ impl YClient {
     }
 
     pub async fn connect_with(server: &TestServer, room: &str, doc: Doc) -> YClient {
-        let (_, socket) = awc::Client::new()
-            .ws(server.ws_url(room))
-            .max_frame_size(64 << 20)
-            .connect()
+        YClient::try_connect(&server.ws_url(room), &[], doc)
             .await
-            .expect("WebSocket connect");
+            .expect("WebSocket connect")
+    }
+
+    /// Connects to `url` with extra request headers; the error says why it failed.
+    pub async fn try_connect(
+        url: &str,
+        headers: &[(&str, &str)],
+        doc: Doc,
+    ) -> Result<YClient, ConnectError> {
+        let mut request = awc::Client::new().ws(url).max_frame_size(64 << 20);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (_, socket) = request.connect().await.map_err(|e| match e {
+            awc::error::WsClientError::InvalidResponseStatus(status) => {
+                ConnectError::Status(status.as_u16())
+            }
+            other => ConnectError::Io(other.to_string()),
+        })?;
         let mut client = YClient {
             awareness: Awareness::new(doc),
             socket,
@@ -211,10 +289,19 @@ impl YClient {
             synced: false,
             awareness_heard: Default::default(),
             acks: Vec::new(),
+            denied: Vec::new(),
         };
         let sv = client.doc().transact().state_vector();
         client.send_raw(sync_frame(0, &sv.encode_v1())).await;
-        client
+        Ok(client)
+    }
+
+    /// Sends a frame; false if the connection is gone.
+    pub async fn try_send(&mut self, frame: impl Into<Bytes>) -> bool {
+        self.socket
+            .send(Message::Binary(frame.into()))
+            .await
+            .is_ok()
     }
 
     pub fn doc(&self) -> &Doc {
@@ -300,6 +387,11 @@ impl YClient {
                 self.closed = Some(reason);
                 false
             }
+            Some(Ok(Frame::Ping(payload))) => {
+                // Like a browser: answer pings, or the server's heartbeat closes us.
+                let _ = self.socket.send(Message::Pong(payload)).await;
+                true
+            }
             Some(Ok(_)) => true,
             Some(Err(_)) | None => {
                 self.closed.get_or_insert(None);
@@ -336,6 +428,12 @@ impl YClient {
                         .extend(update.clients.keys().map(|id| id.get()));
                     self.awareness.apply_update(update).unwrap();
                 }
+                2 => {
+                    assert_eq!(read_var(&mut frame), 0, "only permission-denied is sent");
+                    let reason = read_buf(&mut frame);
+                    self.denied
+                        .push(String::from_utf8(reason.to_vec()).unwrap());
+                }
                 100 => {
                     let mut payload = read_buf(&mut frame);
                     let token = read_var(&mut payload);
@@ -358,6 +456,13 @@ impl YClient {
                 Err(_) => panic!("timed out waiting for {what}"),
             }
         }
+    }
+
+    /// Processes one incoming frame if one arrives within `window`; false once closed.
+    pub async fn step_for(&mut self, window: Duration) -> bool {
+        actix_rt::time::timeout(window, self.step())
+            .await
+            .unwrap_or(true)
     }
 
     /// Processes frames until the server closes the connection; returns the close code.
@@ -588,5 +693,57 @@ impl SseClient {
                 return event;
             }
         }
+    }
+}
+
+/// A WebSocket client on a bare TCP socket that does nothing after the handshake unless
+/// told to: it never reads (a slow consumer) and never answers pings (a dead peer).
+pub struct RawClient {
+    pub stream: std::net::TcpStream,
+}
+
+impl RawClient {
+    /// Opens `/ws/{room}` and reads the 101 answer; nothing more is read after it.
+    pub fn connect(server: &TestServer, room: &str) -> RawClient {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(
+            stream,
+            "GET /ws/{room} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        RawClient { stream }
+    }
+
+    /// Sends one masked binary frame (clients must mask).
+    pub fn send_binary(&mut self, payload: &[u8]) {
+        use std::io::Write;
+        let mut frame = vec![0x82];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).unwrap();
     }
 }
