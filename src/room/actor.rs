@@ -800,7 +800,13 @@ impl Handler<ApplyUpdate> for Room {
     fn handle(&mut self, msg: ApplyUpdate, ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
         let applied = protocol::decode_update(&msg.update)
-            .map_err(|e| Refused::Invalid(e.to_string()))
+            .map_err(|e| {
+                metrics()
+                    .updates_rejected
+                    .with_label_values(&["invalid"])
+                    .inc();
+                Refused::Invalid(e.to_string())
+            })
             .and_then(|update| self.apply_update(None, update, ctx));
         MessageResult(applied.map(|()| {
             // A no-op update is answered with the seq the room is at: it holds it already.

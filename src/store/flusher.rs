@@ -117,6 +117,9 @@ fn run(shared: &Shared, store: &dyn Store, interval: Duration) {
         last_flush = Some(started);
         match store.flush() {
             Ok(()) => {
+                crate::metrics::metrics()
+                    .oplog_flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 debug!(
                     "flushed {} rooms in {} µs",
                     batch.len(),
