@@ -45,6 +45,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Panics inside yrs on hostile input are contained (see `protocol::decode_update` and
+    // the room's apply); they still deserve one log line each, not a raw stderr dump.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        log::error!("thread {:?} panicked: {info}", thread.name().unwrap_or("?"));
+    }));
     let settings = match Settings::load(cli.config.as_deref(), &cli.overrides) {
         Ok(settings) => settings,
         Err(e) => {

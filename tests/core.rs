@@ -399,3 +399,56 @@ async fn snapshots_and_compaction_keep_the_loaded_state_identical() {
         server.logs()
     );
 }
+
+/// An update that builds on one the server never got (lost in a crash, say) is not
+/// parked or half-applied: the server asks the sender for everything it lacks (sync step
+/// 1), the client's answer carries both, and every client ends with both. (yrs would
+/// integrate such a map entry without advancing its state vector, so the log would miss
+/// it.) Over HTTP the writer is told to send its full state: 409.
+#[actix_rt::test]
+async fn an_update_with_missing_dependencies_triggers_a_resync() {
+    use yrs::{Doc, Map, Transact};
+    let dir = tempdir();
+    let server = TestServer::start(dir.path(), &[]);
+    let doc = Doc::with_client_id(77);
+    let map = doc.get_or_insert_map("m");
+    let lost = {
+        let mut txn = doc.transact_mut();
+        map.insert(&mut txn, "first", 1);
+        txn.encode_update_v1()
+    };
+    let second = {
+        let mut txn = doc.transact_mut();
+        map.insert(&mut txn, "second", 2);
+        txn.encode_update_v1()
+    };
+
+    // HTTP: refused with 409, nothing logged.
+    let (status, body) = common::post_update(&server, "gap-http", second.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "missing_dependencies");
+    assert_eq!(server.seq("gap-http").await, 0);
+
+    // WebSocket: the client holds both edits but the server got only the second.
+    let mut client = YClient::connect(&server, "gap").await;
+    client.until("synced", |c| c.synced).await;
+    common::apply(client.doc(), &lost);
+    common::apply(client.doc(), &second);
+    client.send_raw(sync_frame(2, &second)).await;
+    // The server answers with sync step 1; the client's step 2 brings both.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while server.seq("gap").await < 1 {
+        client.step_for(Duration::from_millis(50)).await;
+        assert!(std::time::Instant::now() < deadline, "no re-sync");
+    }
+    let mut late = YClient::connect(&server, "gap").await;
+    late.until("both entries", |c| {
+        let m = c.doc().get_or_insert_map("m");
+        let txn = c.doc().transact();
+        m.get(&txn, "first").is_some() && m.get(&txn, "second").is_some()
+    })
+    .await;
+    server
+        .wait_for_log("missing dependencies; re-syncing")
+        .await;
+}

@@ -185,6 +185,14 @@ pub async fn post_update(
             "document_too_large",
             refused.to_string(),
         ),
+        Refused::MissingDependencies => ApiError::new(
+            StatusCode::CONFLICT,
+            "missing_dependencies",
+            format!(
+                "{refused}; send your full state, or your diff against the state vector of \
+                 GET /rooms/{{room}}/state"
+            ),
+        ),
     })?;
     let seq = durable.await.map_err(|_| {
         ApiError::new(

@@ -53,6 +53,11 @@ pub enum Refused {
     /// Accepting it would grow the document past `max_doc_bytes`.
     #[error("the document would exceed its size limit of {0} bytes")]
     TooLarge(usize),
+    /// It builds on updates this room does not have (a gap in some client's clock). Yjs
+    /// would keep it pending; the room asks the sender for everything instead, so its
+    /// document never holds what its log does not.
+    #[error("the update builds on updates this room does not have")]
+    MissingDependencies,
 }
 
 /// What every room shares with its registry: where to store, how to flush, the settings.
@@ -77,6 +82,9 @@ struct Member {
     outbox: Recipient<Outbound>,
     /// Awareness client ids this session announced, removed when it leaves.
     clients: HashSet<u64>,
+    /// We sent a sync step 1 because this session's update had missing dependencies;
+    /// cleared by a complete sync step 2. A second gap meanwhile closes the session.
+    resync_requested: bool,
 }
 
 pub struct Room {
@@ -228,6 +236,7 @@ impl Room {
             let reason = match why {
                 Refused::Invalid(_) => "invalid",
                 Refused::TooLarge(_) => "doc_too_large",
+                Refused::MissingDependencies => "missing_dependencies",
             };
             metrics()
                 .updates_rejected
@@ -235,6 +244,9 @@ impl Room {
                 .inc();
             Err(why)
         };
+        if self.lacks_dependencies_of(&update) {
+            return refused(Refused::MissingDependencies);
+        }
         // yrs may panic on a well-formed but inconsistent update; that must cost this one
         // update, not the thread every room on this arbiter runs on.
         let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -288,6 +300,18 @@ impl Room {
             self.write_snapshot(ctx);
         }
         Ok(())
+    }
+
+    /// Whether `update` inserts, for some client, blocks past the clock this document has
+    /// for it. yrs would park text items as pending but integrate map entries without
+    /// advancing the state vector (so the transaction's encoded diff omits them); either
+    /// way the document would hold something its log does not.
+    fn lacks_dependencies_of(&self, update: &Update) -> bool {
+        let have = self.doc().transact().state_vector();
+        update
+            .state_vector_lower()
+            .iter()
+            .any(|(client, clock)| *clock > have.get(client))
     }
 
     /// Replaces the in-memory document with what the store holds (undoing `why`).
@@ -430,6 +454,25 @@ impl Room {
             }
         }
         self.broadcast_awareness(removed);
+    }
+
+    /// Asks `session` for everything we lack (sync step 1; y-websocket answers with step
+    /// 2). False if we asked already and it sent another incomplete update instead.
+    fn request_resync(&mut self, session: SessionId) -> bool {
+        let Some(member) = self.sessions.get_mut(&session) else {
+            return true;
+        };
+        if member.resync_requested {
+            return false;
+        }
+        member.resync_requested = true;
+        debug!(
+            "room {:?}: session {session} sent an update with missing dependencies; re-syncing",
+            self.name
+        );
+        let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
+        self.send_to(session, step1);
+        true
     }
 
     fn remove_session(&mut self, session: SessionId) {
@@ -604,6 +647,7 @@ impl Handler<Join> for Room {
             Member {
                 outbox: msg.outbox,
                 clients: HashSet::new(),
+                resync_requested: false,
             },
         );
         debug!(
@@ -638,6 +682,7 @@ impl Handler<FromClient> for Room {
             return; // closed by the room already; late frames are dropped
         }
         for message in msg.messages {
+            let is_step2 = matches!(message, ClientMessage::SyncStep2(_));
             match message {
                 ClientMessage::SyncStep1(sv) => {
                     let diff = self.doc().transact().encode_state_as_update_v1(&sv);
@@ -645,7 +690,18 @@ impl Handler<FromClient> for Room {
                 }
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
                     match self.apply_update(Some(session), update, ctx) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            if is_step2 && let Some(m) = self.sessions.get_mut(&session) {
+                                m.resync_requested = false;
+                            }
+                        }
+                        Err(Refused::MissingDependencies) => {
+                            if !self.request_resync(session) {
+                                let reason = Refused::MissingDependencies.to_string();
+                                self.close_session(session, close::INVALID_DATA, reason);
+                                return;
+                            }
+                        }
                         Err(refused @ Refused::TooLarge(_)) => {
                             warn!(
                                 "room {:?}: session {session}: update refused: {refused}",

@@ -82,6 +82,11 @@ impl TestServer {
         format!("ws://{}/ws/{}", self.addr, room)
     }
 
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -458,11 +463,12 @@ impl YClient {
         }
     }
 
-    /// Processes one incoming frame if one arrives within `window`; false once closed.
+    /// Processes one incoming frame if one arrives within `window`; false if none did or
+    /// the connection is closed.
     pub async fn step_for(&mut self, window: Duration) -> bool {
         actix_rt::time::timeout(window, self.step())
             .await
-            .unwrap_or(true)
+            .unwrap_or(false)
     }
 
     /// Processes frames until the server closes the connection; returns the close code.
