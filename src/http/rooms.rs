@@ -194,7 +194,8 @@ pub async fn post_update(
             ),
         ),
     })?;
-    let seq = durable.await.map_err(|_| {
+    let (seq, durable) = durable;
+    durable.await.map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_stored",

@@ -865,10 +865,11 @@ impl Handler<ApplyUpdate> for Room {
             })
             .and_then(|update| self.apply_update(None, update, ctx));
         MessageResult(applied.map(|()| {
-            // A no-op update is answered with the seq the room is at: it holds it already.
+            // The update's own seq (a no-op gets the seq the room is at: it holds it
+            // already), answered once durable.
             let (reply, answer) = oneshot::channel();
             self.wait_for(self.seq, Waiter::Reply(reply));
-            answer
+            (self.seq, answer)
         }))
     }
 }

@@ -103,10 +103,11 @@ pub struct WaitDurable {
     pub seq: u64,
 }
 
-/// An update from HTTP (`POST /rooms/{room}/updates`): applied like a WebSocket one;
-/// the answer resolves with its seq once durable. `Err` says why it was refused.
+/// An update from HTTP (`POST /rooms/{room}/updates`): applied like a WebSocket one.
+/// Answers the update's seq and a receiver that resolves once it is durable; `Err` says
+/// why it was refused.
 #[derive(Message, Clone)]
-#[rtype(result = "Result<tokio::sync::oneshot::Receiver<u64>, super::actor::Refused>")]
+#[rtype(result = "Result<(u64, tokio::sync::oneshot::Receiver<u64>), super::actor::Refused>")]
 pub struct ApplyUpdate {
     pub update: Bytes,
 }
