@@ -377,7 +377,7 @@ async fn two_thousand_clients_reconnect_after_a_crash_and_converge() {
     );
     // Every client of a room holds the same state, all writes included, and so does the
     // server.
-    let results = results.borrow();
+    let results = results.take();
     assert_eq!(results.len(), clients);
     for r in 0..rooms {
         let room = format!("storm-{r}");
