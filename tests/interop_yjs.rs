@@ -30,3 +30,8 @@ fn stock_yjs_clients_converge_share_awareness_and_survive_a_restart() {
 fn a_real_eventsource_resumes_with_last_event_id_after_the_stream_drops() {
     run_node("eventsource.mjs");
 }
+
+#[test]
+fn stock_clients_with_access_tokens_write_read_only_and_expire() {
+    run_node("auth.mjs");
+}
