@@ -352,6 +352,15 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 );
                 self.close(ctx, close::TOO_BIG, "frame too large");
             }
+            // The client went away without a close frame (tab closed, network lost):
+            // ordinary, not worth a warning.
+            Err(ProtocolError::Io(e)) => {
+                debug!("session {}: connection lost: {e}", self.id);
+                // 1006 is never sent, only recorded: there is no one to send it to.
+                self.close.take();
+                metrics().sessions_closed.with_label_values(&["1006"]).inc();
+                ctx.stop();
+            }
             Err(e) => {
                 warn!("session {}: WebSocket protocol error: {e}", self.id);
                 self.close(ctx, 1002, "protocol error");

@@ -1,0 +1,690 @@
+//! collabd-bench: a fleet of y-websocket clients built on yrs, for any y-websocket server
+//! (collabd, the reference `@y/websocket-server`, …).
+//!
+//! Each client speaks the protocol like `WebsocketProvider`: sync step 1 on connect,
+//! answers the server's step 1, answers pings. Writers push items onto a `Y.Array`; each
+//! item embeds its writer, a counter and the send time (`~Tw:n:nanos~`), so every
+//! receiver measures end-to-end latency into one HDR histogram. At the end: connections,
+//! deliveries expected vs received, latency percentiles, deliveries/s, server RSS per
+//! connection (from /proc, given `--pid`), and convergence (every client of a room saw
+//! the same set of updates; with `--apply`, identical yrs state vectors too).
+//!
+//! `--search` raises the rate round by round until p99 passes `--p99-limit-ms` or an
+//! update is lost, and reports the highest sustained deliveries/s.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use actix_codec::Framed;
+use awc::BoxedSocket;
+use awc::ws::{Codec, Frame, Message};
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Array, Doc, ReadTxn, StateVector, Transact, Update};
+
+/// A scenario, by flags.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(version, about)]
+struct Args {
+    /// WebSocket base URL; a room is BASE/ROOM. collabd: ws://127.0.0.1:1234/ws;
+    /// the reference server: ws://127.0.0.1:1235.
+    #[arg(long, default_value = "ws://127.0.0.1:1234/ws")]
+    url: String,
+    /// Rooms.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Clients per room (writers included).
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Writers per room.
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// Updates per second per writer.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Bytes of content per update.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Seconds of writing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// New connections per second while connecting.
+    #[arg(long, default_value_t = 1000.0)]
+    connect_rate: f64,
+    /// Spread connections over 127.0.0.1 … 127.0.0.N (each source address has its own
+    /// ephemeral ports).
+    #[arg(long, default_value_t = 1)]
+    source_ips: u8,
+    /// Server process id, to sample its RSS from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Apply every received update to the client's yrs document (like a real client) and
+    /// compare state vectors at the end. Costs the load generator CPU.
+    #[arg(long)]
+    apply: bool,
+    /// Seconds to wait for late deliveries after writing stops.
+    #[arg(long, default_value_t = 3.0)]
+    drain: f64,
+    /// Seconds to hold connections idle before sampling RSS.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Room name prefix (a random suffix keeps runs apart).
+    #[arg(long, default_value = "bench")]
+    room_prefix: String,
+    /// Saturation search: multiply the rate by `--search-step` each round until p99
+    /// exceeds `--p99-limit-ms` or an update is lost.
+    #[arg(long)]
+    search: bool,
+    #[arg(long, default_value_t = 1.5)]
+    search_step: f64,
+    #[arg(long, default_value_t = 50.0)]
+    p99_limit_ms: f64,
+    /// Print one JSON object per round instead of lines for people.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Nanoseconds since the load generator started: the clock every timestamp uses.
+fn now_nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Connecting,
+    Writing,
+    Draining,
+    Done,
+}
+
+/// What every client of one round shares (one thread: `Cell`s suffice).
+struct Shared {
+    phase: Cell<Phase>,
+    connected: Cell<usize>,
+    failed: Cell<usize>,
+    synced: Cell<usize>,
+    finished: Cell<usize>,
+    sent: RefCell<Vec<u64>>,
+    received: Cell<u64>,
+    last_received: Cell<u64>,
+    latency: RefCell<Histogram<u64>>,
+    results: RefCell<Vec<ClientResult>>,
+    errors: RefCell<Vec<String>>,
+}
+
+/// Order-independent digest of the updates a client holds.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+struct Digest {
+    count: u64,
+    sum: u64,
+}
+
+impl Digest {
+    fn add(&mut self, writer: u64, counter: u64) {
+        let mut z = (writer << 32 | counter).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(z ^ (z >> 31));
+    }
+}
+
+struct ClientResult {
+    room: usize,
+    digest: Digest,
+    state_vector: Option<Vec<u8>>,
+}
+
+fn read_var(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn read_buf<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = read_var(buf)? as usize;
+    if len > buf.len() {
+        return None;
+    }
+    let (head, tail) = buf.split_at(len);
+    *buf = tail;
+    Some(head)
+}
+
+fn write_var(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn sync_frame(sub: u64, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    write_var(&mut out, 0);
+    write_var(&mut out, sub);
+    write_var(&mut out, payload.len() as u64);
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// Every `~Tw:n:nanos~` marker in an update: (writer, counter, send time).
+fn markers(update: &[u8]) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let mut rest = update;
+    std::iter::from_fn(move || {
+        loop {
+            let at = rest.windows(2).position(|w| w == b"~T")?;
+            rest = &rest[at + 2..];
+            let end = rest.iter().position(|&b| b == b'~')?;
+            let text = std::str::from_utf8(&rest[..end]).ok();
+            rest = &rest[end..];
+            let mut fields = text?.split(':').map(|f| f.parse::<u64>().ok());
+            if let (Some(Some(w)), Some(Some(n)), Some(Some(t))) =
+                (fields.next(), fields.next(), fields.next())
+            {
+                return Some((w, n, t));
+            }
+        }
+    })
+}
+
+struct Client {
+    room: usize,
+    writer: Option<u64>,
+    doc: Doc,
+    digest: Digest,
+    shared: Rc<Shared>,
+    args: Rc<Args>,
+    synced: bool,
+}
+
+impl Client {
+    /// Handles one frame from the server; returns frames to send back.
+    fn on_frame(&mut self, mut frame: &[u8], replies: &mut Vec<Bytes>) {
+        while !frame.is_empty() {
+            let Some(tag) = read_var(&mut frame) else {
+                return;
+            };
+            match tag {
+                0 => {
+                    let (Some(sub), Some(payload)) = (read_var(&mut frame), read_buf(&mut frame))
+                    else {
+                        return;
+                    };
+                    match sub {
+                        0 => {
+                            let sv = StateVector::decode_v1(payload).unwrap_or_default();
+                            let diff = self.doc.transact().encode_state_as_update_v1(&sv);
+                            replies.push(sync_frame(1, &diff));
+                        }
+                        _ => {
+                            self.on_update(payload);
+                            if sub == 1 && !self.synced {
+                                self.synced = true;
+                                self.shared.synced.set(self.shared.synced.get() + 1);
+                            }
+                        }
+                    }
+                }
+                3 => {}
+                2 => {
+                    let _ = read_var(&mut frame);
+                    let _ = read_buf(&mut frame);
+                }
+                _ => {
+                    let _ = read_buf(&mut frame);
+                }
+            }
+        }
+    }
+
+    fn on_update(&mut self, update: &[u8]) {
+        let now = now_nanos();
+        let mut delivered = 0;
+        for (writer, counter, sent_at) in markers(update) {
+            if Some(writer) == self.writer {
+                continue;
+            }
+            delivered += 1;
+            self.digest.add(writer, counter);
+            let micros = now.saturating_sub(sent_at) / 1_000;
+            let _ = self.shared.latency.borrow_mut().record(micros.max(1));
+        }
+        if delivered > 0 {
+            let s = &self.shared;
+            s.received.set(s.received.get() + delivered);
+            s.last_received.set(now);
+        }
+        if self.args.apply
+            && let Ok(update) = Update::decode_v1(update)
+        {
+            let _ = self.doc.transact_mut().apply_update(update);
+        }
+    }
+
+    /// A writer's next update: one array item of `payload` bytes with its marker.
+    fn next_update(&mut self, counter: u64) -> Bytes {
+        let writer = self.writer.expect("only writers write");
+        let mut item = format!("~T{writer}:{counter}:{}~", now_nanos());
+        if item.len() < self.args.payload {
+            item.push_str(&"x".repeat(self.args.payload - item.len()));
+        }
+        let array = self.doc.get_or_insert_array("log");
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            array.push_back(&mut txn, item);
+            txn.encode_update_v1()
+        };
+        self.digest.add(writer, counter);
+        sync_frame(2, &update)
+    }
+}
+
+async fn run_client(http: awc::Client, url: String, mut client: Client) -> Result<(), String> {
+    let (_, socket) = http
+        .ws(url)
+        .max_frame_size(64 << 20)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let shared = client.shared.clone();
+    shared.connected.set(shared.connected.get() + 1);
+    let mut socket: Framed<BoxedSocket, Codec> = socket;
+    let sv = client.doc.transact().state_vector().encode_v1();
+    send(&mut socket, sync_frame(0, &sv)).await?;
+
+    let period = Duration::from_secs_f64(1.0 / client.args.rate.max(0.001));
+    let mut counter = 0u64;
+    let mut next_send: Option<Instant> = None;
+    let mut tick = actix_rt::time::interval(Duration::from_millis(50));
+    let mut replies = Vec::new();
+    loop {
+        if shared.phase.get() == Phase::Done {
+            break;
+        }
+        let writing = client.writer.is_some() && shared.phase.get() == Phase::Writing;
+        if writing && next_send.is_none() {
+            next_send = Some(Instant::now());
+        }
+        let due = next_send.filter(|_| writing);
+        let wake = async {
+            match due {
+                Some(at) => actix_rt::time::sleep_until(at.into()).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            frame = socket.next() => match frame {
+                Some(Ok(Frame::Binary(bytes))) => {
+                    client.on_frame(&bytes, &mut replies);
+                    for reply in replies.drain(..) {
+                        send(&mut socket, reply).await?;
+                    }
+                }
+                Some(Ok(Frame::Ping(payload))) => {
+                    socket.send(Message::Pong(payload)).await.map_err(|e| e.to_string())?;
+                }
+                Some(Ok(Frame::Close(reason))) => return Err(format!("closed by server: {reason:?}")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("connection ended".into()),
+            },
+            () = wake => {
+                if shared.phase.get() != Phase::Writing {
+                    continue; // writing ended while we slept: the count of sent is final
+                }
+                let frame = client.next_update(counter);
+                shared.sent.borrow_mut()[client.room] += 1;
+                counter += 1;
+                send(&mut socket, frame).await?;
+                let at = next_send.expect("due") + period;
+                // Behind schedule (the generator is saturated): do not burst to catch up.
+                next_send = Some(at.max(Instant::now() - period));
+            }
+            _ = tick.tick() => {}
+        }
+    }
+    shared.results.borrow_mut().push(ClientResult {
+        room: client.room,
+        digest: client.digest,
+        state_vector: client
+            .args
+            .apply
+            .then(|| client.doc.transact().state_vector().encode_v1()),
+    });
+    let _ = socket.send(Message::Close(None)).await;
+    Ok(())
+}
+
+async fn send(socket: &mut Framed<BoxedSocket, Codec>, frame: Bytes) -> Result<(), String> {
+    socket
+        .send(Message::Binary(frame))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// awc's TCP connector with `TCP_NODELAY`, as browsers open WebSockets: with Nagle on,
+/// a client's second small frame waits for the server's delayed ACK (~40 ms).
+fn nodelay_tcp() -> impl actix_service::Service<
+    actix_tls::connect::ConnectInfo<awc::http::Uri>,
+    Response = actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>,
+    Error = actix_tls::connect::ConnectError,
+> + Clone {
+    use actix_service::Service;
+    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::default()).service();
+    actix_service::fn_service(move |req| {
+        let connecting = tcp.call(req);
+        async move {
+            let connection = connecting.await?;
+            connection
+                .io_ref()
+                .set_nodelay(true)
+                .map_err(actix_tls::connect::ConnectError::Io)?;
+            Ok(connection)
+        }
+    })
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// One round's figures.
+#[derive(Serialize, Debug)]
+struct Report {
+    url: String,
+    rooms: usize,
+    clients_per_room: usize,
+    writers_per_room: usize,
+    rate_per_writer: f64,
+    payload_bytes: usize,
+    duration_s: f64,
+    connections_ok: usize,
+    connections_failed: usize,
+    connect_seconds: f64,
+    updates_sent: u64,
+    deliveries_expected: u64,
+    deliveries_received: u64,
+    deliveries_lost: u64,
+    deliveries_per_sec: f64,
+    latency_us_p50: u64,
+    latency_us_p90: u64,
+    latency_us_p99: u64,
+    latency_us_max: u64,
+    server_rss_baseline_bytes: Option<u64>,
+    server_rss_connected_bytes: Option<u64>,
+    server_rss_per_connection_bytes: Option<u64>,
+    rooms_converged: usize,
+    state_vectors_equal: Option<bool>,
+    client_errors: usize,
+    first_error: Option<String>,
+}
+
+async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
+    let shared = Rc::new(Shared {
+        phase: Cell::new(Phase::Connecting),
+        connected: Cell::new(0),
+        failed: Cell::new(0),
+        synced: Cell::new(0),
+        finished: Cell::new(0),
+        sent: RefCell::new(vec![0; args.rooms]),
+        received: Cell::new(0),
+        last_received: Cell::new(0),
+        latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
+        results: RefCell::new(Vec::new()),
+        errors: RefCell::new(Vec::new()),
+    });
+    let round_args = Rc::new(Args {
+        rate,
+        ..(*args).clone()
+    });
+    let connectors: Vec<awc::Client> = (1..=args.source_ips.max(1))
+        .map(|i| {
+            let connector = awc::Connector::new()
+                .connector(nodelay_tcp())
+                .limit(0)
+                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)));
+            awc::Client::builder()
+                .connector(connector)
+                .timeout(Duration::from_secs(30))
+                .finish()
+        })
+        .collect();
+    let baseline = args.pid.and_then(rss_bytes);
+    let total = args.rooms * args.clients;
+    let started = Instant::now();
+    let pace = Duration::from_secs_f64(1.0 / args.connect_rate.max(1.0));
+    for index in 0..total {
+        let room = index % args.rooms;
+        let member = index / args.rooms;
+        let writer = (member < args.writers).then_some(index as u64);
+        let url = format!("{}/{}-{tag}-{room}", args.url, args.room_prefix);
+        let client = Client {
+            room,
+            writer,
+            doc: Doc::new(),
+            digest: Digest::default(),
+            shared: shared.clone(),
+            args: round_args.clone(),
+            synced: false,
+        };
+        let http = connectors[index % connectors.len()].clone();
+        let shared = shared.clone();
+        actix_rt::spawn(async move {
+            if let Err(e) = run_client(http, url, client).await {
+                if shared.phase.get() == Phase::Connecting && shared.connected.get() < total {
+                    shared.failed.set(shared.failed.get() + 1);
+                }
+                shared.errors.borrow_mut().push(e);
+            }
+            shared.finished.set(shared.finished.get() + 1);
+        });
+        let next = started + pace * (index as u32 + 1);
+        actix_rt::time::sleep_until(next.into()).await;
+    }
+    // Wait for every handshake (or failure).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shared.synced.get() + shared.failed.get() + shared.errors.borrow().len() < total
+        && Instant::now() < deadline
+    {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    actix_rt::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let connected_rss = args.pid.and_then(rss_bytes);
+
+    shared.phase.set(Phase::Writing);
+    let writing_from = now_nanos();
+    actix_rt::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    shared.phase.set(Phase::Draining);
+    let writing_to = now_nanos();
+    // Drain: until everything expected arrived, or the drain time is up.
+    let expected = || {
+        let sent = shared.sent.borrow();
+        let clients = shared.connected.get() as u64 / args.rooms.max(1) as u64;
+        sent.iter()
+            .map(|s| s * clients.saturating_sub(1))
+            .sum::<u64>()
+    };
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    while shared.received.get() < expected() && Instant::now() < drain_until {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    shared.phase.set(Phase::Done);
+    let finish_by = Instant::now() + Duration::from_secs(10);
+    while shared.finished.get() < total && Instant::now() < finish_by {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let received = shared.received.get();
+    let expected = expected();
+    let window = shared.last_received.get().max(writing_to) - writing_from;
+    let hist = shared.latency.borrow();
+    let results = shared.results.borrow();
+    let mut rooms_converged = 0;
+    let mut svs_equal = args.apply.then_some(true);
+    for room in 0..args.rooms {
+        let members: Vec<_> = results.iter().filter(|r| r.room == room).collect();
+        if let Some(first) = members.first() {
+            if members.iter().all(|m| m.digest == first.digest)
+                && first.digest.count == shared.sent.borrow()[room]
+            {
+                rooms_converged += 1;
+            }
+            if members.iter().any(|m| m.state_vector != first.state_vector) {
+                svs_equal = Some(false);
+            }
+        }
+    }
+    let errors = shared.errors.borrow();
+    let connections_ok = shared.connected.get();
+    Report {
+        url: args.url.clone(),
+        rooms: args.rooms,
+        clients_per_room: args.clients,
+        writers_per_room: args.writers,
+        rate_per_writer: rate,
+        payload_bytes: args.payload,
+        duration_s: args.duration,
+        connections_ok,
+        connections_failed: total - connections_ok,
+        connect_seconds,
+        updates_sent: shared.sent.borrow().iter().sum(),
+        deliveries_expected: expected,
+        deliveries_received: received,
+        deliveries_lost: expected.saturating_sub(received),
+        deliveries_per_sec: received as f64 / (window as f64 / 1e9).max(1e-9),
+        latency_us_p50: hist.value_at_quantile(0.50),
+        latency_us_p90: hist.value_at_quantile(0.90),
+        latency_us_p99: hist.value_at_quantile(0.99),
+        latency_us_max: hist.max(),
+        server_rss_baseline_bytes: baseline,
+        server_rss_connected_bytes: connected_rss,
+        server_rss_per_connection_bytes: baseline
+            .zip(connected_rss)
+            .filter(|_| connections_ok > 0)
+            .map(|(b, c)| c.saturating_sub(b) / connections_ok as u64),
+        rooms_converged,
+        state_vectors_equal: svs_equal,
+        client_errors: errors.len(),
+        first_error: errors.first().cloned(),
+    }
+}
+
+fn print_human(r: &Report) {
+    println!(
+        "{} rooms × {} clients ({} writers × {:.1}/s, {} B) for {:.0} s against {}",
+        r.rooms,
+        r.clients_per_room,
+        r.writers_per_room,
+        r.rate_per_writer,
+        r.payload_bytes,
+        r.duration_s,
+        r.url
+    );
+    println!(
+        "  connections: {} ok, {} failed ({:.1} s to connect and sync)",
+        r.connections_ok, r.connections_failed, r.connect_seconds
+    );
+    println!(
+        "  updates sent {}; deliveries expected {}, received {}, lost {}",
+        r.updates_sent, r.deliveries_expected, r.deliveries_received, r.deliveries_lost
+    );
+    println!(
+        "  latency µs: p50 {}  p90 {}  p99 {}  max {};  {:.0} deliveries/s",
+        r.latency_us_p50,
+        r.latency_us_p90,
+        r.latency_us_p99,
+        r.latency_us_max,
+        r.deliveries_per_sec
+    );
+    if let (Some(b), Some(c)) = (r.server_rss_baseline_bytes, r.server_rss_connected_bytes) {
+        println!(
+            "  server RSS: {:.1} MiB idle → {:.1} MiB connected = {} B per connection",
+            b as f64 / 1048576.0,
+            c as f64 / 1048576.0,
+            r.server_rss_per_connection_bytes.unwrap_or(0)
+        );
+    }
+    println!(
+        "  converged rooms: {}/{}{}",
+        r.rooms_converged,
+        r.rooms,
+        match r.state_vectors_equal {
+            Some(true) => ", state vectors equal",
+            Some(false) => ", STATE VECTORS DIFFER",
+            None => "",
+        }
+    );
+    if let Some(e) = &r.first_error {
+        println!("  client errors: {} (first: {e})", r.client_errors);
+    }
+}
+
+fn main() {
+    let args = Rc::new(Args::parse());
+    now_nanos();
+    actix_rt::System::new().block_on(async move {
+        let tag = format!("{:x}", now_nanos() ^ u64::from(std::process::id()) << 20);
+        let mut rate = args.rate;
+        let mut best: Option<Report> = None;
+        for n in 0.. {
+            let report = round(args.clone(), rate, &format!("{tag}-{n}")).await;
+            if args.json {
+                println!("{}", serde_json::to_string(&report).expect("serializable"));
+            } else {
+                print_human(&report);
+            }
+            if !args.search {
+                break;
+            }
+            let p99_ms = report.latency_us_p99 as f64 / 1000.0;
+            if report.deliveries_lost > 0 || p99_ms > args.p99_limit_ms || report.connections_failed > 0 {
+                if !args.json {
+                    println!(
+                        "saturation: p99 {p99_ms:.1} ms, {} lost at {rate:.1}/s per writer",
+                        report.deliveries_lost
+                    );
+                }
+                break;
+            }
+            best = Some(report);
+            rate *= args.search_step;
+        }
+        if let Some(best) = best {
+            let line = format!(
+                "highest sustained: {:.0} deliveries/s at {:.1} updates/s per writer (p99 {} µs, nothing lost)",
+                best.deliveries_per_sec, best.rate_per_writer, best.latency_us_p99
+            );
+            if args.json {
+                println!("{}", serde_json::json!({ "search_result": best }));
+            } else {
+                println!("{line}");
+            }
+        }
+    });
+}
