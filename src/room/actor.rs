@@ -136,18 +136,22 @@ impl Room {
         let log = deps.store.load(&name)?;
         let doc = Doc::new();
         let mut skipped = 0usize;
-        {
-            let mut txn = doc.transact_mut();
-            let snapshot = log.snapshot.as_ref().map(|s| (s.seq, &s.state));
-            let records = log.updates.iter().map(|u| (u.seq, &u.update));
-            for (seq, bytes) in snapshot.into_iter().chain(records) {
-                let applied = Update::decode_v1(bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|u| txn.apply_update(u).map_err(|e| e.to_string()));
-                if let Err(e) = applied {
-                    error!("room {name:?}: stored record {seq} does not apply, skipped: {e}");
-                    skipped += 1;
-                }
+        // One transaction per record: yrs' cost per apply grows with the transaction it
+        // joins, so one transaction for all records is superlinear (100,000 keystrokes:
+        // seconds instead of ~0.1 s; see BENCHMARKS.md, cold load).
+        let snapshot = log.snapshot.as_ref().map(|s| (s.seq, &s.state));
+        let records = log.updates.iter().map(|u| (u.seq, &u.update));
+        for (seq, bytes) in snapshot.into_iter().chain(records) {
+            let applied = Update::decode_v1(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|u| {
+                    doc.transact_mut()
+                        .apply_update(u)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = applied {
+                error!("room {name:?}: stored record {seq} does not apply, skipped: {e}");
+                skipped += 1;
             }
         }
         let seq = log.last_seq();
