@@ -38,7 +38,7 @@ fn write_history(store: &SledStore, room: &str, updates: &[Vec<u8>], settings: &
         doc.transact_mut()
             .apply_update(Update::decode_v1(update).unwrap())
             .unwrap();
-        if seq % settings.snapshot_every == 0 {
+        if seq.is_multiple_of(settings.snapshot_every) {
             let state = doc
                 .transact()
                 .encode_state_as_update_v1(&StateVector::default());
