@@ -67,13 +67,7 @@ impl Server {
         })
         // Small frames must leave at once: with Nagle on, an update written while the
         // previous one is unacknowledged waits for the peer's delayed ACK (~40 ms).
-        .on_connect(|conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
-                && let Err(e) = tcp.set_nodelay(true)
-            {
-                log::debug!("TCP_NODELAY: {e}");
-            }
-        })
+        .tcp_nodelay(true)
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)

@@ -20,8 +20,9 @@ use actix::{Actor, Context, Handler};
 use bytes::Bytes;
 use collabd::config::Settings;
 use collabd::protocol::{self, ClientMessage};
-use collabd::room::messages::{FromClient, GetState, Join, Leave, Outbound};
+use collabd::room::messages::{CloseSession, FromClient, GetState, Join, Leave};
 use collabd::room::{Registry, ask};
+use collabd::session::OutboundQueue;
 use collabd::store::Store;
 use collabd::store::flusher::Flusher;
 use collabd::store::memory::MemoryStore;
@@ -200,9 +201,9 @@ impl Actor for Sink {
     type Context = Context<Self>;
 }
 
-impl Handler<Outbound> for Sink {
+impl Handler<CloseSession> for Sink {
     type Result = ();
-    fn handle(&mut self, _msg: Outbound, _ctx: &mut Context<Self>) {}
+    fn handle(&mut self, _msg: CloseSession, _ctx: &mut Context<Self>) {}
 }
 
 #[actix_rt::test]
@@ -221,7 +222,7 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
         ..Settings::default()
     });
     let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-    let registry = Registry::new(store.clone(), flusher.clone(), settings).start();
+    let registry = Registry::new(store.clone(), flusher.clone(), settings.clone()).start();
     let name: Arc<str> = "fuzz".into();
     let sink = Sink.start().recipient();
 
@@ -244,8 +245,11 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
             .count();
         // Each frame from a fresh session, as the room would see it from a socket.
         let session = i as u64 + 1;
+        // What the room sends is dropped with the receiver (the session "left").
+        let (queue, _frames) = OutboundQueue::new(&settings);
         let join = Join {
             session,
+            queue,
             outbox: sink.clone(),
         };
         let (room, ()) = ask(&registry, &name, join).await.expect("room alive");

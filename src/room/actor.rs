@@ -23,14 +23,15 @@ use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{
-    ApplyUpdate, DocState, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join, Leave,
-    LiveEvent, Outbound, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
+    ApplyUpdate, CloseSession, DocState, FromClient, GetDurableSeq, GetInfo, GetJson, GetState,
+    Join, Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::registry::RoomStopped;
 use crate::config::Settings;
 use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;
 use crate::protocol::{self, ClientMessage};
+use crate::session::{OutboundQueue, QueueError};
 use crate::store::flusher::{Flushed, Flusher};
 use crate::store::{Snapshot, Store, StoreError};
 
@@ -79,7 +80,8 @@ enum Waiter {
 
 /// One session as the room sees it.
 struct Member {
-    outbox: Recipient<Outbound>,
+    queue: OutboundQueue,
+    outbox: Recipient<CloseSession>,
     /// Awareness client ids this session announced, removed when it leaves.
     clients: HashSet<u64>,
     /// We sent a sync step 1 because this session's update had missing dependencies;
@@ -205,26 +207,61 @@ impl Room {
         self.awareness.doc()
     }
 
-    fn send_to(&self, session: SessionId, frame: Bytes) {
-        if let Some(member) = self.sessions.get(&session) {
-            member.outbox.do_send(Outbound::Frame(frame));
+    fn send_to(&mut self, session: SessionId, frame: Bytes) {
+        let pushed = match self.sessions.get(&session) {
+            Some(member) => member.queue.push(frame),
+            None => return,
+        };
+        if let Err(e) = pushed {
+            self.drop_unreachable(vec![(session, e)]);
         }
     }
 
-    fn broadcast(&self, frame: &Bytes, except: Option<SessionId>) {
+    /// Pushes `frame` into every session's queue but `except`'s. A session whose queue is
+    /// full is closed as a slow consumer; one whose queue is gone has left.
+    fn broadcast(&mut self, frame: &Bytes, except: Option<SessionId>) {
         let mut sent = 0;
+        let mut unreachable = Vec::new();
         for (id, member) in &self.sessions {
             if Some(*id) != except {
-                member.outbox.do_send(Outbound::Frame(frame.clone()));
-                sent += 1;
+                match member.queue.push(frame.clone()) {
+                    Ok(()) => sent += 1,
+                    Err(e) => unreachable.push((*id, e)),
+                }
             }
         }
         metrics().fanout_frames.inc_by(sent);
+        if !unreachable.is_empty() {
+            self.drop_unreachable(unreachable);
+        }
+    }
+
+    fn drop_unreachable(&mut self, sessions: Vec<(SessionId, QueueError)>) {
+        for (session, error) in sessions {
+            match error {
+                QueueError::Full => {
+                    if let Some(member) = self.sessions.get(&session) {
+                        let (frames, bytes) = member.queue.depth();
+                        warn!(
+                            "room {:?}: session {session} has {frames} frames ({bytes} bytes) \
+                             queued, closing slow consumer",
+                            self.name
+                        );
+                    }
+                    self.close_session(
+                        session,
+                        crate::session::close::SLOW_CONSUMER,
+                        "slow consumer".into(),
+                    );
+                }
+                QueueError::Closed => self.remove_session(session),
+            }
+        }
     }
 
     fn close_session(&mut self, session: SessionId, code: u16, reason: String) {
         if let Some(member) = self.sessions.get(&session) {
-            member.outbox.do_send(Outbound::Close { code, reason });
+            member.outbox.do_send(CloseSession { code, reason });
         }
         self.remove_session(session);
     }
@@ -346,7 +383,7 @@ impl Room {
             self.name, self.seq
         );
         for member in self.sessions.values() {
-            member.outbox.do_send(Outbound::Close {
+            member.outbox.do_send(CloseSession {
                 code: close::INTERNAL_ERROR,
                 reason: "storage failure".into(),
             });
@@ -639,21 +676,24 @@ impl Handler<Join> for Room {
     fn handle(&mut self, msg: Join, _ctx: &mut Context<Self>) {
         self.touch();
         let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
-        msg.outbox.do_send(Outbound::Frame(step1));
+        let mut hello = vec![step1];
         if let Ok(states) = self.awareness.update()
             && !states.clients.is_empty()
         {
-            msg.outbox
-                .do_send(Outbound::Frame(protocol::encode_awareness(&states)));
+            hello.push(protocol::encode_awareness(&states));
         }
         self.sessions.insert(
             msg.session,
             Member {
+                queue: msg.queue,
                 outbox: msg.outbox,
                 clients: HashSet::new(),
                 resync_requested: false,
             },
         );
+        for frame in hello {
+            self.send_to(msg.session, frame);
+        }
         debug!(
             "room {:?}: session {} joined, {} present",
             self.name,
@@ -802,7 +842,7 @@ impl Handler<Shutdown> for Room {
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
         for member in self.sessions.values() {
-            member.outbox.do_send(Outbound::Close {
+            member.outbox.do_send(CloseSession {
                 code: close::GOING_AWAY,
                 reason: "server shutting down".into(),
             });

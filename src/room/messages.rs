@@ -5,26 +5,29 @@ use bytes::Bytes;
 
 use crate::protocol::ClientMessage;
 use crate::protocol::json::RoomInfo;
+use crate::session::OutboundQueue;
 
 /// Identifies one session (one WebSocket connection) across its life.
 pub type SessionId = u64;
 
-/// What a room sends a session: bytes to write, or the order to close.
+/// The room tells a session to close with this WebSocket close code and reason (frames
+/// go through the session's [`OutboundQueue`], not through messages).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub enum Outbound {
-    /// One encoded y-websocket frame, shared by every session it goes to.
-    Frame(Bytes),
-    /// Close the connection with this WebSocket close code and reason.
-    Close { code: u16, reason: String },
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
 }
 
-/// A session enters the room; the room answers on `outbox` with sync step 1 and awareness.
+/// A session enters the room; the room answers on `queue` with sync step 1 and awareness.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Join {
     pub session: SessionId,
-    pub outbox: Recipient<Outbound>,
+    /// Where the room pushes the frames it sends this session.
+    pub queue: OutboundQueue,
+    /// Where the room sends the order to close.
+    pub outbox: Recipient<CloseSession>,
 }
 
 /// A session leaves; the awareness states it announced are removed.

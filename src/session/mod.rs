@@ -2,11 +2,12 @@
 //!
 //! Inbound: frames arrive as a stream on the actor, are decoded here (on the HTTP worker
 //! thread, in parallel with other sessions) and forwarded to the room as [`FromClient`].
-//! Outbound: the room sends [`Outbound`] frames; the actor puts them on a bounded queue
-//! that a writer task drains into the socket. A full queue means the client is not
-//! reading fast enough: the session is closed with [`close::SLOW_CONSUMER`] rather than
-//! left to grow server memory or silently skip updates; the client reconnects and
-//! re-syncs by state vector.
+//! Outbound: the room pushes encoded frames straight into the session's
+//! [`OutboundQueue`] (no actor hop per frame), and a writer task drains it into the socket.
+//! The queue is bounded in frames and bytes; a push that does not fit means the client
+//! reads slower than the room writes, and the room closes the session with
+//! [`close::SLOW_CONSUMER`] rather than grow server memory or silently skip updates; the
+//! client reconnects and re-syncs by state vector.
 //!
 //! The session also enforces what its token allows: a read-only session's writes are
 //! dropped here (never reach the room) and answered with y-protocols' permission-denied
@@ -32,7 +33,7 @@ use crate::config::Settings;
 use crate::limits::{Permit, TokenBucket};
 use crate::metrics::{ConnectionGauge, metrics};
 use crate::protocol::{self, ClientMessage};
-use crate::room::messages::{FromClient, Join, Leave, Outbound, SessionId};
+use crate::room::messages::{CloseSession, FromClient, Join, Leave, SessionId};
 use crate::room::{Registry, Room, ask};
 
 /// WebSocket close codes a session uses (rooms add theirs in `room::actor::close`).
@@ -67,10 +68,8 @@ pub struct WsSession {
     /// Set once the room has accepted our [`Join`]; frames are not read before that.
     room: Option<Addr<Room>>,
     registry: Addr<Registry>,
-    /// Bounded: `outbound_queue_messages` frames; `try_send` failing means slow consumer.
-    outbound: mpsc::Sender<Bytes>,
-    /// Bytes in `outbound`, bounded by `outbound_queue_bytes`; the writer subtracts.
-    queued_bytes: Arc<AtomicUsize>,
+    /// Shared with the room, which pushes the frames it sends.
+    queue: OutboundQueue,
     /// Tells the writer to send a close frame and end; taken when used.
     close: Option<oneshot::Sender<CloseReason>>,
     /// Last time anything arrived from the client, for the heartbeat timeout.
@@ -95,10 +94,9 @@ impl WsSession {
         grant: Grant,
         permit: Permit,
     ) -> Addr<WsSession> {
-        let (outbound, queue) = mpsc::channel(settings.outbound_queue_messages);
+        let (queue, frames) = OutboundQueue::new(&settings);
         let (close, close_rx) = oneshot::channel();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        actix_rt::spawn(write_loop(socket, queue, close_rx, queued_bytes.clone()));
+        actix_rt::spawn(write_loop(socket, frames, close_rx, queue.bytes.clone()));
         WsSession::create(|ctx| {
             ctx.add_stream(stream);
             WsSession {
@@ -106,8 +104,7 @@ impl WsSession {
                 room_name,
                 room: None,
                 registry,
-                outbound,
-                queued_bytes,
+                queue,
                 close: Some(close),
                 last_heard: Instant::now(),
                 rate: TokenBucket::new(settings.session_rate, settings.session_burst),
@@ -198,24 +195,9 @@ impl WsSession {
                 .with_label_values(&["read_only"])
                 .inc_by(dropped as u64);
             let denied = protocol::encode_permission_denied("read-only access");
-            // A full queue is caught by the next room frame (slow consumer).
-            let _ = self.enqueue(denied);
+            // A full queue is caught by the room's next push (slow consumer).
+            let _ = self.queue.push(denied);
         }
-    }
-
-    /// Queues a frame for the writer. `Err` means the queue is over one of its bounds.
-    fn enqueue(&mut self, frame: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
-        let len = frame.len();
-        let queued = self.queued_bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued + len > self.settings.outbound_queue_bytes {
-            return Err(mpsc::error::TrySendError::Full(frame));
-        }
-        self.outbound.try_send(frame)?;
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let m = metrics();
-        m.outbound_queued_frames.inc();
-        m.outbound_queued_bytes.add(len as i64);
-        Ok(())
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -229,7 +211,7 @@ impl WsSession {
         }
         // An empty binary frame would be a protocol error for the client; a ping is not.
         // It goes through the same queue so that it never overtakes updates.
-        let _ = self.outbound.try_send(Bytes::new());
+        let _ = self.queue.push(Bytes::new());
     }
 }
 
@@ -291,6 +273,7 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let join = Join {
             session: self.id,
+            queue: self.queue.clone(),
             outbox: ctx.address().recipient(),
         };
         let registry = self.registry.clone();
@@ -377,27 +360,69 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
     }
 }
 
-impl Handler<Outbound> for WsSession {
+impl Handler<CloseSession> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, msg: Outbound, ctx: &mut Context<Self>) {
-        match msg {
-            Outbound::Frame(frame) => match self.enqueue(frame) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    warn!(
-                        "session {} in room {:?}: outbound queue full ({} frames, {} bytes), \
-                         closing slow consumer",
-                        self.id,
-                        self.room_name,
-                        self.outbound.max_capacity() - self.outbound.capacity(),
-                        self.queued_bytes.load(Ordering::Relaxed)
-                    );
-                    self.close(ctx, close::SLOW_CONSUMER, "slow consumer");
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
-            },
-            Outbound::Close { code, reason } => self.close(ctx, code, &reason),
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
+        self.close(ctx, msg.code, &msg.reason);
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// Over `outbound_queue_messages` or `outbound_queue_bytes`: a slow consumer.
+    Full,
+    /// The session has ended.
+    Closed,
+}
+
+/// A session's bounded outbound queue. The room (and the session itself, for pings and
+/// permission-denied answers) pushes encoded frames; the session's writer task drains
+/// them into the socket. An empty frame means "ping".
+#[derive(Clone)]
+pub struct OutboundQueue {
+    frames: mpsc::Sender<Bytes>,
+    /// Bytes queued; the writer subtracts what it has written.
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl OutboundQueue {
+    pub fn new(settings: &Settings) -> (OutboundQueue, mpsc::Receiver<Bytes>) {
+        let (frames, receiver) = mpsc::channel(settings.outbound_queue_messages);
+        let queue = OutboundQueue {
+            frames,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            max_bytes: settings.outbound_queue_bytes,
+        };
+        (queue, receiver)
+    }
+
+    /// Queues one frame without waiting. One frame larger than the byte bound is still
+    /// taken when nothing else is queued (a big document's first sync).
+    pub fn push(&self, frame: Bytes) -> Result<(), QueueError> {
+        let len = frame.len();
+        let queued = self.bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + len > self.max_bytes {
+            return Err(QueueError::Full);
         }
+        self.frames.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })?;
+        if len > 0 {
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            let m = metrics();
+            m.outbound_queued_frames.inc();
+            m.outbound_queued_bytes.add(len as i64);
+        }
+        Ok(())
+    }
+
+    /// Frames and bytes waiting, for the slow-consumer log line.
+    pub fn depth(&self) -> (usize, usize) {
+        let frames = self.frames.max_capacity() - self.frames.capacity();
+        (frames, self.bytes.load(Ordering::Relaxed))
     }
 }

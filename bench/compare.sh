@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: collabd against the reference y-websocket server
+# (@y/websocket-server 0.1.1 with yjs 13.6.33), on this machine, one after another, each
+# scenario against a fresh server process. Figures go to $OUT (JSON lines per run) and a
+# Markdown table to stdout. Usage: bench/compare.sh [scenario ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-target/bench-results}
+mkdir -p "$OUT"
+cargo build --release --quiet --bin collabd -p collabd -p collabd-bench
+(cd bench/reference && npm ci --silent --no-audit --no-fund)
+
+BENCH=target/release/collabd-bench
+# The load generator is one client IP opening thousands of connections at full speed,
+# so collabd's per-IP, per-room and admission limits are lifted for it.
+COLLABD_FLAGS=(--max-connections 20000 --max-connections-per-room 20000
+  --max-connections-per-ip 20000 --admission-rate 100000 --admission-burst 100000
+  --session-rate 100000 --session-burst 100000)
+
+declare -A SCENARIOS=(
+  [floor]="--rooms 1 --clients 2 --writers 1 --rate 50 --duration 10 --apply"
+  [fanout]="--rooms 1 --clients 200 --writers 1 --rate 20 --duration 10"
+  [saturation]="--rooms 1 --clients 200 --writers 4 --rate 25 --duration 5 --search --search-step 1.5"
+  [rooms]="--rooms 100 --clients 10 --writers 1 --rate 5 --duration 10"
+  [idle5k]="--rooms 100 --clients 50 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000"
+  [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000"
+)
+ORDER=(floor fanout saturation rooms idle5k idle19k)
+[ $# -gt 0 ] && ORDER=("$@")
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2; exit 1
+}
+
+run() { # server scenario
+  local server=$1 name=$2 url pid data
+  case $server in
+    collabd)
+      data=$(mktemp -d)
+      RUST_LOG=warn target/release/collabd --bind 127.0.0.1:1234 --data-dir "$data" \
+        "${COLLABD_FLAGS[@]}" 2>>"$OUT/collabd.log" &
+      pid=$!; url=ws://127.0.0.1:1234/ws; wait_port 1234 ;;
+    reference)
+      HOST=127.0.0.1 PORT=1235 node bench/reference/node_modules/@y/websocket-server/src/server.js \
+        >>"$OUT/reference.log" 2>&1 &
+      pid=$!; url=ws://127.0.0.1:1235; wait_port 1235 ;;
+  esac
+  # shellcheck disable=SC2086
+  $BENCH --url "$url" --pid "$pid" --json ${SCENARIOS[$name]} > "$OUT/$name-$server.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  [ -n "${data:-}" ] && rm -rf "$data"
+  sleep 1
+}
+
+for name in "${ORDER[@]}"; do
+  for server in collabd reference; do
+    echo "== $name: $server ($BENCH ${SCENARIOS[$name]})" >&2
+    run "$server" "$name"
+  done
+done
+python3 bench/summarize.py "$OUT" "${ORDER[@]}"
