@@ -12,7 +12,10 @@ cargo build --release --quiet --bin collabd -p collabd -p collabd-bench
 
 BENCH=target/release/collabd-bench
 # The load generator is one client IP opening thousands of connections at full speed,
-# so collabd's per-IP, per-room and admission limits are lifted for it.
+# so collabd's per-IP, per-room and admission limits are lifted for it. Both servers
+# listen on 0.0.0.0 so that the idle scenarios can spread connections over the
+# destinations 127.0.0.1-4 (--dest-ips; Linux finds ephemeral ports slowly past ~14,000
+# towards one address).
 COLLABD_FLAGS=(--max-connections 20000 --max-connections-per-room 20000
   --max-connections-per-ip 20000 --admission-rate 100000 --admission-burst 100000
   --session-rate 100000 --session-burst 100000)
@@ -20,10 +23,10 @@ COLLABD_FLAGS=(--max-connections 20000 --max-connections-per-room 20000
 declare -A SCENARIOS=(
   [floor]="--rooms 1 --clients 2 --writers 1 --rate 50 --duration 10 --apply"
   [fanout]="--rooms 1 --clients 200 --writers 1 --rate 20 --duration 10"
-  [saturation]="--rooms 1 --clients 200 --writers 4 --rate 25 --duration 5 --search --search-step 1.5"
+  [saturation]="--rooms 1 --clients 200 --writers 4 --rate 5 --duration 5 --search --search-step 1.5"
   [rooms]="--rooms 100 --clients 10 --writers 1 --rate 5 --duration 10"
-  [idle5k]="--rooms 100 --clients 50 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000"
-  [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000"
+  [idle5k]="--rooms 100 --clients 50 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
+  [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
 )
 ORDER=(floor fanout saturation rooms idle5k idle19k)
 [ $# -gt 0 ] && ORDER=("$@")
@@ -41,11 +44,11 @@ run() { # server scenario
   case $server in
     collabd)
       data=$(mktemp -d)
-      RUST_LOG=warn target/release/collabd --bind 127.0.0.1:1234 --data-dir "$data" \
+      RUST_LOG=warn target/release/collabd --bind 0.0.0.0:1234 --data-dir "$data" \
         "${COLLABD_FLAGS[@]}" 2>>"$OUT/collabd.log" &
       pid=$!; url=ws://127.0.0.1:1234/ws; wait_port 1234 ;;
     reference)
-      HOST=127.0.0.1 PORT=1235 node bench/reference/node_modules/@y/websocket-server/src/server.js \
+      HOST=0.0.0.0 PORT=1235 node bench/reference/node_modules/@y/websocket-server/src/server.js \
         >>"$OUT/reference.log" 2>&1 &
       pid=$!; url=ws://127.0.0.1:1235; wait_port 1235 ;;
   esac

@@ -14,9 +14,10 @@ for name in names:
         r = lines[-1].get("search_result", lines[-1]) if lines else None
         if r is None:
             continue
-        rss = r.get("server_rss_per_connection_bytes")
+        search = "search_result" in lines[-1]
+        rss = None if search else r.get("server_rss_per_connection_bytes")
         label = name + (f" (best of {len(lines) - 1} rounds, {r['rate_per_writer']:.0f}/s per writer)"
-                        if "search_result" in lines[-1] else "")
+                        if search else "")
         print(f"| {label} | {server} | {r['connections_ok']} | {r['updates_sent']} | "
               f"{r['deliveries_lost']} | {r['deliveries_per_sec']:.0f} | {r['latency_us_p50']} | "
               f"{r['latency_us_p99']} | {r['latency_us_max']} | "

@@ -9,8 +9,10 @@
 //! connection (from /proc, given `--pid`), and convergence (every client of a room saw
 //! the same set of updates; with `--apply`, identical yrs state vectors too).
 //!
-//! `--search` raises the rate round by round until p99 passes `--p99-limit-ms` or an
-//! update is lost, and reports the highest sustained deliveries/s.
+//! `--search` raises the rate round by round until p99 passes `--p99-limit-ms`, an
+//! update is lost, or the writers cannot send 90% of the updates asked (TCP pushes back
+//! when the server stops reading, or the generator runs out of CPU), and reports the
+//! highest sustained deliveries/s.
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr};
@@ -59,10 +61,17 @@ struct Args {
     /// New connections per second while connecting.
     #[arg(long, default_value_t = 1000.0)]
     connect_rate: f64,
-    /// Spread connections over 127.0.0.1 … 127.0.0.N (each source address has its own
-    /// ephemeral ports).
+    /// Spread connections over source addresses 127.0.0.1 … 127.0.0.N (each has its own
+    /// ~28,000 ephemeral ports). Binding a source address is slow in the kernel, so the
+    /// default (1) does not bind at all.
     #[arg(long, default_value_t = 1)]
     source_ips: u8,
+    /// Spread connections over destination addresses 127.0.0.1 … 127.0.0.N (the server
+    /// must listen on 0.0.0.0): connect() finds free ephemeral ports in the kernel in time
+    /// that grows with the ports already used towards one destination (slow past ~14,000
+    /// on Linux, which prefers even ports), so many connections need several.
+    #[arg(long, default_value_t = 1)]
+    dest_ips: u8,
     /// Server process id, to sample its RSS from /proc.
     #[arg(long)]
     pid: Option<u32>,
@@ -80,7 +89,8 @@ struct Args {
     #[arg(long, default_value = "bench")]
     room_prefix: String,
     /// Saturation search: multiply the rate by `--search-step` each round until p99
-    /// exceeds `--p99-limit-ms` or an update is lost.
+    /// exceeds `--p99-limit-ms`, an update is lost, or the writers cannot send 90% of
+    /// the updates asked (the server or the generator is saturated).
     #[arg(long)]
     search: bool,
     #[arg(long, default_value_t = 1.5)]
@@ -109,6 +119,9 @@ enum Phase {
 /// What every client of one round shares (one thread: `Cell`s suffice).
 struct Shared {
     phase: Cell<Phase>,
+    /// Wakes every client when `phase` changes (idle clients must not poll for it: with
+    /// 20,000 of them a 50 ms tick alone is 400,000 wakeups a second).
+    phase_changed: tokio::sync::watch::Sender<()>,
     connected: Cell<usize>,
     failed: Cell<usize>,
     synced: Cell<usize>,
@@ -302,7 +315,12 @@ async fn run_client(http: awc::Client, url: String, mut client: Client) -> Resul
         .max_frame_size(64 << 20)
         .connect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            awc::error::WsClientError::InvalidResponseStatus(status) => {
+                format!("upgrade refused: HTTP {status}")
+            }
+            other => other.to_string(),
+        })?;
     let shared = client.shared.clone();
     shared.connected.set(shared.connected.get() + 1);
     let mut socket: Framed<BoxedSocket, Codec> = socket;
@@ -312,7 +330,7 @@ async fn run_client(http: awc::Client, url: String, mut client: Client) -> Resul
     let period = Duration::from_secs_f64(1.0 / client.args.rate.max(0.001));
     let mut counter = 0u64;
     let mut next_send: Option<Instant> = None;
-    let mut tick = actix_rt::time::interval(Duration::from_millis(50));
+    let mut phase_changed = shared.phase_changed.subscribe();
     let mut replies = Vec::new();
     loop {
         if shared.phase.get() == Phase::Done {
@@ -320,7 +338,10 @@ async fn run_client(http: awc::Client, url: String, mut client: Client) -> Resul
         }
         let writing = client.writer.is_some() && shared.phase.get() == Phase::Writing;
         if writing && next_send.is_none() {
-            next_send = Some(Instant::now());
+            // Writers start spread over one period (golden-ratio offsets by writer id),
+            // not in lockstep: a phase change wakes them all at the same instant.
+            let offset = (client.writer.unwrap_or(0) as f64 * 0.618_033_988_75).fract();
+            next_send = Some(Instant::now() + period.mul_f64(offset));
         }
         let due = next_send.filter(|_| writing);
         let wake = async {
@@ -357,7 +378,7 @@ async fn run_client(http: awc::Client, url: String, mut client: Client) -> Resul
                 // Behind schedule (the generator is saturated): do not burst to catch up.
                 next_send = Some(at.max(Instant::now() - period));
             }
-            _ = tick.tick() => {}
+            _ = phase_changed.changed() => {}
         }
     }
     shared.results.borrow_mut().push(ClientResult {
@@ -444,9 +465,15 @@ struct Report {
     first_error: Option<String>,
 }
 
+fn set_phase(shared: &Shared, phase: Phase) {
+    shared.phase.set(phase);
+    shared.phase_changed.send_replace(());
+}
+
 async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
     let shared = Rc::new(Shared {
         phase: Cell::new(Phase::Connecting),
+        phase_changed: tokio::sync::watch::channel(()).0,
         connected: Cell::new(0),
         failed: Cell::new(0),
         synced: Cell::new(0),
@@ -464,10 +491,13 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
     });
     let connectors: Vec<awc::Client> = (1..=args.source_ips.max(1))
         .map(|i| {
-            let connector = awc::Connector::new()
-                .connector(nodelay_tcp())
-                .limit(0)
-                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)));
+            let mut connector = awc::Connector::new().connector(nodelay_tcp()).limit(0);
+            // Binding a source address makes the kernel search a free port at bind()
+            // time, which grows with the sockets already bound (quadratic over a run);
+            // connect() without bind picks ports cheaply. Bind only when asked to spread.
+            if args.source_ips > 1 {
+                connector = connector.local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)));
+            }
             awc::Client::builder()
                 .connector(connector)
                 .timeout(Duration::from_secs(30))
@@ -482,7 +512,11 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
         let room = index % args.rooms;
         let member = index / args.rooms;
         let writer = (member < args.writers).then_some(index as u64);
-        let url = format!("{}/{}-{tag}-{room}", args.url, args.room_prefix);
+        let mut url = format!("{}/{}-{tag}-{room}", args.url, args.room_prefix);
+        if args.dest_ips > 1 {
+            let host = format!("127.0.0.{}", 1 + index % usize::from(args.dest_ips));
+            url = url.replacen("127.0.0.1", &host, 1);
+        }
         let client = Client {
             room,
             writer,
@@ -517,10 +551,10 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
     actix_rt::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let connected_rss = args.pid.and_then(rss_bytes);
 
-    shared.phase.set(Phase::Writing);
+    set_phase(&shared, Phase::Writing);
     let writing_from = now_nanos();
     actix_rt::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    shared.phase.set(Phase::Draining);
+    set_phase(&shared, Phase::Draining);
     let writing_to = now_nanos();
     // Drain: until everything expected arrived, or the drain time is up.
     let expected = || {
@@ -534,7 +568,7 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
     while shared.received.get() < expected() && Instant::now() < drain_until {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-    shared.phase.set(Phase::Done);
+    set_phase(&shared, Phase::Done);
     let finish_by = Instant::now() + Duration::from_secs(10);
     while shared.finished.get() < total && Instant::now() < finish_by {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
@@ -663,11 +697,19 @@ fn main() {
                 break;
             }
             let p99_ms = report.latency_us_p99 as f64 / 1000.0;
-            if report.deliveries_lost > 0 || p99_ms > args.p99_limit_ms || report.connections_failed > 0 {
+            let wanted = rate * (args.writers * args.rooms) as f64 * args.duration;
+            let achieved = report.updates_sent as f64 / wanted.max(1.0);
+            if report.deliveries_lost > 0
+                || p99_ms > args.p99_limit_ms
+                || report.connections_failed > 0
+                || achieved < 0.9
+            {
                 if !args.json {
                     println!(
-                        "saturation: p99 {p99_ms:.1} ms, {} lost at {rate:.1}/s per writer",
-                        report.deliveries_lost
+                        "saturation at {rate:.1}/s per writer: p99 {p99_ms:.1} ms, {} lost, \
+                         {:.0}% of the updates could be sent",
+                        report.deliveries_lost,
+                        achieved * 100.0
                     );
                 }
                 break;
