@@ -37,7 +37,8 @@ pub struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub access: Access,
-    /// When the token stops being valid; `None` when auth is off.
+    /// When the token stops being valid; `None` when auth is off (or `exp` is beyond
+    /// what the clock can represent).
     pub expires: Option<SystemTime>,
     pub subject: Option<String>,
 }
@@ -115,7 +116,9 @@ impl Auth {
             .claims;
         // Valid strictly before `exp` (jsonwebtoken still accepts the second of `exp`
         // itself), so that a session closed at expiry cannot reconnect with its token.
-        if UNIX_EPOCH + Duration::from_secs(claims.exp) <= SystemTime::now() {
+        // An `exp` past what `SystemTime` holds means "never" (and must not overflow).
+        let expires = UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp));
+        if expires.is_some_and(|at| at <= SystemTime::now()) {
             return Err(AuthError::Expired);
         }
         if !grants_room(&claims.room, room) {
@@ -126,7 +129,7 @@ impl Auth {
         }
         Ok(Grant {
             access: claims.perm,
-            expires: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            expires,
             subject: claims.sub,
         })
     }
@@ -225,6 +228,15 @@ mod tests {
             auth.check(Some("garbage"), "a", Access::Read),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_expiry_beyond_the_clock_means_never_and_does_not_panic() {
+        let auth = Auth::new(Some(SECRET));
+        let grant = auth
+            .check(Some(&token("a", Access::Read, u64::MAX)), "a", Access::Read)
+            .unwrap();
+        assert_eq!(grant.expires, None);
     }
 
     #[test]
