@@ -232,8 +232,8 @@ async fn the_auth_matrix_refuses_and_changes_nothing() {
 async fn a_session_is_closed_with_4401_when_its_token_expires() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);
-    // Expires within 1–2 s (exp has whole-second resolution).
-    let short = token("r", Access::Write, 2);
+    // Expires within 3–4 s (exp has whole-second resolution): time to connect first.
+    let short = token("r", Access::Write, 4);
     let url = format!("{}?token={short}", server.ws_url("r"));
     let mut client = YClient::try_connect(&url, &[], Doc::new()).await.unwrap();
     client.until("synced", |c| c.synced).await;
@@ -242,7 +242,7 @@ async fn a_session_is_closed_with_4401_when_its_token_expires() {
     // Reconnecting with the same token is refused before the upgrade.
     assert_eq!(ws_status(&server, "r", Some(&short)).await, Some(401));
     // SSE streams end at expiry too.
-    let sse_token = token("r", Access::Read, 2);
+    let sse_token = token("r", Access::Read, 4);
     let mut res = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish()

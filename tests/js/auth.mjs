@@ -48,7 +48,7 @@ run('stock clients with access tokens', async () => {
   await until('the writer\'s next edit arrives', () => reader.text.toString().endsWith('!'))
   assertEqual(writer.text.toString(), 'from the writer!', 'the reader\'s edit reached nobody')
 
-  const short = client(server.port, token('--room', ROOM, '--write', '--ttl', '2'))
+  const short = client(server.port, token('--room', ROOM, '--write', '--ttl', '4'))
   const codes = []
   short.provider.on('connection-close', event => { if (event) codes.push(event.code) })
   await until('expiry closes the session with 4401', () => codes.includes(4401))
