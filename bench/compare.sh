@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/bench-results}
 mkdir -p "$OUT"
-cargo build --release --quiet --bin collabd -p collabd -p collabd-bench
+cargo build --release --quiet -p collabd --bin collabd
+cargo build --release --quiet -p collabd-bench
 (cd bench/reference && npm ci --silent --no-audit --no-fund)
 
 BENCH=target/release/collabd-bench
