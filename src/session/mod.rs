@@ -78,6 +78,9 @@ pub struct WsSession {
     access: Access,
     expires: Option<SystemTime>,
     rate: TokenBucket,
+    /// `collabd_bytes_in_total{transport="ws"}`, resolved once (a label lookup per frame
+    /// takes a lock).
+    bytes_in: prometheus::IntCounter,
     /// Holds this connection's admission slot and gauge until the session ends.
     _permit: Permit,
     _gauge: ConnectionGauge,
@@ -108,6 +111,7 @@ impl WsSession {
                 close: Some(close),
                 last_heard: Instant::now(),
                 rate: TokenBucket::new(settings.session_rate, settings.session_burst),
+                bytes_in: metrics().bytes_in.with_label_values(&["ws"]),
                 settings,
                 access: grant.access,
                 expires: grant.expires,
@@ -133,10 +137,7 @@ impl WsSession {
     }
 
     fn on_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        metrics()
-            .bytes_in
-            .with_label_values(&["ws"])
-            .inc_by(frame.len() as u64);
+        self.bytes_in.inc_by(frame.len() as u64);
         if !self.rate.take() {
             warn!(
                 "session {} in room {:?}: over {} frames/s (burst {}), closing",
