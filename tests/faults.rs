@@ -16,37 +16,6 @@ use common::*;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Map, ReadTxn, StateVector, Transact, Update};
 
-/// xorshift64*: seedable jitter and kill times.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low).max(1)
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("FAULT_SEED={seed}");
-    seed
-}
-
 fn map_keys(doc: &Doc) -> BTreeSet<String> {
     let map = doc.get_or_insert_map("m");
     let txn = doc.transact();
@@ -168,7 +137,7 @@ async fn key_seqs(server: &TestServer) -> BTreeMap<String, u64> {
 
 #[actix_rt::test]
 async fn acknowledged_writes_survive_ten_sigkills() {
-    let mut rng = Rng(seed());
+    let mut rng = Rng(seed_from("FAULT_SEED"));
     let dir = tempfile::tempdir().unwrap();
     let http_doc = Doc::with_client_id(1_001);
     let ws_doc = Doc::with_client_id(1_002);

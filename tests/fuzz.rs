@@ -33,34 +33,6 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Array, Doc, Map, ReadTxn, StateVector, Text, Transact, Update};
 
-/// xorshift64*: small, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
-}
-
 fn iterations() -> usize {
     std::env::var("FUZZ_ITERS")
         .ok()
@@ -208,9 +180,9 @@ impl Handler<CloseSession> for Sink {
 
 #[actix_rt::test]
 async fn the_decoder_and_a_room_survive_mutated_frames() {
-    let seed = seed();
+    let seed = seed_from("FUZZ_SEED");
     let iterations = iterations();
-    eprintln!("fuzz: seed {seed}, {iterations} iterations (FUZZ_SEED, FUZZ_ITERS)");
+    eprintln!("fuzz: {iterations} iterations (FUZZ_ITERS)");
     let mut rng = Rng(seed);
     let corpus = corpus();
     quiet_yrs_panics();
@@ -288,8 +260,7 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
 /// friends); the server stays up and other rooms never notice.
 #[actix_rt::test]
 async fn the_server_survives_mutated_frames_over_websockets() {
-    let seed = seed();
-    eprintln!("network fuzz: seed {seed}");
+    let seed = seed_from("FUZZ_SEED");
     let mut rng = Rng(seed);
     let corpus = corpus();
     let dir = tempfile::tempdir().unwrap();
