@@ -192,24 +192,9 @@ async fn the_auth_matrix_refuses_and_changes_nothing() {
         .until("the marker", |c| c.text("t").contains('!'))
         .await;
 
-    let (doc, seq) = {
-        let mut res = awc::Client::new()
-            .get(server.url(&format!("/rooms/{room}/state?token={read}")))
-            .send()
-            .await
-            .unwrap();
-        let seq: u64 = res
-            .headers()
-            .get("x-seq")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let doc = Doc::new();
-        apply(&doc, &res.body().await.unwrap());
-        (doc, seq)
-    };
+    let (doc, seq) = server
+        .state_at(&format!("/rooms/{room}/state?token={read}"))
+        .await;
     let text = doc.get_or_insert_text("t");
     assert_eq!(text.get_string(&doc.transact()), "kept!");
     assert_eq!(seq, 2, "only the two authorised writes were logged");

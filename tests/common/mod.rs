@@ -179,11 +179,12 @@ impl TestServer {
 
     /// The room's full state, decoded into a fresh document.
     pub async fn state(&self, room: &str) -> (Doc, u64) {
-        let mut res = awc::Client::new()
-            .get(self.url(&format!("/rooms/{room}/state")))
-            .send()
-            .await
-            .unwrap();
+        self.state_at(&format!("/rooms/{room}/state")).await
+    }
+
+    /// [`TestServer::state`] from a path with its query (e.g. `?token=`).
+    pub async fn state_at(&self, path: &str) -> (Doc, u64) {
+        let mut res = awc::Client::new().get(self.url(path)).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200);
         let seq = res
             .headers()
