@@ -22,7 +22,7 @@ use actix::Actor;
 use collabd::Settings;
 use collabd::room::Registry;
 use collabd::room::actor::{Room, RoomDeps};
-use collabd::store::flusher::Flusher;
+use collabd::store::commit::Flusher;
 use collabd::store::sled::SledStore;
 use collabd::store::{Snapshot, Store};
 use yrs::updates::decoder::Decode;
@@ -106,7 +106,7 @@ fn main() {
             let times = (0..RUNS)
                 .map(|i| {
                     let started = Instant::now();
-                    let loaded = Room::load(i as u64, room.into(), deps.clone(), false);
+                    let loaded = Room::load(i as u64, room.into(), deps.clone());
                     let elapsed = started.elapsed();
                     assert!(loaded.is_ok());
                     elapsed

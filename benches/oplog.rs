@@ -1,10 +1,11 @@
 //! What the op log costs: bytes per update record and durable appends per second through
-//! sled with group commit (the default 5 ms flush interval).
+//! sled with group commit (the default 5 ms flush interval), each flush ending in an
+//! `fdatasync` of sled's data file.
 //!
 //! Run: `cargo bench --bench oplog` (optionally `-- ROOMS UPDATES`).
 //!
-//! Each "room" is a tiny actor that only records the durable seq the flusher reports; one
-//! writer thread appends realistic keystroke updates (one character typed per update,
+//! Each "room" only records the durable seq the flusher reports (a callback, as a room
+//! actor's is); one writer thread appends realistic keystroke updates (one character typed per update,
 //! encoded by yrs) round-robin over the rooms, as room actors would. The clock stops when
 //! every room has heard that its last seq is durable.
 
@@ -12,25 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Context, Handler};
 mod common;
 
 use collabd::store::Store;
-use collabd::store::flusher::{Flushed, Flusher};
+use collabd::store::commit::{FlushNotify, FlushReport, Flusher};
 use collabd::store::sled::SledStore;
-
-struct DurableSeq(Arc<AtomicU64>);
-
-impl Actor for DurableSeq {
-    type Context = Context<Self>;
-}
-
-impl Handler<Flushed> for DurableSeq {
-    type Result = ();
-    fn handle(&mut self, msg: Flushed, _: &mut Context<Self>) {
-        self.0.fetch_max(msg.seq, Ordering::Relaxed);
-    }
-}
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -45,9 +32,18 @@ fn main() {
         let store: Arc<dyn Store> = sled.clone();
         let flusher = Flusher::start(store.clone(), Duration::from_millis(5));
         let durable: Vec<Arc<AtomicU64>> = (0..rooms).map(|_| Arc::new(AtomicU64::new(0))).collect();
-        let sinks: Vec<_> = durable
+        let sinks: Vec<FlushNotify> = durable
             .iter()
-            .map(|d| DurableSeq(d.clone()).start().recipient())
+            .map(|d| {
+                let d = d.clone();
+                let notify: FlushNotify = Arc::new(move |report| match report {
+                    FlushReport::Durable { seq, .. } => {
+                        d.fetch_max(seq, Ordering::Relaxed);
+                    }
+                    FlushReport::Failed(e) => panic!("flush failed: {e}"),
+                });
+                notify
+            })
             .collect();
         let names: Vec<String> = (0..rooms).map(|r| format!("bench/room-{r}")).collect();
         let size_before = sled.size_on_disk();
@@ -62,7 +58,7 @@ fn main() {
                 let r = i % names.len();
                 seqs[r] += 1;
                 writer_store.append(&names[r], seqs[r], update).unwrap();
-                writer_flusher.mark(r as u64, seqs[r], sinks[r].clone());
+                writer_flusher.mark(r as u64, seqs[r], &sinks[r]);
             }
             (started.elapsed(), seqs)
         });

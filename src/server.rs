@@ -16,7 +16,7 @@ use crate::limits::Admission;
 use crate::room::Registry;
 use crate::room::registry::ShutdownAll;
 use crate::store::Store;
-use crate::store::flusher::Flusher;
+use crate::store::commit::Flusher;
 use crate::store::sled::SledStore;
 
 /// How long stopping waits for connections to finish after sessions were told to close.

@@ -100,7 +100,9 @@ async fn ws_writer(base: String, doc: Doc, next: Rc<Cell<u64>>) -> Vec<String> {
         if client.closed.is_some() {
             break;
         }
-        if let Some(&(token, _)) = client.acks.last() {
+        if let Some(&(token, _, stored)) = client.acks.last()
+            && stored
+        {
             acked = acked.max(token as usize);
         }
     }

@@ -24,7 +24,7 @@ use collabd::room::messages::{CloseSession, FromClient, GetState, Join, Leave};
 use collabd::room::{Registry, ask};
 use collabd::session::OutboundQueue;
 use collabd::store::Store;
-use collabd::store::flusher::Flusher;
+use collabd::store::commit::Flusher;
 use collabd::store::memory::MemoryStore;
 use common::*;
 use yrs::sync::Awareness;
@@ -225,7 +225,11 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
             outbox: sink.clone(),
         };
         let (room, ()) = ask(&registry, &name, join).await.expect("room alive");
-        room.do_send(FromClient { session, messages });
+        room.do_send(FromClient {
+            session,
+            messages,
+            dropped: 0,
+        });
         room.send(Leave { session }).await.expect("room alive");
     }
     eprintln!(
@@ -239,7 +243,7 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
     // (Equality of the two is not asserted: garbage that reuses existing ids with other
     // content is integrated by yrs in ways a replay need not repeat. Valid updates with
     // missing dependencies are the case that matters; `tests/core.rs` covers it.)
-    let (_, state) = ask(&registry, &name, GetState).await.expect("room alive");
+    let (_, (state, _durable)) = ask(&registry, &name, GetState).await.expect("room alive");
     store.flush().unwrap();
     let log = store.load(&name).unwrap();
     let rebuilt = Doc::new();

@@ -365,7 +365,7 @@ async fn websocket_writers_get_acks_once_durable_and_acked_updates_survive_kill_
     }
     writer.request_ack(7).await;
     writer.until("ack 7", |c| !c.acks.is_empty()).await;
-    assert_eq!(writer.acks[0], (7, 30));
+    assert_eq!(writer.acks[0], (7, 30, true));
     let acked = writer.text("t");
 
     server.kill();

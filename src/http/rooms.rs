@@ -58,8 +58,20 @@ pub async fn catch_up(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// The room's full state, once the seq it carries is durable.
 pub async fn full_state(state: &AppState, room: &Arc<str>) -> Result<DocState, ApiError> {
-    Ok(ask(&state.registry, room, GetState).await?.1)
+    let (doc, durable) = ask(&state.registry, room, GetState).await?.1;
+    durable.await.map_err(|_| not_stored())?;
+    Ok(doc)
+}
+
+/// The room stopped (its store failed, or it shut down) before what was asked was durable.
+fn not_stored() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_stored",
+        "the room stopped before the update was durable; retry",
+    )
 }
 
 /// `GET /rooms/{room}`.
@@ -195,13 +207,7 @@ pub async fn post_update(
         ),
     })?;
     let (seq, durable) = durable;
-    durable.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_stored",
-            "the room stopped before the update was durable; retry",
-        )
-    })?;
+    durable.await.map_err(|_| not_stored())?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
 }
 

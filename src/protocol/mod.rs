@@ -9,7 +9,7 @@
 //! | 1 | awareness | varbuf: varuint count, then per client varuint id, varuint clock, varstring JSON state |
 //! | 2 | auth | varuint 0 + varstring reason (permission denied) or 1 (granted) |
 //! | 3 | query awareness | nothing |
-//! | 100 | collabd write ack (see [`MSG_ACK`]) | varbuf: varuint token (client → server); varuint token, varuint seq (server → client) |
+//! | 100 | collabd write ack (see [`MSG_ACK`]) | varbuf: varuint token (client → server); varuint token, varuint seq, varuint status (server → client; 0 stored, 1 something since the previous request was refused) |
 //! | other ≥ 4 | custom, ignored | varbuf payload |
 //!
 //! Decoding checks every length against what is left of the frame, decodes updates and
@@ -33,6 +33,11 @@ pub const MSG_QUERY_AWARENESS: u64 = 3;
 /// the session sent before it is durable, the server answers `[100, varbuf(varuint
 /// token, varuint seq)]`, where `seq` is the room's durable seq covering them.
 pub const MSG_ACK: u64 = 100;
+/// Ack status: everything sent since the previous ack request is stored.
+pub const ACK_STORED: u64 = 0;
+/// Ack status: something sent since the previous ack request was refused (invalid, too
+/// large, missing dependencies, read-only); what was accepted is stored.
+pub const ACK_REFUSED: u64 = 1;
 
 pub const AUTH_PERMISSION_DENIED: u64 = 0;
 
@@ -260,11 +265,15 @@ pub fn encode_update(update: &[u8]) -> Bytes {
     frame(&[MSG_SYNC, SYNC_UPDATE], update)
 }
 
-/// The answer to an ack request: `token` is durable, covered by `seq`.
-pub fn encode_ack(token: u64, seq: u64) -> Bytes {
-    let mut payload = Vec::with_capacity(20);
+/// The answer to an ack request: everything the session sent before `token` that the
+/// room accepted is durable, covered by `seq`. `ok` is false if something it sent since
+/// its previous ack request was refused or dropped (status [`ACK_REFUSED`]): that part is
+/// not stored, and the client must not treat it as saved.
+pub fn encode_ack(token: u64, seq: u64, ok: bool) -> Bytes {
+    let mut payload = Vec::with_capacity(21);
     write_var(&mut payload, token);
     write_var(&mut payload, seq);
+    write_var(&mut payload, if ok { ACK_STORED } else { ACK_REFUSED });
     frame(&[MSG_ACK], &payload)
 }
 

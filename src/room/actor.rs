@@ -8,7 +8,6 @@
 //! `durable_seq`, which is the only seq the outside world is shown.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,9 +21,11 @@ use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::core::Refused;
+use super::core::{self, Rejected};
 use super::messages::{
-    ApplyUpdate, CloseSession, DocState, FromClient, GetDurableSeq, GetInfo, GetJson, GetState,
-    Join, Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
+    ApplyUpdate, CloseSession, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson,
+    GetState, Join, Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::registry::RoomStopped;
 use crate::config::Settings;
@@ -32,7 +33,7 @@ use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;
 use crate::protocol::{self, ClientMessage};
 use crate::session::{OutboundQueue, QueueError};
-use crate::store::flusher::{Flushed, Flusher};
+use crate::store::commit::{FlushNotify, FlushReport, Flusher};
 use crate::store::{Snapshot, Store, StoreError};
 
 /// WebSocket close codes a room asks for.
@@ -43,22 +44,6 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     /// The room could not store an update; reconnecting re-syncs.
     pub const INTERNAL_ERROR: u16 = 1011;
-}
-
-/// Why a room refused an update; the room and its log are unchanged either way.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// It does not decode or does not apply.
-    #[error("update does not apply: {0}")]
-    Invalid(String),
-    /// Accepting it would grow the document past `max_doc_bytes`.
-    #[error("the document would exceed its size limit of {0} bytes")]
-    TooLarge(usize),
-    /// It builds on updates this room does not have (a gap in some client's clock). Yjs
-    /// would keep it pending; the room asks the sender for everything instead, so its
-    /// document never holds what its log does not.
-    #[error("the update builds on updates this room does not have")]
-    MissingDependencies,
 }
 
 /// What every room shares with its registry: where to store, how to flush, the settings.
@@ -74,8 +59,13 @@ pub struct RoomDeps {
 enum Waiter {
     /// An HTTP handler (POST answer, long poll).
     Reply(oneshot::Sender<u64>),
-    /// A WebSocket writer that asked for an ack (see `protocol::MSG_ACK`).
-    Ack { session: SessionId, token: u64 },
+    /// A WebSocket writer that asked for an ack (see `protocol::MSG_ACK`); `ok` is false
+    /// if something it sent since its previous ack request was refused.
+    Ack {
+        session: SessionId,
+        token: u64,
+        ok: bool,
+    },
 }
 
 /// One session as the room sees it.
@@ -87,6 +77,9 @@ struct Member {
     /// We sent a sync step 1 because this session's update had missing dependencies;
     /// cleared by a complete sync step 2. A second gap meanwhile closes the session.
     resync_requested: bool,
+    /// Something this session sent since its last ack request was refused or dropped:
+    /// the next ack says so instead of "stored".
+    refused_since_ack: bool,
 }
 
 pub struct Room {
@@ -105,8 +98,14 @@ pub struct Room {
     /// Size of the encoded document, estimated: the last snapshot (or the loaded log)
     /// plus every update accepted since. Checked against `max_doc_bytes`.
     doc_bytes: usize,
-    /// A snapshot whose flush we wait for before deleting the records it replaces.
-    compaction_due: Option<u64>,
+    /// A snapshot (its seq) whose flush we wait for before deleting the records it
+    /// replaces, and the number of the first flush that covers it: a flush already
+    /// running when the snapshot was written may report its seq without covering it.
+    compaction_due: Option<(u64, u64)>,
+    /// How the flusher reaches this room (set when the actor starts).
+    flush_notify: Option<FlushNotify>,
+    /// The store failed under this room: it appends nothing more and stops.
+    failed: bool,
     sessions: HashMap<SessionId, Member>,
     /// Updates appended but not yet durable, oldest first; SSE streams get them on flush.
     undurable: VecDeque<(u64, Bytes)>,
@@ -123,18 +122,14 @@ pub struct Room {
 }
 
 impl Room {
-    /// Rebuilds the room from its snapshot and the records after it. `flush_first` makes
-    /// records a crashed predecessor appended durable before their seqs are shown.
-    pub fn load(
-        id: u64,
-        name: Arc<str>,
-        deps: RoomDeps,
-        flush_first: bool,
-    ) -> Result<Room, StoreError> {
+    /// Rebuilds the room from its snapshot and the records after it. It flushes first:
+    /// the room shows every loaded seq as durable, and a predecessor that stopped or
+    /// crashed may have appended records no flush covered yet. (A store with nothing
+    /// unflushed answers at once; one whose flush failed refuses, and so the room does
+    /// not load.)
+    pub fn load(id: u64, name: Arc<str>, deps: RoomDeps) -> Result<Room, StoreError> {
         let started = Instant::now();
-        if flush_first {
-            deps.store.flush()?;
-        }
+        deps.store.flush()?;
         let log = deps.store.load(&name)?;
         let doc = Doc::new();
         let mut skipped = 0usize;
@@ -193,6 +188,8 @@ impl Room {
             snapshot_seq: 0,
             doc_bytes: 0,
             compaction_due: None,
+            flush_notify: None,
+            failed: false,
             sessions: HashMap::new(),
             undurable: VecDeque::new(),
             subscribers: HashMap::new(),
@@ -266,7 +263,9 @@ impl Room {
         self.remove_session(session);
     }
 
-    /// Applies one client update; if it changed the document, logs and broadcasts it.
+    /// Applies one client update under the rules of [`core::apply`]; what changed the
+    /// document is logged and broadcast. `Err(MissingDependencies)` may follow a partial
+    /// apply: the part that applied is logged like any update, the rest is refused.
     fn apply_update(
         &mut self,
         origin: Option<SessionId>,
@@ -274,90 +273,76 @@ impl Room {
         ctx: &mut Context<Self>,
     ) -> Result<(), Refused> {
         let refused = |why: Refused| {
-            let reason = match why {
-                Refused::Invalid(_) => "invalid",
-                Refused::TooLarge(_) => "doc_too_large",
-                Refused::MissingDependencies => "missing_dependencies",
-            };
             metrics()
                 .updates_rejected
-                .with_label_values(&[reason])
+                .with_label_values(&[why.label()])
                 .inc();
             Err(why)
         };
-        if self.lacks_dependencies_of(&update) {
-            return refused(Refused::MissingDependencies);
+        if self.failed {
+            return refused(Refused::Invalid("the room's store failed".into()));
         }
-        // yrs may panic on a well-formed but inconsistent update; that must cost this one
-        // update, not the thread every room on this arbiter runs on.
-        let applied = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = self.doc().transact_mut();
-            let result = txn.apply_update(update);
-            let changed = !(txn.insert_set().is_empty() && txn.delete_set().is_empty());
-            match result {
-                Err(e) => Err((e.to_string(), changed)),
-                // Nothing new (e.g. a reconnecting client re-sending what we have).
-                Ok(()) if !changed => Ok(None),
-                Ok(()) => Ok(Some(txn.encode_update_v1())),
-            }
-        }));
-        let diff = match applied {
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(diff))) => diff,
-            Ok(Err((e, changed))) => {
-                if changed {
-                    // The document may hold part of a bad update; the log does not.
-                    self.reload_document("a bad update");
+        let limit = self.deps.settings.max_doc_bytes;
+        let applied = match core::apply(self.doc(), update, self.doc_bytes, limit) {
+            Ok(applied) => applied,
+            Err(Rejected {
+                why,
+                document_dirty,
+            }) => {
+                if document_dirty {
+                    self.reload_document(&why.to_string());
                 }
-                return refused(Refused::Invalid(e));
-            }
-            Err(_) => {
-                self.reload_document("a panic while applying an update");
-                return refused(Refused::Invalid("update made the CRDT panic".into()));
+                return refused(why);
             }
         };
-        let limit = self.deps.settings.max_doc_bytes;
-        if self.doc_bytes + diff.len() > limit {
-            self.reload_document("an update over the size limit");
-            return refused(Refused::TooLarge(limit));
+        if let Some(diff) = applied.diff {
+            self.log_and_broadcast(origin, diff, ctx);
         }
+        if applied.missing_dependencies {
+            return refused(Refused::MissingDependencies);
+        }
+        Ok(())
+    }
+
+    /// Gives an accepted change the next seq, appends it, and sends it to every peer.
+    fn log_and_broadcast(
+        &mut self,
+        origin: Option<SessionId>,
+        diff: Vec<u8>,
+        ctx: &mut Context<Self>,
+    ) {
         self.doc_bytes += diff.len();
         self.seq += 1;
         let started = Instant::now();
         if let Err(e) = self.deps.store.append(&self.name, self.seq, &diff) {
-            self.fail(ctx, &e);
-            return Ok(());
+            self.fail(ctx, &e.to_string());
+            return;
         }
         let m = metrics();
         m.oplog_append_seconds
             .observe(started.elapsed().as_secs_f64());
         m.updates_accepted.inc();
-        self.deps
-            .flusher
-            .mark(self.id, self.seq, ctx.address().recipient());
+        self.mark_dirty();
         self.broadcast(&protocol::encode_update(&diff), origin);
         self.undurable.push_back((self.seq, Bytes::from(diff)));
         if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
             self.write_snapshot(ctx);
         }
-        Ok(())
     }
 
-    /// Whether `update` inserts, for some client, blocks past the clock this document has
-    /// for it. yrs would park text items as pending but integrate map entries without
-    /// advancing the state vector (so the transaction's encoded diff omits them); either
-    /// way the document would hold something its log does not.
-    fn lacks_dependencies_of(&self, update: &Update) -> bool {
-        let have = self.doc().transact().state_vector();
-        update
-            .state_vector_lower()
-            .iter()
-            .any(|(client, clock)| *clock > have.get(client))
+    /// Asks the flusher to make everything appended so far durable; returns the number of
+    /// the flush that will cover it.
+    fn mark_dirty(&self) -> u64 {
+        let notify = self
+            .flush_notify
+            .as_ref()
+            .expect("the room's flush callback is set when it starts");
+        self.deps.flusher.mark(self.id, self.seq, notify)
     }
 
     /// Replaces the in-memory document with what the store holds (undoing `why`).
     fn reload_document(&mut self, why: &str) {
-        match Room::load(self.id, self.name.clone(), self.deps.clone(), false) {
+        match Room::load(self.id, self.name.clone(), self.deps.clone()) {
             Ok(fresh) => {
                 let states = self.awareness.update().ok();
                 self.awareness = fresh.awareness;
@@ -374,14 +359,18 @@ impl Room {
         }
     }
 
-    /// The store refused a write: the document now holds an update the log does not, so
-    /// the room stops; clients reconnect, the room reloads from the store, and the clients'
-    /// state vectors bring the missing update back.
-    fn fail(&mut self, ctx: &mut Context<Self>, e: &StoreError) {
+    /// The store failed a write or a flush: the document may hold updates the disk does
+    /// not, so the room stops at once (appending nothing more, showing no further seq);
+    /// clients reconnect, the room reloads from what the store really holds, and the
+    /// clients' state vectors bring the missing updates back.
+    fn fail(&mut self, ctx: &mut Context<Self>, e: &str) {
         error!(
-            "room {:?}: storing seq {} failed, closing the room: {e}",
-            self.name, self.seq
+            "room {:?}: the store failed at seq {} (durable {}), closing the room: {e}",
+            self.name, self.seq, self.durable_seq
         );
+        self.failed = true;
+        self.undurable.clear();
+        self.compaction_due = None;
         for member in self.sessions.values() {
             member.outbox.do_send(CloseSession {
                 code: close::INTERNAL_ERROR,
@@ -418,12 +407,15 @@ impl Room {
                     started.elapsed().as_micros()
                 );
                 self.snapshot_seq = snapshot.seq;
-                self.compaction_due = Some(snapshot.seq);
-                self.deps
-                    .flusher
-                    .mark(self.id, self.seq, ctx.address().recipient());
+                let flush = self.mark_dirty();
+                self.compaction_due = Some((snapshot.seq, flush));
             }
-            Err(e) => error!("room {:?}: snapshot failed: {e}", self.name),
+            Err(e) => {
+                error!("room {:?}: snapshot failed: {e}", self.name);
+                if matches!(e, StoreError::Failed(_)) {
+                    self.fail(ctx, &e.to_string());
+                }
+            }
         }
     }
 
@@ -538,9 +530,12 @@ impl Room {
             });
     }
 
-    /// Everything up to `seq` is durable: publish it to SSE streams, answer waiters,
-    /// and compact once the latest snapshot is durable.
-    fn advance_durable(&mut self, seq: u64) {
+    /// Everything up to `seq` is durable (by flush number `flush`): publish it to SSE
+    /// streams, answer waiters, and compact once the latest snapshot is durable.
+    fn advance_durable(&mut self, seq: u64, flush: u64) {
+        if self.failed {
+            return;
+        }
         self.durable_seq = self.durable_seq.max(seq);
         while self
             .undurable
@@ -561,13 +556,13 @@ impl Room {
                 Waiter::Reply(reply) => {
                     let _ = reply.send(self.durable_seq);
                 }
-                Waiter::Ack { session, token } => {
-                    self.send_to(session, protocol::encode_ack(token, self.durable_seq));
+                Waiter::Ack { session, token, ok } => {
+                    self.send_to(session, protocol::encode_ack(token, self.durable_seq, ok));
                 }
             }
         }
-        if let Some(snapshot_seq) = self.compaction_due
-            && self.durable_seq >= snapshot_seq
+        if let Some((snapshot_seq, covered_by)) = self.compaction_due
+            && flush >= covered_by
         {
             self.compaction_due = None;
             self.compact(snapshot_seq);
@@ -578,7 +573,7 @@ impl Room {
     fn wait_for(&mut self, seq: u64, waiter: Waiter) {
         self.waiters.entry(seq).or_default().push(waiter);
         if seq <= self.durable_seq {
-            self.advance_durable(self.durable_seq);
+            self.advance_durable(self.durable_seq, 0);
         }
     }
 
@@ -638,10 +633,15 @@ impl Room {
         self.flush_now();
     }
 
-    /// Makes everything appended so far durable, now.
+    /// Makes everything appended so far durable, now (costs nothing if nothing is
+    /// unflushed: the store skips a flush that has nothing new to cover).
     fn flush_now(&mut self) {
+        if self.failed {
+            return;
+        }
         match self.deps.store.flush() {
-            Ok(()) => self.advance_durable(self.seq),
+            // A flush that starts after every write covers the latest snapshot too.
+            Ok(()) => self.advance_durable(self.seq, u64::MAX),
             Err(e) => error!("room {:?}: final flush failed: {e}", self.name),
         }
     }
@@ -655,6 +655,8 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let room = ctx.address();
+        self.flush_notify = Some(Arc::new(move |report| room.do_send(Flushed(report))));
         let settings = &self.deps.settings;
         let period = settings.room_idle().min(settings.awareness_timeout()) / 4;
         ctx.run_interval(period.max(Duration::from_millis(10)), Room::tick);
@@ -689,6 +691,7 @@ impl Handler<Join> for Room {
                 outbox: msg.outbox,
                 clients: HashSet::new(),
                 resync_requested: false,
+                refused_since_ack: false,
             },
         );
         for frame in hello {
@@ -722,8 +725,11 @@ impl Handler<FromClient> for Room {
 
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
         let session = msg.session;
-        if !self.sessions.contains_key(&session) {
+        let Some(member) = self.sessions.get_mut(&session) else {
             return; // closed by the room already; late frames are dropped
+        };
+        if msg.dropped > 0 {
+            member.refused_since_ack = true;
         }
         for message in msg.messages {
             let is_step2 = matches!(message, ClientMessage::SyncStep2(_));
@@ -733,7 +739,13 @@ impl Handler<FromClient> for Room {
                     self.send_to(session, protocol::encode_sync_step2(&diff));
                 }
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                    match self.apply_update(Some(session), update, ctx) {
+                    let applied = self.apply_update(Some(session), update, ctx);
+                    if applied.is_err()
+                        && let Some(m) = self.sessions.get_mut(&session)
+                    {
+                        m.refused_since_ack = true;
+                    }
+                    match applied {
                         Ok(()) => {
                             if is_step2 && let Some(m) = self.sessions.get_mut(&session) {
                                 m.resync_requested = false;
@@ -773,7 +785,11 @@ impl Handler<FromClient> for Room {
                 ClientMessage::Auth => {}
                 ClientMessage::AckRequest { token } => {
                     // Everything this session sent before is at or below `self.seq`.
-                    self.wait_for(self.seq, Waiter::Ack { session, token });
+                    let ok = self
+                        .sessions
+                        .get_mut(&session)
+                        .is_some_and(|m| !std::mem::take(&mut m.refused_since_ack));
+                    self.wait_for(self.seq, Waiter::Ack { session, token, ok });
                 }
                 ClientMessage::Custom { tag, .. } => {
                     debug!(
@@ -789,8 +805,11 @@ impl Handler<FromClient> for Room {
 impl Handler<Flushed> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Flushed, _ctx: &mut Context<Self>) {
-        self.advance_durable(msg.seq);
+    fn handle(&mut self, msg: Flushed, ctx: &mut Context<Self>) {
+        match msg.0 {
+            FlushReport::Durable { seq, flush } => self.advance_durable(seq, flush),
+            FlushReport::Failed(e) => self.fail(ctx, &e),
+        }
     }
 }
 
@@ -830,10 +849,17 @@ impl Handler<GetState> for Room {
             .doc()
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
-        MessageResult(DocState {
-            state: Bytes::from(state),
-            seq: self.durable_seq,
-        })
+        // The state holds every update up to `self.seq`: it carries that seq, and is
+        // shown only once that seq is durable.
+        let (reply, durable) = oneshot::channel();
+        self.wait_for(self.seq, Waiter::Reply(reply));
+        MessageResult((
+            DocState {
+                state: Bytes::from(state),
+                seq: self.seq,
+            },
+            durable,
+        ))
     }
 }
 

@@ -43,19 +43,29 @@ pub struct Leave {
 pub struct FromClient {
     pub session: SessionId,
     pub messages: Vec<ClientMessage>,
+    /// Updates the session dropped from this frame (read-only access): the session's
+    /// next ack must not say "stored".
+    pub dropped: usize,
 }
+
+/// The flusher's report for this room (see [`crate::store::commit`]).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Flushed(pub crate::store::commit::FlushReport);
 
 /// The room's metadata for `GET /rooms/{room}`.
 #[derive(Message, Clone)]
 #[rtype(result = "RoomInfo")]
 pub struct GetInfo;
 
-/// The full document for `GET /rooms/{room}/state`.
+/// The full document (for `GET /rooms/{room}/state` and snapshots on every transport),
+/// with a receiver that resolves once its seq is durable: show it only then.
 #[derive(Message, Clone)]
-#[rtype(result = "DocState")]
+#[rtype(result = "(DocState, tokio::sync::oneshot::Receiver<u64>)")]
 pub struct GetState;
 
-/// The room's full state as a Yjs update v1; it contains at least every update up to `seq`.
+/// The room's full state as a Yjs update v1: every update up to `seq`, and nothing the
+/// room had not accepted by then.
 #[derive(Debug, Clone)]
 pub struct DocState {
     pub state: Bytes,

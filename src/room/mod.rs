@@ -2,6 +2,7 @@
 //! and the messages they exchange with sessions and HTTP handlers.
 
 pub mod actor;
+pub mod core;
 pub mod cursor;
 pub mod doc_json;
 pub mod messages;

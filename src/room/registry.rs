@@ -15,7 +15,7 @@ use super::actor::{Room, RoomDeps};
 use super::messages::Shutdown;
 use crate::config::Settings;
 use crate::store::Store;
-use crate::store::flusher::Flusher;
+use crate::store::commit::Flusher;
 
 /// Finds the room, spawning it if it is not running; `None` once shutdown has begun.
 #[derive(Message)]
@@ -85,7 +85,7 @@ impl Registry {
         handle
     }
 
-    fn spawn(&mut self, name: Arc<str>, flush_first: bool, ctx: &mut Context<Self>) -> Addr<Room> {
+    fn spawn(&mut self, name: Arc<str>, ctx: &mut Context<Self>) -> Addr<Room> {
         let id = self.next_room_id;
         self.next_room_id += 1;
         let deps = RoomDeps {
@@ -97,7 +97,7 @@ impl Registry {
         let room_name = name.clone();
         let arbiter = self.next_arbiter();
         let addr = Room::start_in_arbiter(&arbiter, move |ctx| {
-            match Room::load(id, room_name.clone(), deps.clone(), flush_first) {
+            match Room::load(id, room_name.clone(), deps.clone()) {
                 Ok(room) => room,
                 Err(e) => {
                     // An empty stand-in that stops at once: callers see the room as
@@ -134,15 +134,15 @@ impl Handler<GetRoom> for Registry {
             Some(entry) if entry.addr.connected() => {
                 return MessageResult(Some(entry.addr.clone()));
             }
-            // Still listed but gone: it stopped without saying so (a panic), and its last
-            // appends may not be flushed yet.
+            // Still listed but gone: it stopped without saying so (a panic). Its last
+            // appends may not be flushed yet; loading flushes before showing them.
             Some(_) => true,
             None => false,
         };
         if crashed {
             error!("room {:?} died; reloading it from the store", msg.name);
         }
-        MessageResult(Some(self.spawn(msg.name, crashed, ctx)))
+        MessageResult(Some(self.spawn(msg.name, ctx)))
     }
 }
 

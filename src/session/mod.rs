@@ -148,16 +148,19 @@ impl WsSession {
         }
         match protocol::decode_frame(&frame) {
             Ok(mut messages) => {
-                if self.access < Access::Write {
-                    self.drop_writes(&mut messages);
-                }
-                if messages.is_empty() {
+                let dropped = if self.access < Access::Write {
+                    self.drop_writes(&mut messages)
+                } else {
+                    0
+                };
+                if messages.is_empty() && dropped == 0 {
                     return;
                 }
                 if let Some(room) = &self.room {
                     room.do_send(FromClient {
                         session: self.id,
                         messages,
+                        dropped,
                     });
                 }
             }
@@ -174,8 +177,9 @@ impl WsSession {
     }
 
     /// A read-only session: removes its updates and answers each with permission denied.
-    /// Everything else (sync step 1, awareness, acks) still goes to the room.
-    fn drop_writes(&mut self, messages: &mut Vec<ClientMessage>) {
+    /// Everything else (sync step 1, awareness, acks) still goes to the room. Returns how
+    /// many non-empty updates it dropped.
+    fn drop_writes(&mut self, messages: &mut Vec<ClientMessage>) -> usize {
         let mut dropped = 0;
         messages.retain(|m| match m {
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
@@ -199,6 +203,7 @@ impl WsSession {
             // A full queue is caught by the room's next push (slow consumer).
             let _ = self.queue.push(denied);
         }
+        dropped
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {

@@ -1,21 +1,36 @@
-//! An in-memory op log for unit tests: same contract as the sled store, nothing on disk.
+//! An in-memory op log for tests: same contract as the sled store, nothing on disk, and
+//! a model of the disk underneath: what [`Store::flush`] made durable is kept apart from
+//! what was only written, so a test can cut the power ([`MemoryStore::power_cut`]) and
+//! see exactly what a real crash would leave, or make flushes fail.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name};
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct RoomRecords {
     log: BTreeMap<u64, Vec<u8>>,
     snapshot: Option<Snapshot>,
 }
 
-/// Keeps every room in a map behind one mutex; `flush` is a no-op.
+#[derive(Default)]
+struct Disk {
+    /// What reads see: everything written.
+    written: HashMap<String, RoomRecords>,
+    /// What survives a power cut: the state at the last successful flush.
+    durable: HashMap<String, RoomRecords>,
+    /// Set by [`MemoryStore::fail_flushes`]; the next flush fails with it and poisons.
+    fail_next_flush: Option<String>,
+    /// Set once a flush failed: every later write and flush is refused.
+    failed: Option<String>,
+}
+
+/// Keeps every room in maps behind one mutex.
 #[derive(Default)]
 pub struct MemoryStore {
     /// A std mutex: every operation is short and never awaits while holding it.
-    rooms: Mutex<HashMap<String, RoomRecords>>,
+    disk: Mutex<Disk>,
 }
 
 impl MemoryStore {
@@ -23,23 +38,44 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// Loses everything written since the last successful flush, as a power cut would.
+    pub fn power_cut(&self) {
+        let mut disk = self.lock();
+        disk.written = disk.durable.clone();
+    }
+
+    /// Makes the next flush fail with `reason` (and the store refuse writes after it).
+    pub fn fail_flushes(&self, reason: &str) {
+        self.lock().fail_next_flush = Some(reason.to_string());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Disk> {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_room<T>(&self, room: &str, f: impl FnOnce(&mut RoomRecords) -> T) -> T {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        f(rooms.entry(room.to_string()).or_default())
+        f(self.lock().written.entry(room.to_string()).or_default())
+    }
+
+    fn write<T>(&self, room: &str, f: impl FnOnce(&mut RoomRecords) -> T) -> Result<T, StoreError> {
+        check_room_name(room)?;
+        let mut disk = self.lock();
+        if let Some(reason) = &disk.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        Ok(f(disk.written.entry(room.to_string()).or_default()))
     }
 }
 
 impl Store for MemoryStore {
     fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
-        check_room_name(room)?;
-        self.with_room(room, |r| r.log.insert(seq, update.to_vec()));
-        Ok(())
+        self.write(room, |r| {
+            r.log.insert(seq, update.to_vec());
+        })
     }
 
     fn put_snapshot(&self, room: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
-        check_room_name(room)?;
-        self.with_room(room, |r| r.snapshot = Some(snapshot.clone()));
-        Ok(())
+        self.write(room, |r| r.snapshot = Some(snapshot.clone()))
     }
 
     fn snapshot(&self, room: &str) -> Result<Option<Snapshot>, StoreError> {
@@ -70,23 +106,43 @@ impl Store for MemoryStore {
     }
 
     fn delete_before(&self, room: &str, seq: u64) -> Result<usize, StoreError> {
-        Ok(self.with_room(room, |r| {
+        self.write(room, |r| {
             let kept = r.log.split_off(&seq);
             let removed = r.log.len();
             r.log = kept;
             removed
-        }))
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        let mut disk = self.lock();
+        if let Some(reason) = disk.fail_next_flush.take() {
+            disk.failed = Some(reason);
+        }
+        if let Some(reason) = &disk.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        disk.durable = disk.written.clone();
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn keeps_the_store_contract() {
-        crate::store::contract::check(&super::MemoryStore::new());
+        crate::store::contract::check(&MemoryStore::new());
+    }
+
+    #[test]
+    fn a_power_cut_keeps_exactly_what_was_flushed() {
+        let store = MemoryStore::new();
+        store.append("r", 1, b"one").unwrap();
+        store.flush().unwrap();
+        store.append("r", 2, b"two").unwrap();
+        store.power_cut();
+        assert_eq!(store.load("r").unwrap().last_seq(), 1);
     }
 }

@@ -30,10 +30,10 @@
 //! # Durability
 //!
 //! An append is visible to reads at once but durable only after [`Store::flush`] returns.
-//! The [`flusher::Flusher`] batches flushes (group commit) and tells each room how far
+//! The [`commit::Flusher`] batches flushes (group commit) and tells each room how far
 //! its log is durable; only then may a seq be shown to a client (DESIGN.md, contract 1).
 
-pub mod flusher;
+pub mod commit;
 pub mod memory;
 pub mod sled;
 
@@ -73,6 +73,13 @@ impl RoomLog {
 pub enum StoreError {
     #[error("storage: {0}")]
     Sled(#[from] ::sled::Error),
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A flush failed earlier. After a failed fsync the kernel may have dropped the dirty
+    /// pages and a retry can report success for data that never reached the disk, so the
+    /// store refuses every later write and flush instead of pretending.
+    #[error("the store failed to make writes durable earlier and refuses further writes: {0}")]
+    Failed(String),
     #[error("record for room {room:?} seq {seq}: {reason}")]
     Corrupt {
         room: String,

@@ -245,8 +245,9 @@ pub struct YClient {
     pub synced: bool,
     /// Every client id named in an awareness message from the server, own id included.
     pub awareness_heard: std::collections::HashSet<u64>,
-    /// Write acks received: (token, durable seq).
-    pub acks: Vec<(u64, u64)>,
+    /// Write acks received: (token, durable seq, stored). `stored` is false when
+    /// something sent since the previous ack request was refused.
+    pub acks: Vec<(u64, u64, bool)>,
     /// Reasons of y-protocols permission-denied messages received.
     pub denied: Vec<String>,
 }
@@ -444,7 +445,9 @@ impl YClient {
                     let mut payload = read_buf(&mut frame);
                     let token = read_var(&mut payload);
                     let seq = read_var(&mut payload);
-                    self.acks.push((token, seq));
+                    let status = read_var(&mut payload);
+                    assert!(status <= 1, "ack status {status}");
+                    self.acks.push((token, seq, status == 0));
                 }
                 other => panic!("unexpected message type {other} from server"),
             }
