@@ -25,6 +25,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// A `collabd` process.
 pub struct TestServer {
     child: Child,
+    /// The server's own pid (the child's, or under a tracer the tracer's child's).
+    pid: u32,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
@@ -39,7 +41,51 @@ impl TestServer {
 
     /// [`TestServer::start`] with extra environment variables (e.g. `COLLABD_AUTH_SECRET`).
     pub fn start_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_collabd"))
+        TestServer::start_under(&[], data_dir, args, env)
+    }
+
+    /// [`TestServer::start`] under `strace`, recording `syscalls` of every thread (with
+    /// every byte of their buffers, in hex) to `trace`.
+    pub fn start_traced(
+        data_dir: &Path,
+        args: &[&str],
+        syscalls: &str,
+        trace: &Path,
+    ) -> TestServer {
+        let trace = trace.to_str().unwrap();
+        let tracer = [
+            "strace",
+            "-f",
+            "-qq",
+            "-xx",
+            "-s",
+            "16777216",
+            "-e",
+            syscalls,
+            "-e",
+            "signal=none",
+            "-o",
+            trace,
+        ];
+        TestServer::start_under(&tracer, data_dir, args, &[])
+    }
+
+    fn start_under(
+        wrapper: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        let binary = env!("CARGO_BIN_EXE_collabd");
+        let mut command = match wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+        };
+        let mut child = command
             .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
@@ -66,8 +112,16 @@ impl TestServer {
         let addr = rx
             .recv_timeout(PATIENCE)
             .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
+        let pid = if wrapper.is_empty() {
+            child.id()
+        } else {
+            let children = format!("/proc/{0}/task/{0}/children", child.id());
+            let children = std::fs::read_to_string(children).unwrap();
+            children.split_whitespace().next().unwrap().parse().unwrap()
+        };
         TestServer {
             child,
+            pid,
             addr: addr.parse().unwrap(),
             data_dir: data_dir.to_path_buf(),
             logs,
@@ -88,7 +142,7 @@ impl TestServer {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Resident memory of the server process, from /proc.
@@ -142,7 +196,7 @@ impl TestServer {
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.pid.to_string()])
             .status()
             .unwrap();
         let deadline = Instant::now() + PATIENCE;
