@@ -302,6 +302,9 @@ pub struct YClient {
     /// Write acks received: (token, durable seq, stored). `stored` is false when
     /// something sent since the previous ack request was refused.
     pub acks: Vec<(u64, u64, bool)>,
+    /// Sync step 1 messages received (the first on connect; more when the server asks
+    /// for what it lacks).
+    pub sync_step1_heard: usize,
     /// Reasons of y-protocols permission-denied messages received.
     pub denied: Vec<String>,
 }
@@ -351,6 +354,7 @@ impl YClient {
             awareness_heard: Default::default(),
             acks: Vec::new(),
             denied: Vec::new(),
+            sync_step1_heard: 0,
         };
         let sv = client.doc().transact().state_vector();
         client.send_raw(sync_frame(0, &sv.encode_v1())).await;
@@ -470,6 +474,7 @@ impl YClient {
                     let payload = read_buf(&mut frame);
                     match sub {
                         0 => {
+                            self.sync_step1_heard += 1;
                             let sv = StateVector::decode_v1(payload).unwrap();
                             let diff = self.doc().transact().encode_state_as_update_v1(&sv);
                             self.send_raw(sync_frame(1, &diff)).await;
