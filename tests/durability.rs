@@ -222,11 +222,14 @@ mod power {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use actix::Actor;
+    use std::sync::Mutex;
+
+    use actix::{Actor, Context, Handler};
     use bytes::Bytes;
     use collabd::config::Settings;
-    use collabd::room::messages::{ApplyUpdate, GetState};
+    use collabd::room::messages::{ApplyUpdate, CloseSession, GetState, Join};
     use collabd::room::{Registry, ask};
+    use collabd::session::OutboundQueue;
     use collabd::store::Store;
     use collabd::store::commit::Flusher;
     use collabd::store::memory::MemoryStore;
@@ -300,6 +303,20 @@ mod power {
         flusher.shutdown();
     }
 
+    /// A session as the room sees it: records the close codes it is sent.
+    struct Closes(Arc<Mutex<Vec<u16>>>);
+
+    impl Actor for Closes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<CloseSession> for Closes {
+        type Result = ();
+        fn handle(&mut self, msg: CloseSession, _ctx: &mut Context<Self>) {
+            self.0.lock().unwrap().push(msg.code);
+        }
+    }
+
     #[actix_rt::test]
     async fn a_failed_flush_acknowledges_nothing_and_the_room_does_not_come_back_dirty() {
         let memory = Arc::new(MemoryStore::new());
@@ -318,6 +335,16 @@ mod power {
             .await
             .unwrap();
         first.unwrap().1.await.unwrap();
+
+        // A WebSocket session in the room, which must be told to go (1011) and reconnect.
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let (queue, _frames) = OutboundQueue::new(&settings());
+        let join = Join {
+            session: 1,
+            queue,
+            outbox: Closes(closes.clone()).start().recipient(),
+        };
+        ask(&registry, &name, join).await.unwrap();
 
         memory.fail_flushes("EIO (simulated)");
         let (_, second) = ask(&registry, &name, ApplyUpdate { update: edit("b") })

@@ -75,8 +75,14 @@ async fn index() -> HttpResponse {
         .body(include_str!("../../static/index.html"))
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+/// `GET /healthz`: 200 `{"status":"ok"}`, or 503 `{"status":"failing", "store": …}` once
+/// the store failed to make writes durable (it refuses every write until a restart).
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    match state.store.failure() {
+        None => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+        Some(why) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "failing", "store": why })),
+    }
 }
 
 async fn prometheus() -> HttpResponse {

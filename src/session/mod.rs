@@ -157,11 +157,23 @@ impl WsSession {
                     return;
                 }
                 if let Some(room) = &self.room {
-                    room.do_send(FromClient {
+                    let from_client = FromClient {
                         session: self.id,
                         messages,
                         dropped,
-                    });
+                    };
+                    // `wait`: no further frame is read from this socket until the room has
+                    // taken this one, so a client that writes faster than its room works
+                    // is held back by TCP instead of queueing in the room's mailbox.
+                    ctx.wait(
+                        room.send(from_client)
+                            .into_actor(self)
+                            .map(|taken, act, ctx| {
+                                if taken.is_err() {
+                                    act.room_gone(ctx);
+                                }
+                            }),
+                    );
                 }
             }
             Err(e) => {
@@ -206,7 +218,22 @@ impl WsSession {
         dropped
     }
 
+    /// The room stopped under us (a failure, or it died): the client must reconnect, which
+    /// reloads the room from the store and re-syncs, rather than edit into nothing.
+    fn room_gone(&mut self, ctx: &mut Context<Self>) {
+        warn!(
+            "session {} in room {:?}: the room stopped; closing so the client reconnects",
+            self.id, self.room_name
+        );
+        self.room = None;
+        self.close(ctx, close::INTERNAL_ERROR, "room unavailable");
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.room.as_ref().is_some_and(|room| !room.connected()) {
+            self.room_gone(ctx);
+            return;
+        }
         if self.last_heard.elapsed() >= self.settings.client_timeout() {
             info!(
                 "session {} in room {:?}: client timed out",

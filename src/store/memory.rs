@@ -114,6 +114,10 @@ impl Store for MemoryStore {
         })
     }
 
+    fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let mut disk = self.lock();
         if let Some(reason) = disk.fail_next_flush.take() {

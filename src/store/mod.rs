@@ -10,28 +10,74 @@
 //!
 //! # On disk (sled, see [`sled::SledStore`])
 //!
-//! Two sled trees:
+//! Two sled trees. No sled value is larger than [`sled::CHUNK_BYTES`] (4 KiB) of payload:
+//! longer ones are cut into chunks stored under the head's key plus a chunk index, so
+//! sled never writes a "blob" file (see Durability).
 //!
-//! | tree        | key                                      | value                              |
-//! |-------------|------------------------------------------|------------------------------------|
-//! | `log`       | room name (UTF-8) · `0x00` · seq (u64 BE) | version byte `1` · bincode(`UpdateRecord`) |
-//! | `snapshots` | room name (UTF-8)                        | version byte `1` · bincode(`SnapshotRecord`) |
+//! | tree        | key                                              | value |
+//! |-------------|--------------------------------------------------|-------|
+//! | `log`       | room · `0x00` · seq (u64 BE)                     | version `2` · bincode(`UpdateHead { at_ms, len, first }`) |
+//! | `log`       | room · `0x00` · seq (u64 BE) · chunk (u32 BE, 1…) | the update's next ≤ 4 KiB (raw bytes) |
+//! | `snapshots` | room                                             | version `2` · bincode(`SnapshotHead { seq, at_ms, len, chunks }`) |
+//! | `snapshots` | room · `0x00` · chunk (u32 BE, 0…)               | the state's next ≤ 4 KiB (raw bytes) |
 //!
 //! Room names never contain control characters (the HTTP edge rejects them, and the
 //! store refuses them), so the `0x00` separator keeps each room's records contiguous and
-//! sorted by seq: a prefix scan over `name · 0x00` yields the room's log in order.
+//! sorted by seq, each head followed by its chunks: a prefix scan over `name · 0x00`
+//! yields the room's log in order. `first` is the update's first ≤ 4 KiB and `len` its
+//! whole length; a keystroke (~30 bytes) is one value. Heads and their chunks go in one
+//! sled batch (atomic, after a crash too), so a head never survives without its chunks.
 //!
-//! `UpdateRecord { at_ms: u64, update: bytes }` and
-//! `SnapshotRecord { seq: u64, at_ms: u64, state: bytes }` are serde structs encoded with
 //! bincode 2's standard configuration (varint integers, length-prefixed byte strings);
 //! `at_ms` is the wall-clock time of the write in milliseconds since the Unix epoch. The
-//! leading version byte lets the format evolve: a reader refuses versions it does not know.
+//! leading version byte lets the format evolve: a reader refuses versions it does not
+//! know, and still reads version `1` (the whole update or state inline, no chunks).
 //!
 //! # Durability
 //!
-//! An append is visible to reads at once but durable only after [`Store::flush`] returns.
-//! The [`commit::Flusher`] batches flushes (group commit) and tells each room how far
-//! its log is durable; only then may a seq be shown to a client (DESIGN.md, contract 1).
+//! An append is visible to reads at once but durable only after [`Store::flush`]
+//! returns. The [`commit::Flusher`] batches flushes (group commit) and tells each room
+//! how far its log is durable; only then may a seq be shown to a client (acks, POST
+//! answers, SSE ids, polls, full states). What "durable" rests on, for sled 0.34:
+//!
+//! - sled writes its log with `pwrite` into one file (`db`) and its own `flush` ends in
+//!   `sync_file_range`, which neither records the file's new size nor flushes the
+//!   device's cache. [`sled::SledStore::flush`] therefore follows it with `fdatasync`
+//!   on `db`: after it returns, every byte sled wrote before is on stable storage.
+//!   `tests/durability.rs` runs the server under `strace` and checks, for every POST
+//!   answer, WebSocket ack and full state, that the record's `pwrite` is followed by an
+//!   `fdatasync`/`fsync` of `db` before the answer leaves.
+//! - sled puts any page over 128 KiB in a file of its own under `blobs/`, never fsyncs
+//!   it, and refuses to open when one is torn. Chunking keeps every page far below that
+//!   (a leaf holds at most ~20 values), so no blob is ever written (a unit test writes
+//!   3 MiB values and checks `blobs/` stays empty).
+//! - Opening fsyncs every file and directory under the data directory (and the parent
+//!   of a new one) before anything on disk is treated as durable: a predecessor killed
+//!   before its flush may have left records in the page cache only.
+//! - A failed flush is final: the store refuses every later write and flush
+//!   ([`StoreError::Failed`]). After a failed `fsync` Linux may have dropped the dirty
+//!   pages and marked them clean, so a retry could "succeed" without the data; instead
+//!   every room waiting on it fails (sessions closed with 1011, waiters answered 503) and
+//!   no room loads again until the process restarts and reads what the disk really has.
+//! - A flush with nothing written since the last one costs nothing (no fsync): rooms
+//!   flush when they load and when they stop, which is free when they only served reads.
+//!
+//! ## Crash matrix
+//!
+//! What a crash (process kill or power loss) at each moment leaves, and why:
+//!
+//! | crash during… | what survives | why |
+//! |---|---|---|
+//! | append, before the flush covering it returned | the log up to some seq ≥ the last one shown; maybe some later records, whole | nothing past the last completed flush was shown; sled recovers a prefix of its log, and a record's head and chunks are one atomic batch |
+//! | the flush itself | as above | the seqs it covers are shown only after `fdatasync` returned |
+//! | a snapshot write | the old snapshot or the new one, never a mix | head and chunks (and the removal of stale chunks) are one batch |
+//! | compaction (deleting records a snapshot covers) | the snapshot, and all or some of the records it covers | compaction starts only after a flush that began *after* the snapshot was written (flushes are numbered; see [`commit`]), so a durable snapshot always covers what is deleted |
+//! | anything, after a failed flush | what the last successful flush covered | no seq is shown, no write accepted after the failure |
+//!
+//! A restarted room shows as durable only what it loaded after its own load-time flush,
+//! and seqs continue after the last stored record: a seq that was shown is never reused.
+//! An update WebSocket peers received before its flush (they get updates at once) may be
+//! lost by a power cut; they hold it, and it comes back when they re-sync by state vector.
 
 pub mod commit;
 pub mod memory;
@@ -119,6 +165,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Blocks until every earlier append and snapshot is durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Why the store refuses writes, once a flush failed (see [`StoreError::Failed`]).
+    fn failure(&self) -> Option<String> {
+        None
+    }
 
     /// Everything needed to rebuild the room: latest snapshot and the records after it.
     fn load(&self, room: &str) -> Result<RoomLog, StoreError> {

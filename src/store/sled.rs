@@ -425,6 +425,10 @@ impl Store for SledStore {
         Ok(count)
     }
 
+    fn failure(&self) -> Option<String> {
+        self.failed.get().cloned()
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         if let Some(reason) = self.failed.get() {
             return Err(StoreError::Failed(reason.clone()));
