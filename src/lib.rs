@@ -10,14 +10,18 @@
 //! - [`limits`]: connection limits, admission and per-session rate buckets.
 //! - [`metrics`]: Prometheus metrics served at `/metrics`.
 //! - [`protocol`]: the y-websocket wire codec (sans-IO) and the HTTP JSON shapes.
-//! - [`room`]: the room actor, the registry actor, and the messages between them.
+//! - [`room`]: the room actor, the room's update rules ([`room::core`], sans-IO), the
+//!   registry actor, and the messages between them.
 //! - [`session`]: the WebSocket session actor.
 //! - [`http`]: routes and handlers.
-//! - [`store`]: the op log (sled), snapshots, compaction and group commit.
+//! - [`store`]: the op log (sled, fsynced by us), snapshots, compaction, group commit
+//!   ([`store::commit`]); its docs hold the record format and the crash matrix.
 //! - [`server`]: wiring and graceful shutdown.
 //!
 //! One update from socket to disk: `session` decodes the frame → `room::actor` applies it
-//! and assigns the seq → `store` appends it → `store::flusher` makes it durable.
+//! under `room::core`'s rules and assigns the seq → `store` appends it →
+//! `store::commit` makes it durable (sled flush + `fdatasync`) → the room shows the seq.
+//! `ARCHITECTURE.md` in the repository states the contracts every part keeps.
 
 pub mod auth;
 pub mod config;

@@ -91,7 +91,7 @@ pub struct Room {
     awareness: Awareness,
     /// Seq of the newest accepted update (appended, maybe not yet durable).
     seq: u64,
-    /// Newest seq known durable; the only seq shown outside (DESIGN.md, contract 1).
+    /// Newest seq known durable; the only seq shown outside (ARCHITECTURE.md, contract 1).
     durable_seq: u64,
     /// Seq covered by the newest snapshot written.
     snapshot_seq: u64,

@@ -1,4 +1,4 @@
-//! The seq cursor shared by every transport (DESIGN.md, contract 2): given "I have
+//! The seq cursor shared by every transport (ARCHITECTURE.md, contract 4): given "I have
 //! everything up to seq N" and the room's durable seq, what does the client get?
 
 use crate::store::{LoggedUpdate, Store, StoreError};
