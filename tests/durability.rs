@@ -110,17 +110,30 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Checks, for each (marker, ack bytes): record written → fsync of that file → ack sent.
 fn assert_each_ack_follows_an_fsync_of_its_record(calls: &[Call], acks: &[(String, Vec<u8>)]) {
-    // Descriptors of sled's data file, the one file that holds records.
-    let data_fds: HashSet<i64> = calls
+    // Which calls act on sled's data file, the one file that holds records: its
+    // descriptors from `openat` until `close` (descriptor numbers are reused).
+    let mut data_fds = HashSet::new();
+    let on_data_file: Vec<bool> = calls
         .iter()
-        .filter(|c| c.name == "openat" && c.data.ends_with(b"/db") && c.result >= 0)
-        .map(|c| c.result)
+        .map(|c| match c.name.as_str() {
+            "openat" if c.data.ends_with(b"/db") && c.result >= 0 => {
+                data_fds.insert(c.result);
+                false
+            }
+            "close" => {
+                if let Some(fd) = c.fd {
+                    data_fds.remove(&fd);
+                }
+                false
+            }
+            _ => c.fd.is_some_and(|fd| data_fds.contains(&fd)),
+        })
         .collect();
     assert!(
-        !data_fds.is_empty(),
-        "the trace shows the store's data file opened"
+        on_data_file.contains(&true),
+        "the trace shows the data file written"
     );
-    let on_data = |c: &Call| c.fd.is_some_and(|fd| data_fds.contains(&fd));
+    let on_data = |c: &Call| on_data_file[c.index];
     for (marker, ack) in acks {
         let written = calls
             .iter()
@@ -326,7 +339,7 @@ mod power {
         let name: Arc<str> = "failing".into();
         let writer = Doc::new();
         let text = writer.get_or_insert_text("t");
-        let mut edit = |s: &str| {
+        let edit = |s: &str| {
             let mut txn = writer.transact_mut();
             text.push(&mut txn, s);
             Bytes::from(txn.encode_update_v1())

@@ -229,6 +229,7 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
             session,
             messages,
             dropped: 0,
+            bytes: frame.len(),
         });
         room.send(Leave { session }).await.expect("room alive");
     }

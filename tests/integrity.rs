@@ -189,3 +189,28 @@ async fn a_read_only_sessions_ack_never_says_stored() {
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["seq"], 0);
 }
+
+/// A write over `max_doc_bytes` is refused before it is applied: a client repeating it
+/// costs the room a comparison each, not a reload of the whole document from the store.
+#[actix_rt::test]
+async fn oversized_writes_are_refused_without_reloading_the_document() {
+    let dir = tempdir();
+    let server = TestServer::start(dir.path(), &["--max-doc-bytes", "4000"]);
+    let writer = common::HttpWriter::new();
+    let (status, _) = post_update(&server, "big", writer.append("t", &"a".repeat(2000))).await;
+    assert_eq!(status, 200);
+    for i in 0..10 {
+        let other = common::HttpWriter::new();
+        let update = other.append("u", &format!("{i}").repeat(3000));
+        let (status, body) = post_update(&server, "big", update).await;
+        assert_eq!(status, 413, "{body}");
+    }
+    let (doc, seq) = server.state("big").await;
+    assert_eq!((common::text_of(&doc, "t"), seq), ("a".repeat(2000), 1));
+    let reloads: Vec<String> = server
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("document reloaded"))
+        .collect();
+    assert!(reloads.is_empty(), "{reloads:?}");
+}

@@ -102,6 +102,11 @@ pub struct Room {
     /// replaces, and the number of the first flush that covers it: a flush already
     /// running when the snapshot was written may report its seq without covering it.
     compaction_due: Option<(u64, u64)>,
+    /// The full state (Yjs update v1) and its JSON form, each with the seq it was encoded
+    /// at: reads between writes (joins, `/state`, `/json`, snapshots for SSE and polls)
+    /// share one encoding instead of each walking the whole document.
+    state_cache: Option<(u64, Bytes)>,
+    json_cache: Option<(u64, serde_json::Value)>,
     /// How the flusher reaches this room (set when the actor starts).
     flush_notify: Option<FlushNotify>,
     /// The store failed under this room: it appends nothing more and stops.
@@ -188,6 +193,8 @@ impl Room {
             snapshot_seq: 0,
             doc_bytes: 0,
             compaction_due: None,
+            state_cache: None,
+            json_cache: None,
             flush_notify: None,
             failed: false,
             sessions: HashMap::new(),
@@ -202,6 +209,22 @@ impl Room {
 
     fn doc(&self) -> &Doc {
         self.awareness.doc()
+    }
+
+    /// The whole document as a Yjs update v1, encoded once per seq.
+    fn full_state(&mut self) -> Bytes {
+        match &self.state_cache {
+            Some((seq, state)) if *seq == self.seq => state.clone(),
+            _ => {
+                let state = Bytes::from(
+                    self.doc()
+                        .transact()
+                        .encode_state_as_update_v1(&StateVector::default()),
+                );
+                self.state_cache = Some((self.seq, state.clone()));
+                state
+            }
+        }
     }
 
     fn send_to(&mut self, session: SessionId, frame: Bytes) {
@@ -270,6 +293,7 @@ impl Room {
         &mut self,
         origin: Option<SessionId>,
         update: Update,
+        wire_len: usize,
         ctx: &mut Context<Self>,
     ) -> Result<(), Refused> {
         let refused = |why: Refused| {
@@ -283,6 +307,11 @@ impl Room {
             return refused(Refused::Invalid("the room's store failed".into()));
         }
         let limit = self.deps.settings.max_doc_bytes;
+        // Refused before it is applied when even its encoded size does not fit: a
+        // client repeating such writes costs a comparison each, not a document reload.
+        if self.doc_bytes.saturating_add(wire_len) > limit {
+            return refused(Refused::TooLarge(limit));
+        }
         let applied = match core::apply(self.doc(), update, self.doc_bytes, limit) {
             Ok(applied) => applied,
             Err(Rejected {
@@ -350,6 +379,8 @@ impl Room {
                     let _ = self.awareness.apply_update(states);
                 }
                 self.doc_bytes = fresh.doc_bytes;
+                self.state_cache = None;
+                self.json_cache = None;
                 warn!(
                     "room {:?}: document reloaded from the store after {why}",
                     self.name
@@ -735,11 +766,17 @@ impl Handler<FromClient> for Room {
             let is_step2 = matches!(message, ClientMessage::SyncStep2(_));
             match message {
                 ClientMessage::SyncStep1(sv) => {
-                    let diff = self.doc().transact().encode_state_as_update_v1(&sv);
-                    self.send_to(session, protocol::encode_sync_step2(&diff));
+                    // A new client (empty state vector) gets the shared full state.
+                    let step2 = if sv.is_empty() {
+                        protocol::encode_sync_step2(&self.full_state())
+                    } else {
+                        let diff = self.doc().transact().encode_state_as_update_v1(&sv);
+                        protocol::encode_sync_step2(&diff)
+                    };
+                    self.send_to(session, step2);
                 }
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                    let applied = self.apply_update(Some(session), update, ctx);
+                    let applied = self.apply_update(Some(session), update, msg.bytes, ctx);
                     if applied.is_err()
                         && let Some(m) = self.sessions.get_mut(&session)
                     {
@@ -818,11 +855,11 @@ impl Handler<GetInfo> for Room {
 
     fn handle(&mut self, _msg: GetInfo, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        let size = self
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
-            .len();
+        // From what is at hand, never by encoding the document for a metadata read.
+        let size = match &self.state_cache {
+            Some((seq, state)) if *seq == self.seq => state.len(),
+            _ => self.doc_bytes,
+        };
         let awareness = self
             .awareness
             .iter()
@@ -845,17 +882,14 @@ impl Handler<GetState> for Room {
 
     fn handle(&mut self, _msg: GetState, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        let state = self
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let state = self.full_state();
         // The state holds every update up to `self.seq`: it carries that seq, and is
         // shown only once that seq is durable.
         let (reply, durable) = oneshot::channel();
         self.wait_for(self.seq, Waiter::Reply(reply));
         MessageResult((
             DocState {
-                state: Bytes::from(state),
+                state,
                 seq: self.seq,
             },
             durable,
@@ -933,7 +967,7 @@ impl Handler<ApplyUpdate> for Room {
                     .inc();
                 Refused::Invalid(e.to_string())
             })
-            .and_then(|update| self.apply_update(None, update, ctx));
+            .and_then(|update| self.apply_update(None, update, msg.update.len(), ctx));
         MessageResult(applied.map(|()| {
             // The update's own seq (a no-op gets the seq the room is at: it holds it
             // already), answered once durable.
@@ -949,6 +983,13 @@ impl Handler<GetJson> for Room {
 
     fn handle(&mut self, _msg: GetJson, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        MessageResult(super::doc_json::to_json(self.doc()))
+        if let Some((seq, json)) = &self.json_cache
+            && *seq == self.seq
+        {
+            return MessageResult(json.clone());
+        }
+        let json = super::doc_json::to_json(self.doc());
+        self.json_cache = Some((self.seq, json.clone()));
+        MessageResult(json)
     }
 }

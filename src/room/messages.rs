@@ -46,6 +46,8 @@ pub struct FromClient {
     /// Updates the session dropped from this frame (read-only access): the session's
     /// next ack must not say "stored".
     pub dropped: usize,
+    /// The frame's size on the wire: an upper bound for what its updates can add.
+    pub bytes: usize,
 }
 
 /// The flusher's report for this room (see [`crate::store::commit`]).

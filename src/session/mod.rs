@@ -161,6 +161,7 @@ impl WsSession {
                         session: self.id,
                         messages,
                         dropped,
+                        bytes: frame.len(),
                     };
                     // `wait`: no further frame is read from this socket until the room has
                     // taken this one, so a client that writes faster than its room works
