@@ -2,15 +2,20 @@
 //!
 //! Order of work, so that nothing is missed or sent twice: subscribe first (the room
 //! answers with its durable seq D and from then on queues every update above D), then
-//! replay from the store what the client lacks up to D (or send a snapshot), then stream
-//! the queue, skipping any update at or below the last id already sent.
+//! replay from the store what the client lacks up to D — a page of `poll_batch_limit`
+//! records at a time, read only when the previous page was sent — or send a snapshot,
+//! then stream the queue, skipping any update at or below the last id already sent.
+//! Live events arrive already encoded (once per room, shared by every stream); the
+//! stream's queue is bounded in events (`sse_queue_events`) and bytes
+//! (`outbound_queue_bytes`), and a stream that falls behind is ended: its client
+//! resumes from its last id.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use tokio::sync::mpsc;
@@ -20,6 +25,7 @@ use super::rooms::{catch_up, full_state, parse_seq, query_param};
 use super::{AppState, access};
 use crate::limits::Permit;
 use crate::metrics::{ConnectionGauge, metrics};
+use crate::protocol::sse::event;
 use crate::room::ask;
 use crate::room::cursor::CatchUp;
 use crate::room::messages::{LiveEvent, Subscribe};
@@ -37,22 +43,6 @@ fn resume_point(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-/// One SSE event; `data` is base64 so it fits on one line.
-fn event(kind: &str, id: Option<u64>, data: &[u8]) -> Bytes {
-    let data = BASE64.encode(data);
-    let mut out = String::with_capacity(data.len() + 40);
-    out.push_str("event: ");
-    out.push_str(kind);
-    out.push('\n');
-    if let Some(id) = id {
-        out.push_str(&format!("id: {id}\n"));
-    }
-    out.push_str("data: ");
-    out.push_str(&data);
-    out.push_str("\n\n");
-    Bytes::from(out)
-}
-
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 /// Far enough for "never" and still a valid timer deadline.
@@ -60,6 +50,12 @@ const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 struct Live {
     events: mpsc::Receiver<LiveEvent>,
+    /// Bytes the room queued for us and we have not taken yet (shared with the room).
+    queued: Arc<AtomicUsize>,
+    /// Replay still to send: the records after the first `u64` up to the second.
+    replay: Option<(u64, u64)>,
+    state: web::Data<AppState>,
+    room: Arc<str>,
     heartbeat: actix_rt::time::Interval,
     /// Highest update id sent; live updates at or below it were in the replay.
     last_id: u64,
@@ -72,19 +68,52 @@ struct Live {
 
 impl Live {
     async fn next(&mut self) -> Option<Bytes> {
+        if let Some((after, until)) = self.replay.take() {
+            return self.replay_page(after, until).await;
+        }
         loop {
             tokio::select! {
-                live = self.events.recv() => match live? {
-                    LiveEvent::Update { seq, .. } if seq <= self.last_id => continue,
-                    LiveEvent::Update { seq, update } => {
-                        self.last_id = seq;
-                        return Some(event("update", Some(seq), &update));
+                live = self.events.recv() => {
+                    let live = live?;
+                    self.queued.fetch_sub(live.bytes().len(), Ordering::Relaxed);
+                    match live {
+                        LiveEvent::Update { seq, .. } if seq <= self.last_id => continue,
+                        LiveEvent::Update { seq, event } => {
+                            self.last_id = seq;
+                            return Some(event);
+                        }
+                        LiveEvent::Awareness { event } => return Some(event),
                     }
-                    LiveEvent::Awareness(update) => return Some(event("awareness", None, &update)),
                 },
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
                 _ = &mut self.expiry => return None,
             }
+        }
+    }
+
+    /// The next page of the replay (records after `after`, up to `until`), or a snapshot
+    /// if the store no longer has them (compacted meanwhile). Ends the stream on error:
+    /// the client resumes from its last id.
+    async fn replay_page(&mut self, after: u64, until: u64) -> Option<Bytes> {
+        let page = self.state.settings.poll_batch_limit;
+        match catch_up(&self.state, &self.room, Some(after), until, page).await {
+            Ok(CatchUp::Updates(updates)) if !updates.is_empty() => {
+                let mut out = Vec::new();
+                for u in &updates {
+                    out.extend_from_slice(&event("update", Some(u.seq), &u.update));
+                }
+                self.last_id = updates.last().map_or(after, |u| u.seq);
+                if self.last_id < until {
+                    self.replay = Some((self.last_id, until));
+                }
+                Some(Bytes::from(out))
+            }
+            Ok(_) => {
+                let doc = full_state(&self.state, &self.room).await.ok()?;
+                self.last_id = doc.seq;
+                Some(event("snapshot", Some(doc.seq), &doc.state))
+            }
+            Err(_) => None,
         }
     }
 }
@@ -98,18 +127,29 @@ pub async fn events(
     let (grant, permit) = access::admit_connection(&req, &state, &name)?;
     let settings = &state.settings;
     let (tx, rx) = mpsc::channel(settings.sse_queue_events);
-    let (_, subscribed) = ask(&state.registry, &name, Subscribe { events: tx }).await?;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let subscribe = Subscribe {
+        events: tx,
+        queued: queued.clone(),
+    };
+    let (_, subscribed) = ask(&state.registry, &name, subscribe).await?;
+    let durable = subscribed.durable_seq;
 
     let mut prelude = vec![Bytes::from(format!("retry: {}\n\n", settings.sse_retry_ms))];
-    let last_id = match catch_up(&state, &name, since, subscribed.durable_seq, usize::MAX).await? {
+    let page = settings.poll_batch_limit;
+    let mut replay = None;
+    let last_id = match catch_up(&state, &name, since, durable, page).await? {
         CatchUp::Updates(updates) => {
-            let last = updates.last().map(|u| u.seq);
+            let last = updates.last().map(|u| u.seq).or(since).unwrap_or(0);
             prelude.extend(
                 updates
                     .iter()
                     .map(|u| event("update", Some(u.seq), &u.update)),
             );
-            last.or(since).unwrap_or(0)
+            if last < durable {
+                replay = Some((last, durable));
+            }
+            last
         }
         CatchUp::Snapshot => {
             let doc = full_state(&state, &name).await?;
@@ -130,6 +170,10 @@ pub async fn events(
     });
     let live = Live {
         events: rx,
+        queued,
+        replay,
+        state: state.clone(),
+        room: name,
         heartbeat,
         last_id,
         expiry: Box::pin(actix_rt::time::sleep(expires_in)),

@@ -16,6 +16,7 @@
 //! state vectors fully (so a room only ever sees well-formed ones) and never panics.
 
 pub mod json;
+pub mod sse;
 
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, Recipient};
@@ -68,6 +69,13 @@ enum Waiter {
     },
 }
 
+/// One SSE stream as the room sees it.
+struct Subscriber {
+    events: mpsc::Sender<LiveEvent>,
+    /// Bytes sent and not yet taken by the stream (it subtracts what it takes).
+    queued: Arc<AtomicUsize>,
+}
+
 /// One session as the room sees it.
 struct Member {
     queue: OutboundQueue,
@@ -116,7 +124,7 @@ pub struct Room {
     undurable: VecDeque<(u64, Bytes)>,
     /// SSE streams, each with a bounded queue; one that overflows is dropped and its
     /// client resumes from its Last-Event-ID.
-    subscribers: HashMap<u64, mpsc::Sender<LiveEvent>>,
+    subscribers: HashMap<u64, Subscriber>,
     next_subscriber: u64,
     /// Waiters by the seq they wait for.
     waiters: BTreeMap<u64, Vec<Waiter>>,
@@ -498,8 +506,8 @@ impl Room {
             Ok(update) => {
                 self.broadcast(&protocol::encode_awareness(&update), None);
                 if !self.subscribers.is_empty() {
-                    let event = LiveEvent::Awareness(Bytes::from(update.encode_v1()));
-                    self.publish(event);
+                    let event = protocol::sse::event("awareness", None, &update.encode_v1());
+                    self.publish(LiveEvent::Awareness { event });
                 }
             }
             Err(e) => debug!("room {:?}: awareness encode: {e}", self.name),
@@ -545,20 +553,37 @@ impl Room {
         }
     }
 
-    /// Sends an event to every SSE stream; drops the streams that cannot take it.
+    /// Sends an event to every SSE stream; drops the streams that cannot take it (queue
+    /// full in events or in bytes): their clients resume from their last event id.
     fn publish(&mut self, event: LiveEvent) {
         let name = &self.name;
-        self.subscribers
-            .retain(|id, events| match events.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+        let len = event.bytes().len();
+        let budget = self.deps.settings.outbound_queue_bytes;
+        self.subscribers.retain(|id, sub| {
+            let queued = sub.queued.load(Ordering::Relaxed);
+            let sent = if queued + len > budget {
+                Err("bytes")
+            } else {
+                match sub.events.try_send(event.clone()) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err("events"),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    sub.queued.fetch_add(len, Ordering::Relaxed);
+                    true
+                }
+                Err(what) => {
                     warn!(
-                        "room {name:?}: SSE stream {id} fell behind; ending it (the client resumes)"
+                        "room {name:?}: SSE stream {id} fell behind ({queued} bytes queued, \
+                         limit reached in {what}); ending it (the client resumes)"
                     );
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            }
+        });
     }
 
     /// Everything up to `seq` is durable (by flush number `flush`): publish it to SSE
@@ -575,7 +600,8 @@ impl Room {
         {
             let (seq, update) = self.undurable.pop_front().expect("front exists");
             if !self.subscribers.is_empty() {
-                self.publish(LiveEvent::Update { seq, update });
+                let event = protocol::sse::event("update", Some(seq), &update);
+                self.publish(LiveEvent::Update { seq, event });
             }
         }
         let later = self.waiters.split_off(&(self.durable_seq + 1));
@@ -633,7 +659,7 @@ impl Room {
             }
             self.remove_awareness(expired);
         }
-        self.subscribers.retain(|_, events| !events.is_closed());
+        self.subscribers.retain(|_, sub| !sub.events.is_closed());
         // Long polls that timed out leave their waiter behind.
         self.waiters.retain(|_, waiters| {
             waiters.retain(|w| !matches!(w, Waiter::Reply(reply) if reply.is_closed()));
@@ -920,7 +946,13 @@ impl Handler<Subscribe> for Room {
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
         self.next_subscriber += 1;
-        self.subscribers.insert(self.next_subscriber, msg.events);
+        self.subscribers.insert(
+            self.next_subscriber,
+            Subscriber {
+                events: msg.events,
+                queued: msg.queued,
+            },
+        );
         let awareness = self
             .awareness
             .update()

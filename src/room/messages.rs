@@ -79,23 +79,33 @@ pub struct DocState {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-/// What an SSE stream receives from the room, in order. Updates come only once durable.
+/// What an SSE stream receives from the room, in order, as ready-to-send SSE bytes
+/// (encoded once per room, shared by every stream). Updates come only once durable.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    Update {
-        seq: u64,
-        update: Bytes,
-    },
-    /// An awareness update (y-protocols encoding, without the y-websocket message tag).
-    Awareness(Bytes),
+    Update { seq: u64, event: Bytes },
+    Awareness { event: Bytes },
+}
+
+impl LiveEvent {
+    /// The SSE bytes to send.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            LiveEvent::Update { event, .. } | LiveEvent::Awareness { event } => event,
+        }
+    }
 }
 
 /// Registers an SSE stream: it will get every update with a seq above the returned
-/// `durable_seq`, as each becomes durable, and every awareness change.
+/// `durable_seq`, as each becomes durable, and every awareness change. `queued` counts
+/// the bytes sent to `events` and not yet taken; the stream subtracts what it takes. A
+/// stream whose queue would pass `outbound_queue_bytes` (or whose channel is full) is
+/// dropped, and its client resumes from its `Last-Event-ID`.
 #[derive(Message, Clone)]
 #[rtype(result = "Subscribed")]
 pub struct Subscribe {
     pub events: tokio::sync::mpsc::Sender<LiveEvent>,
+    pub queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone)]
