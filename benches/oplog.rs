@@ -73,12 +73,16 @@ fn main() {
 
         println!("op log: {total} keystroke updates over {rooms} rooms, flush interval 5 ms");
         println!("  update payload      {:.1} bytes/update (yrs v1, one character each)", payload as f64 / total as f64);
-        println!("  record (key+value)  {:.1} bytes/update (key {key_bytes} = name + 0x00 + seq; value = version + bincode)",
-            (payload + total * (key_bytes + 1 + 9 + 1)) as f64 / total as f64);
+        println!("  record (key+value)  {:.1} bytes/update (key {key_bytes} = name + 0x00 + seq; value = version + bincode(at_ms, len, bytes))",
+            (payload + total * (key_bytes + 1 + 9 + 1 + 1)) as f64 / total as f64);
         println!("  sled on disk        {:.1} bytes/update after the final flush", grown as f64 / total as f64);
         println!("  appends (visible)   {:>9.0} /s", total as f64 / append_time.as_secs_f64());
         println!("  appends (durable)   {:>9.0} /s  ({} ms until the last seq was durable)",
             total as f64 / durable_time.as_secs_f64(), durable_time.as_millis());
+        let flushes = collabd::metrics::metrics().oplog_flush_seconds.clone();
+        println!("  flushes             {:>9} (sled flush + fdatasync), {:.2} ms each on average",
+            flushes.get_sample_count(),
+            flushes.get_sample_sum() * 1e3 / flushes.get_sample_count().max(1) as f64);
         actix_rt::System::current().stop();
     });
 }
