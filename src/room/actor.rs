@@ -630,12 +630,17 @@ impl Room {
     }
 
     /// Before the room stops: a snapshot (if the log grew since the last one), so the
-    /// next load applies one state instead of replaying records, then a flush.
+    /// next load applies one state instead of replaying records, then a flush (counted in
+    /// `collabd_oplog_flush_seconds` like the flusher's).
     fn snapshot_and_flush(&mut self, ctx: &mut Context<Self>) {
         if self.seq > self.snapshot_seq {
             self.write_snapshot(ctx);
         }
+        let started = Instant::now();
         self.flush_now();
+        metrics()
+            .oplog_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Makes everything appended so far durable, now.
