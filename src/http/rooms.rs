@@ -205,7 +205,9 @@ pub async fn post_update(
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
 }
 
-/// Reads a request body of at most `limit` bytes; larger ones get a JSON 413.
+/// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer
+/// grows with what arrives, never with what `Content-Length` promises: a client that
+/// declares 16 MiB and sends 10 bytes costs 10 bytes, however long it holds on.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -226,7 +228,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
         if body.len() + chunk.len() > limit {
