@@ -72,8 +72,12 @@ impl From<AuthError> for ApiError {
 
 impl From<Refusal> for ApiError {
     fn from(e: Refusal) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string())
-            .retry_after(e.retry_after_secs())
+        // The server is full (503), or this client asks too often (429).
+        let status = match e {
+            Refusal::HttpRate(_) => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.reason(), e.to_string()).retry_after(e.retry_after_secs())
     }
 }
 

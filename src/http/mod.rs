@@ -123,6 +123,10 @@ async fn websocket(
 /// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tail = raw_tail(&req, "/rooms/");
+    // An SSE stream is a connection, admitted in `sse::events`; the rest are requests.
+    if !tail.ends_with("/events") {
+        access::limit_request(&req, &state)?;
+    }
     let readable = |raw: &str| {
         let name = room_name(raw)?;
         access::authorize(&req, &state, &name, Access::Read)?;
@@ -150,6 +154,7 @@ async fn post_room(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    access::limit_request(&req, &state)?;
     match raw_tail(&req, "/rooms/").strip_suffix("/updates") {
         Some(raw) => {
             let name = room_name(raw)?;

@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use log::debug;
 use serde_json::json;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, access};
 use crate::metrics::{ConnectionGauge, metrics};
 use crate::room::actor::Refused;
 use crate::room::cursor::{self, CatchUp};
@@ -105,7 +105,8 @@ pub async fn doc_json(
 }
 
 /// `GET /rooms/{room}/updates?since=SEQ&wait=SECS`: polling (`wait=0`, the default) and
-/// long polling (`wait` > 0: held until an update is durable or `wait` passes).
+/// long polling (`wait` > 0: held until an update is durable or `wait` passes). A held
+/// poll counts as a connection.
 pub async fn poll(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -133,6 +134,7 @@ pub async fn poll(
         && since == durable
         && !wait.is_zero()
     {
+        let _permit = access::hold_long_poll(&req, &state, &room)?;
         debug!("room {room:?}: long poll held at seq {since} for up to {wait:?}");
         let _held = ConnectionGauge::open("longpoll");
         let woken = addr
