@@ -85,6 +85,10 @@ pub struct Settings {
     pub http_rate_per_ip: u32,
     /// …and in a burst.
     pub http_burst_per_ip: u32,
+    /// Rooms loaded in memory at once. A request that needs one more (a write, a
+    /// WebSocket or SSE join, a long poll, a read of a stored room) gets 503 with
+    /// `Retry-After`; reading a room that does not exist loads nothing.
+    pub max_rooms: usize,
     /// Per-session message-rate limit (token bucket over inbound frames): sustained…
     pub session_rate: u32,
     /// …and burst. A session that exhausts it is closed with 1008 ("rate limit").
@@ -134,6 +138,7 @@ impl Default for Settings {
             admission_burst_per_ip: 200,
             http_rate_per_ip: 200,
             http_burst_per_ip: 400,
+            max_rooms: 10_000,
             session_rate: 200,
             session_burst: 2_000,
             max_doc_bytes: 64 * 1024 * 1024,
@@ -260,6 +265,10 @@ pub struct Overrides {
     #[arg(long)]
     pub http_burst_per_ip: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most rooms loaded in memory at once [default: 10000]
+    #[arg(long)]
+    pub max_rooms: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     /// Inbound frames per second per session, sustained [default: 200]
     #[arg(long)]
     pub session_rate: Option<u32>,
@@ -340,6 +349,7 @@ impl Settings {
             ("admission_burst_per_ip", self.admission_burst_per_ip.into()),
             ("http_rate_per_ip", self.http_rate_per_ip.into()),
             ("http_burst_per_ip", self.http_burst_per_ip.into()),
+            ("max_rooms", self.max_rooms as u64),
             ("session_rate", self.session_rate.into()),
             ("session_burst", self.session_burst.into()),
             ("max_doc_bytes", self.max_doc_bytes as u64),

@@ -101,6 +101,11 @@ async fn websocket(
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(raw_tail(&req, "/ws/"))?;
     let (grant, permit) = access::admit_connection(&req, &state, &name)?;
+    // Loaded before the upgrade, so that `max_rooms` is an HTTP answer (503 with
+    // Retry-After) rather than a session closed as soon as it opens.
+    crate::room::load(&state.registry, &name)
+        .await
+        .map_err(ApiError::from)?;
     let max = state.settings.max_frame_bytes;
     let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
@@ -121,6 +126,7 @@ async fn websocket(
 
 /// `GET /rooms/{room}[/state|/json|/events|/updates]`. Suffixes are matched on the raw
 /// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
+/// Reads of a room that does not exist answer for an empty room and create nothing.
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tail = raw_tail(&req, "/rooms/");
     // An SSE stream is a connection, admitted in `sse::events`; the rest are requests.
