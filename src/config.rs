@@ -61,18 +61,34 @@ pub struct Settings {
     /// `outbound_queue_messages`, whichever is reached first); one frame larger than this
     /// is still sent when nothing else is queued.
     pub outbound_queue_bytes: usize,
-    /// Long-lived connections (WebSocket sessions and SSE streams) the server holds at
-    /// once; beyond that new ones get 503 with `Retry-After`.
+    /// Long-lived connections (WebSocket sessions, SSE streams and held long polls) the
+    /// server holds at once; beyond that new ones get 503 with `Retry-After`.
     pub max_connections: usize,
     /// The same limit for one room.
     pub max_connections_per_room: usize,
-    /// The same limit for one client IP address (the TCP peer; proxies are not trusted).
+    /// The same limit for one client IP address (the TCP peer; proxies are not trusted;
+    /// IPv6 clients are counted per /64, the block one host typically holds).
     pub max_connections_per_ip: usize,
     /// Admission token bucket: new long-lived connections accepted per second, sustained…
     pub admission_rate: u32,
     /// …and in a burst. A reconnect storm beyond this gets 503 + `Retry-After` and spreads
     /// itself out instead of melting the server.
     pub admission_burst: u32,
+    /// Each client's own share of admission (IPv4 address, IPv6 /64), sustained per
+    /// second… Checked before the server-wide bucket, so one address that keeps being
+    /// refused spends none of the tokens everyone else needs.
+    pub admission_rate_per_ip: u32,
+    /// …and in a burst.
+    pub admission_burst_per_ip: u32,
+    /// Plain HTTP requests to `/rooms/…` (metadata, state, polls, POST) per client
+    /// (IPv4 address, IPv6 /64) per second, sustained… Beyond: 429 with `Retry-After`.
+    pub http_rate_per_ip: u32,
+    /// …and in a burst.
+    pub http_burst_per_ip: u32,
+    /// Rooms loaded in memory at once. A request that needs one more (a write, a
+    /// WebSocket or SSE join, a long poll, a read of a stored room) gets 503 with
+    /// `Retry-After`; reading a room that does not exist loads nothing.
+    pub max_rooms: usize,
     /// Per-session message-rate limit (token bucket over inbound frames): sustained…
     pub session_rate: u32,
     /// …and burst. A session that exhausts it is closed with 1008 ("rate limit").
@@ -118,6 +134,11 @@ impl Default for Settings {
             max_connections_per_ip: 500,
             admission_rate: 1_000,
             admission_burst: 1_000,
+            admission_rate_per_ip: 100,
+            admission_burst_per_ip: 200,
+            http_rate_per_ip: 200,
+            http_burst_per_ip: 400,
+            max_rooms: 10_000,
             session_rate: 200,
             session_burst: 2_000,
             max_doc_bytes: 64 * 1024 * 1024,
@@ -228,6 +249,26 @@ pub struct Overrides {
     #[arg(long)]
     pub admission_burst: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// New connections admitted per second from one IP (IPv6: one /64) [default: 100]
+    #[arg(long)]
+    pub admission_rate_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// New connections admitted in a burst from one IP [default: 200]
+    #[arg(long)]
+    pub admission_burst_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Plain HTTP requests per second from one IP (IPv6: one /64) [default: 200]
+    #[arg(long)]
+    pub http_rate_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Plain HTTP requests in a burst from one IP [default: 400]
+    #[arg(long)]
+    pub http_burst_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most rooms loaded in memory at once [default: 10000]
+    #[arg(long)]
+    pub max_rooms: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     /// Inbound frames per second per session, sustained [default: 200]
     #[arg(long)]
     pub session_rate: Option<u32>,
@@ -304,6 +345,11 @@ impl Settings {
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
             ("admission_rate", self.admission_rate.into()),
             ("admission_burst", self.admission_burst.into()),
+            ("admission_rate_per_ip", self.admission_rate_per_ip.into()),
+            ("admission_burst_per_ip", self.admission_burst_per_ip.into()),
+            ("http_rate_per_ip", self.http_rate_per_ip.into()),
+            ("http_burst_per_ip", self.http_burst_per_ip.into()),
+            ("max_rooms", self.max_rooms as u64),
             ("session_rate", self.session_rate.into()),
             ("session_burst", self.session_burst.into()),
             ("max_doc_bytes", self.max_doc_bytes as u64),

@@ -18,8 +18,9 @@ pub struct Metrics {
     pub connections: IntGaugeVec,
     /// Connections accepted since start, by transport.
     pub connections_opened: IntCounterVec,
-    /// Connections refused before they started, by reason (`max_connections`,
-    /// `max_connections_per_room`, `max_connections_per_ip`, `admission_rate`, `auth`,
+    /// Connections and requests refused before they started, by reason
+    /// (`max_connections`, `max_connections_per_room`, `max_connections_per_ip`,
+    /// `admission_rate`, `admission_rate_per_ip`, `http_rate`, `max_rooms`, `auth`,
     /// `forbidden`, `origin`).
     pub connections_refused: IntCounterVec,
     /// WebSocket sessions closed by the server or the client, by close code.

@@ -296,6 +296,8 @@ async fn two_thousand_clients_reconnect_after_a_crash_and_converge() {
     let (rooms, per_room) = (40, 50);
     let clients = rooms * per_room;
     let dir = tempfile::tempdir().unwrap();
+    // Every client connects from 127.0.0.1: its own admission share is raised past the
+    // server's bucket, which is the one under test.
     let args = [
         "--max-connections-per-ip",
         "5000",
@@ -303,6 +305,10 @@ async fn two_thousand_clients_reconnect_after_a_crash_and_converge() {
         "500",
         "--admission-burst",
         "250",
+        "--admission-rate-per-ip",
+        "5000",
+        "--admission-burst-per-ip",
+        "5000",
     ];
     let mut server = TestServer::start(dir.path(), &args);
     let addr = Rc::new(Cell::new(Some(server.addr)));

@@ -1,7 +1,8 @@
 //! Who gets in, checked at the HTTP edge before any room is touched: the browser origin
-//! (WebSocket and SSE), the access token (every room endpoint), and admission (connection
-//! limits and the admission bucket, for long-lived connections). Every refusal is a JSON
-//! error with a log line and counts in `collabd_connections_refused_total`.
+//! (WebSocket and SSE), the access token (every room endpoint), the per-client request
+//! rate (plain HTTP), and admission (connection limits and the admission buckets, for
+//! long-lived connections; held long polls count against the limits). Every refusal is
+//! a JSON error with a log line and counts in `collabd_connections_refused_total`.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::rooms::query_param;
 use crate::auth::{Access, Grant};
-use crate::limits::Permit;
+use crate::limits::{Permit, Refusal};
 use crate::metrics::metrics;
 
 fn refused(reason: &str) {
@@ -76,8 +77,19 @@ pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError>
     ))
 }
 
+/// The client's address: the TCP peer (proxy headers are not trusted).
+fn peer_ip(req: &HttpRequest) -> IpAddr {
+    req.peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+fn refusal(e: Refusal) -> ApiError {
+    refused(e.reason());
+    ApiError::from(e)
+}
+
 /// Everything a long-lived connection (WebSocket, SSE) passes before it starts: origin,
-/// token (read access at least), then connection limits and the admission bucket.
+/// token (read access at least), then connection limits and the admission buckets.
 pub fn admit_connection(
     req: &HttpRequest,
     state: &AppState,
@@ -85,12 +97,22 @@ pub fn admit_connection(
 ) -> Result<(Grant, Permit), ApiError> {
     check_origin(req, state)?;
     let grant = authorize(req, state, room, Access::Read)?;
-    let ip = req
-        .peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let permit = state.admission.admit(ip, room).map_err(|e| {
-        refused(e.reason());
-        ApiError::from(e)
-    })?;
+    let permit = state.admission.admit(peer_ip(req), room).map_err(refusal)?;
     Ok((grant, permit))
+}
+
+/// A long poll about to be held counts as a connection (total, per room, per client);
+/// the caller has checked the token already.
+pub fn hold_long_poll(
+    req: &HttpRequest,
+    state: &AppState,
+    room: &std::sync::Arc<str>,
+) -> Result<Permit, ApiError> {
+    state.admission.hold(peer_ip(req), room).map_err(refusal)
+}
+
+/// The per-client rate limit on plain HTTP requests (429 beyond it), checked before
+/// anything else so that floods of bad or unauthorized requests are limited too.
+pub fn limit_request(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    state.admission.request(peer_ip(req)).map_err(refusal)
 }

@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use log::warn;
 
 use crate::auth::AuthError;
-use crate::limits::Refusal;
+use crate::limits::{RETRY_WHEN_FULL_SECS, Refusal};
 use crate::protocol::json::ErrorBody;
 use crate::room::RoomUnavailable;
 
@@ -51,11 +51,13 @@ impl ApiError {
 
 impl From<RoomUnavailable> for ApiError {
     fn from(e: RoomUnavailable) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "room_unavailable",
-            e.to_string(),
-        )
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        match e {
+            RoomUnavailable::Down(_) => ApiError::new(status, "room_unavailable", e.to_string()),
+            RoomUnavailable::MaxRooms(_) => {
+                ApiError::new(status, "max_rooms", e.to_string()).retry_after(RETRY_WHEN_FULL_SECS)
+            }
+        }
     }
 }
 
@@ -72,8 +74,12 @@ impl From<AuthError> for ApiError {
 
 impl From<Refusal> for ApiError {
     fn from(e: Refusal) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.reason(), e.to_string())
-            .retry_after(e.retry_after_secs())
+        // The server is full (503), or this client asks too often (429).
+        let status = match e {
+            Refusal::HttpRate(_) => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.reason(), e.to_string()).retry_after(e.retry_after_secs())
     }
 }
 

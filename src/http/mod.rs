@@ -107,6 +107,11 @@ async fn websocket(
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(raw_tail(&req, "/ws/"))?;
     let (grant, permit) = access::admit_connection(&req, &state, &name)?;
+    // Loaded before the upgrade, so that `max_rooms` is an HTTP answer (503 with
+    // Retry-After) rather than a session closed as soon as it opens.
+    crate::room::load(&state.registry, &name)
+        .await
+        .map_err(ApiError::from)?;
     let max = state.settings.max_frame_bytes;
     let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
@@ -127,8 +132,13 @@ async fn websocket(
 
 /// `GET /rooms/{room}[/state|/json|/events|/updates]`. Suffixes are matched on the raw
 /// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
+/// Reads of a room that does not exist answer for an empty room and create nothing.
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tail = raw_tail(&req, "/rooms/");
+    // An SSE stream is a connection, admitted in `sse::events`; the rest are requests.
+    if !tail.ends_with("/events") {
+        access::limit_request(&req, &state)?;
+    }
     let readable = |raw: &str| {
         let name = room_name(raw)?;
         access::authorize(&req, &state, &name, Access::Read)?;
@@ -156,6 +166,7 @@ async fn post_room(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    access::limit_request(&req, &state)?;
     match raw_tail(&req, "/rooms/").strip_suffix("/updates") {
         Some(raw) => {
             let name = room_name(raw)?;

@@ -1,5 +1,7 @@
 //! `/rooms/{room}…`: metadata, state (binary or JSON), polling and HTTP writes. Every
-//! handler is stateless: the cursor is the client's, so any node could answer.
+//! handler is stateless: the cursor is the client's, so any node could answer. Reads
+//! never create a room: one that is neither loaded nor stored answers as an empty room
+//! (seq 0) from [`crate::room::absent`]; only writes, joins and held long polls load one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,15 +17,15 @@ use futures_util::StreamExt;
 use log::debug;
 use serde_json::json;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, access};
 use crate::metrics::{ConnectionGauge, metrics};
 use crate::room::actor::Refused;
 use crate::room::cursor::{self, CatchUp};
 use crate::room::messages::{
     ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, WaitDurable,
 };
-use crate::room::{RoomUnavailable, ask};
+use crate::room::{absent, ask, ask_existing};
 
 /// A query parameter, or a 400 if the query string does not parse.
 pub fn query_param(req: &HttpRequest, key: &str) -> Result<Option<String>, ApiError> {
@@ -58,9 +60,13 @@ pub async fn catch_up(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The room's full state, once the seq it carries is durable.
+/// The room's full state, once the seq it carries is durable; an empty one at seq 0 if
+/// the room does not exist.
 pub async fn full_state(state: &AppState, room: &Arc<str>) -> Result<DocState, ApiError> {
-    let (doc, durable) = ask(&state.registry, room, GetState).await?.1;
+    let found = ask_existing(&state.registry, &state.store, room, GetState).await?;
+    let Some((_, (doc, durable))) = found else {
+        return Ok(absent::state());
+    };
     durable.await.map_err(|_| not_stored())?;
     Ok(doc)
 }
@@ -76,8 +82,8 @@ fn not_stored() -> ApiError {
 
 /// `GET /rooms/{room}`.
 pub async fn info(state: web::Data<AppState>, room: Arc<str>) -> Result<HttpResponse, ApiError> {
-    let (_, info) = ask(&state.registry, &room, GetInfo).await?;
-    Ok(HttpResponse::Ok().json(info))
+    let found = ask_existing(&state.registry, &state.store, &room, GetInfo).await?;
+    Ok(HttpResponse::Ok().json(found.map_or_else(|| absent::info(&room), |(_, info)| info)))
 }
 
 /// `GET /rooms/{room}/state`: the full state as a Yjs update v1 (or, with
@@ -110,14 +116,17 @@ pub async fn doc_json(
     state: web::Data<AppState>,
     room: Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, value) = ask(&state.registry, &room, GetJson).await?;
+    let found = ask_existing(&state.registry, &state.store, &room, GetJson).await?;
+    let value = found.map_or_else(absent::json, |(_, value)| value);
     Ok(HttpResponse::Ok()
         .insert_header((CACHE_CONTROL, "no-store"))
         .json(value))
 }
 
 /// `GET /rooms/{room}/updates?since=SEQ&wait=SECS`: polling (`wait=0`, the default) and
-/// long polling (`wait` > 0: held until an update is durable or `wait` passes).
+/// long polling (`wait` > 0: held until an update is durable or `wait` passes). A held
+/// poll counts as a connection and needs the room loaded, so that it hears of the next
+/// write; a poll answered at once loads nothing.
 pub async fn poll(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -140,17 +149,16 @@ pub async fn poll(
     }
     .min(state.settings.poll_max_wait());
 
-    let (addr, mut durable) = ask(&state.registry, &room, GetDurableSeq).await?;
+    let found = ask_existing(&state.registry, &state.store, &room, GetDurableSeq).await?;
+    let mut durable = found.map_or(0, |(_, seq)| seq);
     if let Some(since) = since
         && since == durable
         && !wait.is_zero()
     {
+        let _permit = access::hold_long_poll(&req, &state, &room)?;
         debug!("room {room:?}: long poll held at seq {since} for up to {wait:?}");
         let _held = ConnectionGauge::open("longpoll");
-        let woken = addr
-            .send(WaitDurable { seq: since + 1 })
-            .await
-            .map_err(|_| RoomUnavailable(room.clone()))?;
+        let (_, woken) = ask(&state.registry, &room, WaitDurable { seq: since + 1 }).await?;
         if let Ok(Ok(seq)) = actix_rt::time::timeout(wait, woken).await {
             durable = seq;
         }
@@ -211,7 +219,9 @@ pub async fn post_update(
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
 }
 
-/// Reads a request body of at most `limit` bytes; larger ones get a JSON 413.
+/// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer
+/// grows with what arrives, never with what `Content-Length` promises: a client that
+/// declares 16 MiB and sends 10 bytes costs 10 bytes, however long it holds on.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -232,7 +242,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
         if body.len() + chunk.len() > limit {

@@ -682,12 +682,22 @@ impl Room {
     }
 
     /// Before the room stops: a snapshot (if the log grew since the last one), so the
-    /// next load applies one state instead of replaying records, then a flush.
+    /// next load applies one state instead of replaying records, then a flush (counted in
+    /// `collabd_oplog_flush_seconds` like the flusher's) if anything is not yet durable.
+    /// A room that only served reads stops without one: a flush is an fsync.
     fn snapshot_and_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.seq > self.snapshot_seq {
+        let snapshot_due = self.seq > self.snapshot_seq;
+        if snapshot_due {
             self.write_snapshot(ctx);
         }
+        if !snapshot_due && self.seq == self.durable_seq {
+            return;
+        }
+        let started = Instant::now();
         self.flush_now();
+        metrics()
+            .oplog_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Makes everything appended so far durable, now (costs nothing if nothing is

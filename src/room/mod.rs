@@ -1,6 +1,7 @@
 //! Rooms: the room actor (one Yjs document), the registry that finds and spawns rooms,
 //! and the messages they exchange with sessions and HTTP handlers.
 
+pub mod absent;
 pub mod actor;
 pub mod core;
 pub mod cursor;
@@ -17,14 +18,23 @@ use actix::{Addr, Handler, MailboxError, Message};
 pub use actor::Room;
 pub use registry::{GetRoom, Registry};
 
+use crate::store::Store;
+use registry::{FindRoom, NoRoom};
+
 /// How often [`ask`] retries a room that stopped under it, and how long it waits between.
 const ASK_ATTEMPTS: usize = 5;
 const ASK_BACKOFF: Duration = Duration::from_millis(20);
 
-/// The room could not be reached (it keeps failing to load, or the server is stopping).
+/// The room could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("room {0:?} is unavailable")]
-pub struct RoomUnavailable(pub Arc<str>);
+pub enum RoomUnavailable {
+    /// It keeps failing to load, or the server is stopping.
+    #[error("room {0:?} is unavailable")]
+    Down(Arc<str>),
+    /// It is not loaded, and loading it would exceed `max_rooms`.
+    #[error("the server holds its maximum of {0} loaded rooms")]
+    MaxRooms(usize),
+}
 
 /// Sends `msg` to the room named `name`, spawning the room if needed, and returns the
 /// room actor with the answer. An idle room may stop between the registry's answer and
@@ -44,16 +54,69 @@ where
         if attempt > 0 {
             actix_rt::time::sleep(ASK_BACKOFF).await;
         }
-        let room = registry
-            .send(GetRoom { name: name.clone() })
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| RoomUnavailable(name.clone()))?;
+        let room = load(registry, name).await?;
         match room.send(msg.clone()).await {
             Ok(answer) => return Ok((room, answer)),
             Err(MailboxError::Closed) | Err(MailboxError::Timeout) => continue,
         }
     }
-    Err(RoomUnavailable(name.clone()))
+    Err(RoomUnavailable::Down(name.clone()))
+}
+
+/// The room named `name`, spawned (and loaded from the store) if it is not running.
+pub async fn load(
+    registry: &Addr<Registry>,
+    name: &Arc<str>,
+) -> Result<Addr<Room>, RoomUnavailable> {
+    match registry.send(GetRoom { name: name.clone() }).await {
+        Ok(Ok(room)) => Ok(room),
+        Ok(Err(NoRoom::Full(max))) => Err(RoomUnavailable::MaxRooms(max)),
+        Ok(Err(NoRoom::Stopping)) | Err(_) => Err(RoomUnavailable::Down(name.clone())),
+    }
+}
+
+/// [`ask`] for reads, which never create a room: a room that is neither loaded nor in the
+/// store answers `None` (the caller answers what an empty room would), and nothing is
+/// spawned. A stored room that is not loaded is loaded, as by [`ask`].
+pub async fn ask_existing<M>(
+    registry: &Addr<Registry>,
+    store: &Arc<dyn Store>,
+    name: &Arc<str>,
+    msg: M,
+) -> Result<Option<(Addr<Room>, M::Result)>, RoomUnavailable>
+where
+    M: Message + Clone + Send + 'static,
+    M::Result: Send,
+    Room: Handler<M>,
+    <Room as actix::Actor>::Context: ToEnvelope<Room, M>,
+{
+    let running = registry
+        .send(FindRoom { name: name.clone() })
+        .await
+        .map_err(|_| RoomUnavailable::Down(name.clone()))?;
+    if let Some(room) = running
+        && let Ok(answer) = room.send(msg.clone()).await
+    {
+        return Ok(Some((room, answer)));
+    }
+    // Not running (or it stopped just now): load it only if it has anything stored.
+    let (store, room) = (store.clone(), name.clone());
+    let stored = actix_rt::task::spawn_blocking(move || is_stored(&*store, &room))
+        .await
+        .map_err(|_| RoomUnavailable::Down(name.clone()))?;
+    match stored {
+        Ok(false) => Ok(None),
+        Ok(true) => ask(registry, name, msg).await.map(Some),
+        Err(e) => {
+            log::error!("room {name:?}: store lookup failed: {e}");
+            Err(RoomUnavailable::Down(name.clone()))
+        }
+    }
+}
+
+/// Whether the store holds anything of `room`: a record, else a snapshot (compaction
+/// with `replay_window = 0` can leave a snapshot alone). The record check comes first:
+/// it is a key lookup, while reading a snapshot reads the whole state.
+fn is_stored(store: &dyn Store, room: &str) -> Result<bool, crate::store::StoreError> {
+    Ok(store.first_seq(room)?.is_some() || store.snapshot(room)?.is_some())
 }

@@ -1,6 +1,6 @@
 //! The registry actor: room name → room actor. Spawns rooms on first use (loading them
-//! from the store) on a pool of room threads, forgets them when they stop, and shuts
-//! them all down on request.
+//! from the store) on a pool of room threads, up to `max_rooms` at once, forgets them
+//! when they stop, and shuts them all down on request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,19 +9,36 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, Arbiter, ArbiterHandle, AsyncContext, Context,
     Handler, Message, MessageResult, ResponseActFuture, WrapFuture,
 };
-use log::{error, info};
+use log::{debug, error, info};
 
 use super::actor::{Room, RoomDeps};
 use super::messages::Shutdown;
 use crate::config::Settings;
+use crate::metrics::metrics;
 use crate::store::Store;
 use crate::store::commit::Flusher;
 
-/// Finds the room, spawning it if it is not running; `None` once shutdown has begun.
+/// Finds the room, spawning it if it is not running.
 #[derive(Message)]
-#[rtype(result = "Option<Addr<Room>>")]
+#[rtype(result = "Result<Addr<Room>, NoRoom>")]
 pub struct GetRoom {
     pub name: Arc<str>,
+}
+
+/// Finds the room if it is running; never spawns one.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<Room>>")]
+pub struct FindRoom {
+    pub name: Arc<str>,
+}
+
+/// Why [`GetRoom`] has no room to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoom {
+    /// Shutdown has begun.
+    Stopping,
+    /// `max_rooms` rooms are loaded; this one would be one too many.
+    Full(usize),
 }
 
 /// A room actor stopped (evicted, failed or shut down).
@@ -128,11 +145,11 @@ impl Handler<GetRoom> for Registry {
 
     fn handle(&mut self, msg: GetRoom, ctx: &mut Context<Self>) -> Self::Result {
         if self.stopping {
-            return MessageResult(None);
+            return MessageResult(Err(NoRoom::Stopping));
         }
         let crashed = match self.rooms.get(&msg.name) {
             Some(entry) if entry.addr.connected() => {
-                return MessageResult(Some(entry.addr.clone()));
+                return MessageResult(Ok(entry.addr.clone()));
             }
             // Still listed but gone: it stopped without saying so (a panic). Its last
             // appends may not be flushed yet; loading flushes before showing them.
@@ -141,8 +158,29 @@ impl Handler<GetRoom> for Registry {
         };
         if crashed {
             error!("room {:?} died; reloading it from the store", msg.name);
+        } else if self.rooms.len() >= self.settings.max_rooms {
+            // Counted here, once for every transport; the edge logs and answers 503.
+            metrics()
+                .connections_refused
+                .with_label_values(&["max_rooms"])
+                .inc();
+            debug!(
+                "room {:?} not loaded: {} rooms are loaded (max_rooms)",
+                msg.name,
+                self.rooms.len()
+            );
+            return MessageResult(Err(NoRoom::Full(self.settings.max_rooms)));
         }
-        MessageResult(Some(self.spawn(msg.name, ctx)))
+        MessageResult(Ok(self.spawn(msg.name, ctx)))
+    }
+}
+
+impl Handler<FindRoom> for Registry {
+    type Result = Option<Addr<Room>>;
+
+    fn handle(&mut self, msg: FindRoom, _ctx: &mut Context<Self>) -> Self::Result {
+        let entry = self.rooms.get(&msg.name)?;
+        entry.addr.connected().then(|| entry.addr.clone())
     }
 }
 
