@@ -4,12 +4,128 @@
 
 mod common;
 
-use std::time::Instant;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use awc::ws::{Frame, Message};
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+
+/// Runs the binary with `args` and `env` until it exits (within [`PATIENCE`]); returns
+/// its exit code and what it logged.
+fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_collabd"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start collabd");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("collabd is still running: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+fn data_dir_arg(dir: &Path) -> String {
+    dir.join("data").display().to_string()
+}
+
+#[actix_rt::test]
+async fn collabd_variables_that_name_no_setting_are_ignored_with_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    // What Kubernetes injects for a service named `collabd`, plus one real setting.
+    let server = TestServer::start_env(
+        dir.path(),
+        &[],
+        &[
+            ("COLLABD_PORT", "tcp://10.0.0.1:1234"),
+            ("COLLABD_SERVICE_HOST", "10.0.0.1"),
+            ("COLLABD_POLL_BATCH_LIMIT", "7"),
+        ],
+    );
+    let (status, body) = server.get_json("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let warnings: Vec<String> = server
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("name no setting"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("COLLABD_PORT, COLLABD_SERVICE_HOST"),
+        "{warnings:?}"
+    );
+    assert!(!warnings[0].contains("POLL_BATCH_LIMIT"), "{warnings:?}");
+}
+
+#[test]
+fn an_unknown_key_in_the_config_file_still_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("collabd.toml");
+    std::fs::write(&file, "bind = \"127.0.0.1:0\"\nsnapshot_evry = 10\n").unwrap();
+    let data = data_dir_arg(dir.path());
+    let config = file.display().to_string();
+    let (code, logs) = run_to_exit(&["--config", &config, "--data-dir", &data], &[]);
+    assert_eq!(code, Some(2), "{logs}");
+    assert!(
+        logs.contains(&format!("{config}: unknown keys: snapshot_evry")),
+        "{logs}"
+    );
+    assert!(!logs.contains("listening on"), "{logs}");
+}
+
+#[test]
+fn a_bad_combination_of_settings_stops_the_server_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data_dir_arg(dir.path());
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--snapshot-every",
+        "100",
+        "--replay-window",
+        "10",
+        "--max-frame-bytes",
+        "2000000",
+        "--outbound-queue-bytes",
+        "1000000",
+        "--sse-queue-events",
+        "0",
+    ];
+    let (code, logs) = run_to_exit(&args, &[]);
+    assert_eq!(code, Some(2), "{logs}");
+    for violation in [
+        "replay_window (10) must be at least snapshot_every (100)",
+        "outbound_queue_bytes (1000000) must be at least max_frame_bytes (2000000)",
+        "sse_queue_events must be greater than 0",
+    ] {
+        assert!(logs.contains(violation), "{violation:?} not in {logs}");
+    }
+    assert!(!logs.contains("listening on"), "{logs}");
+    assert!(!dir.path().join("data").exists(), "the store was opened");
+}
 
 #[actix_rt::test]
 async fn a_client_ping_is_answered_with_a_pong_carrying_its_payload() {
