@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 
 use awc::ws::{Frame, Message};
 use bytes::Bytes;
+use collabd::auth::{Access, Audience, Claims, expiry_in, mint};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use yrs::Doc;
+
+const SECRET: &str = "operations-secret-0123456789";
 
 /// Runs the binary with `args` and `env` until it exits (within [`PATIENCE`]); returns
 /// its exit code and what it logged.
@@ -159,4 +163,122 @@ async fn a_client_ping_is_answered_with_a_pong_carrying_its_payload() {
     // The session carries on as usual.
     let mut client = YClient::connect(&server, "ping").await;
     client.until("synced", |c| c.synced).await;
+}
+
+fn token(aud: Option<Audience>, iss: Option<&str>) -> String {
+    let claims = Claims {
+        room: "ops/*".into(),
+        perm: Access::Write,
+        exp: expiry_in(Duration::from_secs(600)),
+        sub: Some("ops-user".into()),
+        aud,
+        iss: iss.map(Into::into),
+    };
+    mint(SECRET, &claims).unwrap()
+}
+
+/// POSTs an update with `token`; returns the status and the error code, if any.
+async fn post_with(server: &TestServer, token: &str) -> (u16, Option<String>) {
+    let mut res = awc::Client::new()
+        .post(server.url("/rooms/ops/doc/updates"))
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .send_body(HttpWriter::new().append("t", "x"))
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    let code = body["error"].as_str().map(str::to_owned);
+    (res.status().as_u16(), code)
+}
+
+async fn ws_with(server: &TestServer, token: &str) -> Result<YClient, ConnectError> {
+    let url = format!("{}?token={token}", server.ws_url("ops/doc"));
+    YClient::try_connect(&url, &[], Doc::new()).await
+}
+
+#[actix_rt::test]
+async fn a_token_with_an_audience_is_accepted_when_none_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_env(dir.path(), &[], &[("COLLABD_AUTH_SECRET", SECRET)]);
+    let from_idp = token(
+        Some(Audience::One("some-other-api".into())),
+        Some("https://login.example"),
+    );
+    assert_eq!(post_with(&server, &from_idp).await, (200, None));
+    let many = token(Some(Audience::Many(vec!["a".into(), "b".into()])), None);
+    let mut client = ws_with(&server, &many).await.unwrap();
+    client.until("synced", |c| c.synced).await;
+}
+
+#[actix_rt::test]
+async fn a_configured_audience_and_issuer_must_match_and_refusals_name_the_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("COLLABD_AUTH_SECRET", SECRET),
+        ("COLLABD_TOKEN_AUDIENCE", "collabd"),
+        ("COLLABD_TOKEN_ISSUER", "https://login.example"),
+    ];
+    let server = TestServer::start_env(dir.path(), &[], &env);
+    let aud = || Some(Audience::Many(vec!["api".into(), "collabd".into()]));
+    let iss = Some("https://login.example");
+
+    for (what, bad, code) in [
+        (
+            "wrong aud",
+            token(Some(Audience::One("api".into())), iss),
+            "token_wrong_audience",
+        ),
+        ("no aud", token(None, iss), "token_wrong_audience"),
+        (
+            "wrong iss",
+            token(aud(), Some("https://evil.example")),
+            "token_wrong_issuer",
+        ),
+        ("no iss", token(aud(), None), "token_wrong_issuer"),
+    ] {
+        assert_eq!(
+            post_with(&server, &bad).await,
+            (401, Some(code.to_string())),
+            "POST with {what}"
+        );
+        assert!(
+            matches!(ws_with(&server, &bad).await, Err(ConnectError::Status(401))),
+            "WebSocket with {what}"
+        );
+    }
+    let refusal = server
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("HTTP 401: token_wrong_issuer"))
+        .unwrap();
+    assert!(refusal.contains("(sub \"ops-user\")"), "{refusal}");
+
+    let right = token(aud(), iss);
+    assert_eq!(post_with(&server, &right).await, (200, None));
+    let mut client = ws_with(&server, &right).await.unwrap();
+    client.until("synced", |c| c.synced).await;
+    server
+        .wait_for_log("opened in room \"ops/doc\" (sub \"ops-user\")")
+        .await;
+    client.close().await;
+    server
+        .wait_for_log("closed in room \"ops/doc\" (sub \"ops-user\")")
+        .await;
+
+    // `collabd token` mints for the configured audience and issuer unless told otherwise.
+    let cli = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_collabd"))
+            .args(["token", "--room", "ops/doc", "--write", "--sub", "cli"])
+            .args(extra)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(post_with(&server, &cli(&[])).await, (200, None));
+    assert_eq!(
+        post_with(&server, &cli(&["--aud", "elsewhere"])).await,
+        (401, Some("token_wrong_audience".into()))
+    );
 }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::{Access, Grant};
+use crate::auth::{Access, Grant, Sub};
 use crate::config::Settings;
 use crate::limits::{Permit, TokenBucket};
 use crate::metrics::{ConnectionGauge, metrics};
@@ -78,6 +78,8 @@ pub struct WsSession {
     settings: Arc<Settings>,
     access: Access,
     expires: Option<SystemTime>,
+    /// The token's `sub`, for the session's log lines.
+    subject: Option<String>,
     rate: TokenBucket,
     /// `collabd_bytes_in_total{transport="ws"}`, resolved once (a label lookup per frame
     /// takes a lock).
@@ -116,6 +118,7 @@ impl WsSession {
                 settings,
                 access: grant.access,
                 expires: grant.expires,
+                subject: grant.subject,
                 _permit: permit,
                 _gauge: ConnectionGauge::open("ws"),
             }
@@ -309,20 +312,32 @@ impl Actor for WsSession {
                 .unwrap_or_default();
             ctx.run_later(left, |act, ctx| {
                 info!(
-                    "session {} in room {:?}: token expired",
-                    act.id, act.room_name
+                    "session {} in room {:?}: token expired{}",
+                    act.id,
+                    act.room_name,
+                    Sub(act.subject.as_deref())
                 );
                 act.close(ctx, close::TOKEN_EXPIRED, "token expired");
             });
         }
-        debug!("session {} opened in room {:?}", self.id, self.room_name);
+        debug!(
+            "session {} opened in room {:?}{}",
+            self.id,
+            self.room_name,
+            Sub(self.subject.as_deref())
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         if let Some(room) = &self.room {
             room.do_send(Leave { session: self.id });
         }
-        debug!("session {} closed in room {:?}", self.id, self.room_name);
+        debug!(
+            "session {} closed in room {:?}{}",
+            self.id,
+            self.room_name,
+            Sub(self.subject.as_deref())
+        );
     }
 }
 
