@@ -8,12 +8,21 @@
 //! `room` is an exact room name, or ends in `*` to grant every room starting with what
 //! comes before it (`docs/*` grants `docs/a` and `docs/b/c`; `*` grants every room).
 //! `exp` (seconds since the epoch) is required and checked without leeway. `sub` is
-//! optional and only logged. With no secret configured, every request is granted `write`.
+//! optional and only logged. `aud` and `iss` are checked only when `token_audience` /
+//! `token_issuer` are configured; otherwise they are ignored (jsonwebtoken on its own
+//! refuses any token with an `aud` unless an audience is configured). With no secret
+//! configured, every request is granted `write`.
+//!
+//! Everything after the signature is checked here rather than by jsonwebtoken, so that a
+//! refusal of a genuine token can name its subject ([`Denied::subject`]).
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
 
 /// What a token allows in a room. `Write` includes reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +40,27 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+/// A token's `aud` claim: one audience or several (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
 }
 
 /// What a request may do in the room it asked for.
@@ -56,6 +86,40 @@ pub enum AuthError {
     WrongRoom(String),
     #[error("the token grants read access only")]
     ReadOnly,
+    #[error("the token's aud claim does not name this server's audience")]
+    WrongAudience,
+    #[error("the token's iss claim is not this server's issuer")]
+    WrongIssuer,
+}
+
+/// A refused token: why, and whose it was when the signature held (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub error: AuthError,
+    /// The `sub` claim of a token whose signature was verified; `None` for a token that
+    /// is missing, forged or malformed (its claims mean nothing), or that names no one.
+    pub subject: Option<String>,
+}
+
+impl From<AuthError> for Denied {
+    fn from(error: AuthError) -> Denied {
+        Denied {
+            error,
+            subject: None,
+        }
+    }
+}
+
+/// Formats a token's subject for a log line: ` (sub "alice")`, or nothing.
+pub struct Sub<'a>(pub Option<&'a str>);
+
+impl fmt::Display for Sub<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(sub) => write!(f, " (sub {sub:?})"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl AuthError {
@@ -72,6 +136,8 @@ impl AuthError {
             AuthError::Invalid(_) => "token_invalid",
             AuthError::WrongRoom(_) => "token_wrong_room",
             AuthError::ReadOnly => "read_only",
+            AuthError::WrongAudience => "token_wrong_audience",
+            AuthError::WrongIssuer => "token_wrong_issuer",
         }
     }
 }
@@ -81,16 +147,34 @@ impl AuthError {
 pub struct Auth {
     key: Option<DecodingKey>,
     validation: Validation,
+    /// `token_audience`: when set, `aud` must contain it.
+    audience: Option<String>,
+    /// `token_issuer`: when set, `iss` must be it.
+    issuer: Option<String>,
 }
 
 impl Auth {
     pub fn new(secret: Option<&str>) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
+        // `exp` is checked in `check`, strictly and with the subject at hand; `aud` there
+        // too, and only when an audience is configured.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
         Auth {
             key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
             validation,
+            audience: None,
+            issuer: None,
+        }
+    }
+
+    /// The secret, audience and issuer from `settings`.
+    pub fn from_settings(settings: &Settings) -> Auth {
+        Auth {
+            audience: settings.token_audience.clone(),
+            issuer: settings.token_issuer.clone(),
+            ..Auth::new(settings.auth_secret.as_deref())
         }
     }
 
@@ -99,7 +183,7 @@ impl Auth {
     }
 
     /// Grants `token` what it allows in `room`, if at least `need`.
-    pub fn check(&self, token: Option<&str>, room: &str, need: Access) -> Result<Grant, AuthError> {
+    pub fn check(&self, token: Option<&str>, room: &str, need: Access) -> Result<Grant, Denied> {
         let Some(key) = &self.key else {
             return Ok(Grant {
                 access: Access::Write,
@@ -109,23 +193,37 @@ impl Auth {
         };
         let token = token.ok_or(AuthError::Missing)?;
         let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            })?
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
             .claims;
-        // Valid strictly before `exp` (jsonwebtoken still accepts the second of `exp`
-        // itself), so that a session closed at expiry cannot reconnect with its token.
-        // An `exp` past what `SystemTime` holds means "never" (and must not overflow).
+        let denied = |error| Denied {
+            error,
+            subject: claims.sub.clone(),
+        };
+        // Valid strictly before `exp`, so that a session closed at expiry cannot reconnect
+        // with its token. An `exp` past what `SystemTime` holds means "never" (and must
+        // not overflow).
         let expires = UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp));
         if expires.is_some_and(|at| at <= SystemTime::now()) {
-            return Err(AuthError::Expired);
+            return Err(denied(AuthError::Expired));
+        }
+        if let Some(audience) = &self.audience
+            && !claims
+                .aud
+                .as_ref()
+                .is_some_and(|aud| aud.contains(audience))
+        {
+            return Err(denied(AuthError::WrongAudience));
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_ref() != Some(issuer)
+        {
+            return Err(denied(AuthError::WrongIssuer));
         }
         if !grants_room(&claims.room, room) {
-            return Err(AuthError::WrongRoom(room.to_string()));
+            return Err(denied(AuthError::WrongRoom(room.to_string())));
         }
         if claims.perm < need {
-            return Err(AuthError::ReadOnly);
+            return Err(denied(AuthError::ReadOnly));
         }
         Ok(Grant {
             access: claims.perm,
@@ -171,6 +269,8 @@ mod tests {
             perm,
             exp,
             sub: None,
+            aud: None,
+            iss: None,
         };
         mint(SECRET, &claims).unwrap()
     }
@@ -187,11 +287,13 @@ mod tests {
             Access::Read
         );
         assert_eq!(
-            auth.check(Some(&t), "docs/a", Access::Write),
+            auth.check(Some(&t), "docs/a", Access::Write)
+                .map_err(|d| d.error),
             Err(AuthError::ReadOnly)
         );
         assert!(matches!(
-            auth.check(Some(&t), "other", Access::Read),
+            auth.check(Some(&t), "other", Access::Read)
+                .map_err(|d| d.error),
             Err(AuthError::WrongRoom(_))
         ));
         let exact = token("a", Access::Write, later);
@@ -207,25 +309,32 @@ mod tests {
     fn bad_tokens_are_refused() {
         let auth = Auth::new(Some(SECRET));
         let later = expiry_in(Duration::from_secs(60));
-        assert_eq!(auth.check(None, "a", Access::Read), Err(AuthError::Missing));
+        assert_eq!(
+            auth.check(None, "a", Access::Read),
+            Err(AuthError::Missing.into())
+        );
         let expired = token("a", Access::Write, expiry_in(Duration::ZERO) - 2);
         assert_eq!(
             auth.check(Some(&expired), "a", Access::Read),
-            Err(AuthError::Expired)
+            Err(AuthError::Expired.into())
         );
         let claims = Claims {
             room: "a".into(),
             perm: Access::Write,
             exp: later,
             sub: None,
+            aud: None,
+            iss: None,
         };
         let forged = mint("another-secret-of-16+", &claims).unwrap();
         assert!(matches!(
-            auth.check(Some(&forged), "a", Access::Read),
+            auth.check(Some(&forged), "a", Access::Read)
+                .map_err(|d| d.error),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            auth.check(Some("garbage"), "a", Access::Read),
+            auth.check(Some("garbage"), "a", Access::Read)
+                .map_err(|d| d.error),
             Err(AuthError::Invalid(_))
         ));
     }
@@ -237,6 +346,62 @@ mod tests {
             .check(Some(&token("a", Access::Read, u64::MAX)), "a", Access::Read)
             .unwrap();
         assert_eq!(grant.expires, None);
+    }
+
+    fn token_for(aud: Option<Audience>, iss: Option<&str>) -> String {
+        let claims = Claims {
+            room: "a".into(),
+            perm: Access::Write,
+            exp: expiry_in(Duration::from_secs(60)),
+            sub: Some("alice".into()),
+            aud,
+            iss: iss.map(Into::into),
+        };
+        mint(SECRET, &claims).unwrap()
+    }
+
+    #[test]
+    fn aud_and_iss_are_ignored_unless_configured() {
+        let auth = Auth::new(Some(SECRET));
+        let one = token_for(Some(Audience::One("elsewhere".into())), Some("someone"));
+        assert!(auth.check(Some(&one), "a", Access::Write).is_ok());
+        let many = token_for(Some(Audience::Many(vec!["x".into(), "y".into()])), None);
+        assert!(auth.check(Some(&many), "a", Access::Write).is_ok());
+    }
+
+    #[test]
+    fn a_configured_audience_and_issuer_must_match() {
+        let settings = Settings {
+            auth_secret: Some(SECRET.into()),
+            token_audience: Some("collabd".into()),
+            token_issuer: Some("https://login.example".into()),
+            ..Settings::default()
+        };
+        let auth = Auth::from_settings(&settings);
+        let right_aud = || Some(Audience::Many(vec!["other".into(), "collabd".into()]));
+        let right_iss = Some("https://login.example");
+        let check = |t: String| auth.check(Some(&t), "a", Access::Write);
+        assert!(check(token_for(right_aud(), right_iss)).is_ok());
+        assert!(check(token_for(Some(Audience::One("collabd".into())), right_iss)).is_ok());
+        let wrong_aud = Denied {
+            error: AuthError::WrongAudience,
+            subject: Some("alice".into()),
+        };
+        assert_eq!(
+            check(token_for(Some(Audience::One("other".into())), right_iss)),
+            Err(wrong_aud.clone())
+        );
+        assert_eq!(check(token_for(None, right_iss)), Err(wrong_aud));
+        let wrong_iss = Err(Denied {
+            error: AuthError::WrongIssuer,
+            subject: Some("alice".into()),
+        });
+        assert_eq!(
+            check(token_for(right_aud(), Some("https://evil"))),
+            wrong_iss
+        );
+        assert_eq!(check(token_for(right_aud(), None)), wrong_iss);
+        assert!(!AuthError::WrongAudience.is_forbidden(), "401, not 403");
     }
 
     #[test]

@@ -4,10 +4,18 @@
 //! (`collabd.toml` in the working directory, or `--config PATH`), environment variables
 //! `COLLABD_<FIELD>` (e.g. `COLLABD_BIND`, `COLLABD_FLUSH_INTERVAL_MS`), command-line flags.
 //! Every field is documented here and in `collabd.example.toml`.
+//!
+//! Unknown keys in the file are an error. `COLLABD_*` variables that name no setting are
+//! ignored with one warning: orchestrators inject `<SERVICE>_PORT`-style variables
+//! (`COLLABD_PORT=tcp://10.0.0.1:1234`, `COLLABD_SERVICE_HOST`) that share the prefix.
+//! [`Settings::load`] then checks every value alone and against the others, so that a
+//! bad combination stops the server before it binds rather than panicking or stalling.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use config::Source as _;
 use serde::{Deserialize, Serialize};
 
 /// Everything the server can be told. Durations are whole milliseconds so that a value
@@ -23,9 +31,11 @@ pub struct Settings {
     /// one frame, so this must exceed the biggest document a client may send at once.
     pub max_frame_bytes: usize,
     /// Group commit: how long the flusher waits after the first unflushed append before it
-    /// makes everything appended so far durable with one flush.
+    /// makes everything appended so far durable with one flush. 0: flush as soon as
+    /// anything is appended (no batching).
     pub flush_interval_ms: u64,
-    /// A room with no sessions for this long is flushed and stopped; the next use reloads it.
+    /// A room with no sessions for this long is flushed and stopped; the next use reloads
+    /// it. 0: as soon as it is unused.
     pub room_idle_ms: u64,
     /// Awareness entries (presence, cursors) not renewed for this long are removed.
     /// Yjs clients renew theirs every 15 s.
@@ -34,32 +44,38 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// How many of the most recent updates stay in the log after a snapshot (the replay
     /// window that reconnecting clients are served from); older records are deleted.
+    /// At least `snapshot_every`.
     pub replay_window: u64,
     /// WebSocket ping interval.
     pub heartbeat_interval_ms: u64,
     /// A WebSocket session that sends nothing (not even a pong) for this long is closed.
+    /// Longer than `heartbeat_interval_ms`.
     pub client_timeout_ms: u64,
     /// Most messages a WebSocket session may have queued for sending; a session that falls
     /// further behind is closed with code 4008 ("slow consumer") and re-syncs on reconnect.
     pub outbound_queue_messages: usize,
     /// Comment heartbeat interval on SSE streams (keeps proxies from closing them).
     pub sse_heartbeat_ms: u64,
-    /// The `retry:` hint sent to EventSource clients: how soon to reconnect.
+    /// The `retry:` hint sent to EventSource clients: how soon to reconnect (0: at once).
     pub sse_retry_ms: u64,
     /// Events an SSE stream may have queued; a stream that falls further behind is ended
     /// and the client resumes from its Last-Event-ID.
     pub sse_queue_events: usize,
-    /// Longest a long poll is held (`wait` is capped to this).
+    /// Longest a long poll is held (`wait` is capped to this; 0: no long polling, every
+    /// poll is answered at once).
     pub poll_max_wait_ms: u64,
     /// Most updates in one poll answer; the client continues from the last seq it got.
     pub poll_batch_limit: usize,
-    /// Threads that run room actors; 0 means one per CPU.
+    /// Threads that run room actors; 0 means one per CPU. At most [`MAX_THREADS`].
     pub room_threads: usize,
-    /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU.
+    /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU. At most
+    /// [`MAX_THREADS`].
     pub http_workers: usize,
     /// Bytes a WebSocket session may have queued for sending (with
     /// `outbound_queue_messages`, whichever is reached first); one frame larger than this
-    /// is still sent when nothing else is queued.
+    /// is still sent when nothing else is queued. At least the largest update a client
+    /// may send (`max_frame_bytes`, or `max_doc_bytes` if smaller), so that every
+    /// accepted update can be queued for the other sessions.
     pub outbound_queue_bytes: usize,
     /// Long-lived connections (WebSocket sessions, SSE streams and held long polls) the
     /// server holds at once; beyond that new ones get 503 with `Retry-After`.
@@ -103,9 +119,24 @@ pub struct Settings {
     pub auth_secret: Option<String>,
     /// Browser origins allowed to open WebSocket and SSE connections (exact match of the
     /// `Origin` header, e.g. `https://app.example.com`). Empty: any origin. Requests
-    /// without an `Origin` header (non-browser clients) are not affected.
+    /// without an `Origin` header (non-browser clients) are not affected. An origin has no
+    /// path, not even a trailing `/`.
     pub allowed_origins: Vec<String>,
+    /// With it set, a token is accepted only if its `aud` claim (a string or an array of
+    /// strings) contains this value. Unset: `aud` is not checked, and a token may carry one
+    /// or not. Needs `auth_secret`.
+    pub token_audience: Option<String>,
+    /// With it set, a token is accepted only if its `iss` claim is this value. Unset: `iss`
+    /// is not checked. Needs `auth_secret`.
+    pub token_issuer: Option<String>,
 }
+
+/// Most threads `room_threads` and `http_workers` may ask for; more is taken for a typo
+/// (spawning them would fail, and fail late).
+pub const MAX_THREADS: usize = 1024;
+
+/// Most frames or events a queue may be bounded to (tokio's channels cannot count more).
+pub const MAX_QUEUE_LEN: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -144,6 +175,8 @@ impl Default for Settings {
             max_doc_bytes: 64 * 1024 * 1024,
             auth_secret: None,
             allowed_origins: Vec::new(),
+            token_audience: None,
+            token_issuer: None,
         }
     }
 }
@@ -284,6 +317,14 @@ pub struct Overrides {
     /// Browser origins allowed for WebSocket/SSE, comma-separated [default: any]
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Tokens must name this audience in `aud` [default: not checked]
+    #[arg(long)]
+    pub token_audience: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Tokens must name this issuer in `iss` [default: not checked]
+    #[arg(long)]
+    pub token_issuer: Option<String>,
 }
 
 /// Why the settings could not be assembled.
@@ -298,21 +339,91 @@ pub enum ConfigError {
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "collabd.toml";
 
+/// Environment variables `COLLABD_<FIELD>` set the field.
+const ENV_PREFIX: &str = "COLLABD";
+
+/// Whether `key` names a field of [`Settings`].
+fn is_setting(key: &str) -> bool {
+    let fields = serde_json::to_value(Settings::default()).expect("settings serialize");
+    fields.as_object().is_some_and(|f| f.contains_key(key))
+}
+
+/// Splits the `COLLABD_*` variables of `env` into those that name a setting (matched
+/// case-insensitively, as the `config` crate does) and the names of the others. Other
+/// variables are left out. A setting's value must be UTF-8.
+fn settings_in_env(
+    env: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<(config::Map<String, String>, Vec<String>), ConfigError> {
+    let prefix = format!("{ENV_PREFIX}_").to_lowercase();
+    let mut known = config::Map::new();
+    let mut ignored = Vec::new();
+    for (key, value) in env {
+        let key = key.to_string_lossy().into_owned();
+        let Some(field) = key.to_lowercase().strip_prefix(&prefix).map(str::to_owned) else {
+            continue;
+        };
+        if !is_setting(&field) {
+            ignored.push(key);
+            continue;
+        }
+        let value = value.into_string().map_err(|_| {
+            ConfigError::Invalid(format!("environment variable {key} is not valid UTF-8"))
+        })?;
+        known.insert(key, value);
+    }
+    ignored.sort();
+    Ok((known, ignored))
+}
+
 impl Settings {
     /// Layers defaults, the file, the environment and `overrides`, then validates.
     /// An explicitly named file must exist; the default one is optional.
+    /// `COLLABD_*` variables that name no setting are ignored with one warning.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let (settings, ignored) = Settings::load_with_env(file, overrides, std::env::vars_os())?;
+        if !ignored.is_empty() {
+            log::warn!(
+                "ignoring {} environment variables that share the COLLABD_ prefix but name \
+                 no setting: {}",
+                ignored.len(),
+                ignored.join(", ")
+            );
+        }
+        Ok(settings)
+    }
+
+    /// [`Settings::load`] with the environment given; also returns the names of the
+    /// `COLLABD_*` variables that were ignored.
+    fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
+        let (env, ignored) = settings_in_env(env)?;
         let defaults = config::Config::try_from(&Settings::default())?;
         let file_source = match file {
             Some(path) => config::File::from(path).required(true),
             None => config::File::with_name(DEFAULT_CONFIG_FILE).required(false),
-        };
+        }
+        .format(config::FileFormat::Toml);
+        // Checked here rather than left to serde, so that the error names the file.
+        let mut unknown: Vec<String> = file_source.collect()?.into_keys().collect();
+        unknown.retain(|key| !is_setting(key));
+        if !unknown.is_empty() {
+            unknown.sort();
+            let name = file.unwrap_or(Path::new(DEFAULT_CONFIG_FILE)).display();
+            return Err(ConfigError::Invalid(format!(
+                "{name}: unknown keys: {} (see collabd.example.toml for every key)",
+                unknown.join(", ")
+            )));
+        }
         let flags = config::Config::try_from(overrides)?;
         let settings: Settings = config::Config::builder()
             .add_source(defaults)
-            .add_source(file_source.format(config::FileFormat::Toml))
+            .add_source(file_source)
             .add_source(
-                config::Environment::with_prefix("COLLABD")
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .source(Some(env))
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("allowed_origins"),
@@ -321,13 +432,21 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         settings.validate()?;
-        Ok(settings)
+        Ok((settings, ignored))
     }
 
+    /// Checks every setting alone and against the others; the error names every
+    /// violation and the settings involved.
+    ///
+    /// Zero is refused where it would panic (timers, channels), stall (a poll batch of
+    /// nothing) or refuse everything (limits, rates). It is allowed where it means
+    /// something: `flush_interval_ms` (flush at once), `room_idle_ms` (unload at once),
+    /// `sse_retry_ms` (reconnect at once), `poll_max_wait_ms` (no long polling),
+    /// `room_threads` and `http_workers` (one per CPU).
     fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
-            ("flush_interval_ms", self.flush_interval_ms.max(1)),
             ("snapshot_every", self.snapshot_every),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("client_timeout_ms", self.client_timeout_ms),
@@ -337,6 +456,9 @@ impl Settings {
                 self.outbound_queue_messages as u64,
             ),
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("sse_heartbeat_ms", self.sse_heartbeat_ms),
+            ("sse_queue_events", self.sse_queue_events as u64),
+            ("poll_batch_limit", self.poll_batch_limit as u64),
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_room",
@@ -354,22 +476,90 @@ impl Settings {
             ("session_burst", self.session_burst.into()),
             ("max_doc_bytes", self.max_doc_bytes as u64),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(ConfigError::Invalid(format!(
-                "{name} must be greater than 0"
-            )));
+        for (name, _) in positive.iter().filter(|(_, v)| *v == 0) {
+            errors.push(format!("{name} must be greater than 0"));
+        }
+        for (name, value) in [
+            ("outbound_queue_messages", self.outbound_queue_messages),
+            ("sse_queue_events", self.sse_queue_events),
+        ] {
+            if value > MAX_QUEUE_LEN {
+                errors.push(format!("{name} must be at most {MAX_QUEUE_LEN}"));
+            }
+        }
+        for (name, value) in [
+            ("room_threads", self.room_threads),
+            ("http_workers", self.http_workers),
+        ] {
+            if value > MAX_THREADS {
+                errors.push(format!(
+                    "{name} must be at most {MAX_THREADS} (0 = one per CPU)"
+                ));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            errors.push("data_dir must not be empty".into());
         }
         if self.client_timeout_ms <= self.heartbeat_interval_ms {
-            return Err(ConfigError::Invalid(
-                "client_timeout_ms must be greater than heartbeat_interval_ms".into(),
+            errors.push(format!(
+                "client_timeout_ms ({}) must be greater than heartbeat_interval_ms ({}): \
+                 a client answering every ping would still time out",
+                self.client_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.replay_window < self.snapshot_every {
+            errors.push(format!(
+                "replay_window ({}) must be at least snapshot_every ({})",
+                self.replay_window, self.snapshot_every
+            ));
+        }
+        // The largest update a client can get accepted is bounded by both limits; it is
+        // broadcast as one frame, which must fit the other sessions' byte budget.
+        let largest_update = self.max_frame_bytes.min(self.max_doc_bytes);
+        if self.outbound_queue_bytes < largest_update {
+            let (name, value) = if self.max_frame_bytes <= self.max_doc_bytes {
+                ("max_frame_bytes", self.max_frame_bytes)
+            } else {
+                ("max_doc_bytes", self.max_doc_bytes)
+            };
+            errors.push(format!(
+                "outbound_queue_bytes ({}) must be at least {name} ({value}): an update of \
+                 that size could not be queued for the other sessions",
+                self.outbound_queue_bytes
             ));
         }
         if self.auth_secret.as_deref().is_some_and(|s| s.len() < 16) {
-            return Err(ConfigError::Invalid(
-                "auth_secret must be at least 16 bytes".into(),
-            ));
+            errors.push("auth_secret must be at least 16 bytes".into());
         }
-        Ok(())
+        for (name, value) in [
+            ("token_audience", &self.token_audience),
+            ("token_issuer", &self.token_issuer),
+        ] {
+            match value.as_deref() {
+                None => {}
+                Some("") => errors.push(format!("{name} must not be empty (leave it unset)")),
+                Some(_) if self.auth_secret.is_none() => errors.push(format!(
+                    "{name} is set but auth_secret is not: without a secret no token is checked"
+                )),
+                Some(_) => {}
+            }
+        }
+        for origin in &self.allowed_origins {
+            let path = origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('/'));
+            if origin.is_empty() || path {
+                errors.push(format!(
+                    "allowed_origins: {origin:?} is not an origin (scheme://host[:port], no \
+                     path, no trailing /)"
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors.join("; ")))
+        }
     }
 
     pub fn flush_interval(&self) -> Duration {
@@ -426,7 +616,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "bindd = \"x\"\n").unwrap();
-        assert!(Settings::load(Some(&file), &Overrides::default()).is_err());
+        let err = Settings::load(Some(&file), &Overrides::default()).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("c.toml: unknown keys: bindd"), "{err}");
         let zero = Overrides {
             snapshot_every: Some(0),
             ..Overrides::default()
@@ -436,5 +628,213 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let err = Settings::load(Some(&file), &zero).unwrap_err();
         assert!(err.to_string().contains("snapshot_every"), "{err}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        vars.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<(Settings, Vec<String>), ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "").unwrap();
+        Settings::load_with_env(Some(&file), &Overrides::default(), env(vars))
+    }
+
+    #[test]
+    fn prefixed_variables_that_name_no_setting_are_ignored_and_named() {
+        let (settings, ignored) = load_env(&[
+            ("COLLABD_PORT", "tcp://10.0.0.1:1234"),
+            ("COLLABD_SERVICE_HOST", "10.0.0.1"),
+            ("COLLABD_SNAPSHOT_EVERY", "7"),
+            ("collabd_replay_window", "70"),
+            ("PATH", "/bin"),
+        ])
+        .unwrap();
+        assert_eq!(ignored, ["COLLABD_PORT", "COLLABD_SERVICE_HOST"]);
+        assert_eq!(settings.snapshot_every, 7);
+        assert_eq!(settings.replay_window, 70);
+        // A setting's bad value is still an error.
+        let err = load_env(&[("COLLABD_SNAPSHOT_EVERY", "many")]).unwrap_err();
+        assert!(err.to_string().contains("snapshot_every"), "{err}");
+    }
+
+    #[test]
+    fn a_non_utf8_value_is_ignored_unless_it_is_a_setting() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(vec![0xff, 0xfe]);
+        let vars = vec![("COLLABD_SERVICE_HOST".into(), bad.clone())];
+        assert!(Settings::load_with_env(None, &Overrides::default(), vars).is_ok());
+        let vars = vec![("COLLABD_BIND".into(), bad)];
+        let err = Settings::load_with_env(None, &Overrides::default(), vars).unwrap_err();
+        assert!(err.to_string().contains("COLLABD_BIND"), "{err}");
+    }
+
+    /// The validation error for `settings`, which must be invalid.
+    fn invalid(settings: Settings) -> String {
+        settings.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_panic_or_stall() {
+        for (name, settings) in [
+            (
+                "sse_queue_events",
+                Settings {
+                    sse_queue_events: 0,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "sse_heartbeat_ms",
+                Settings {
+                    sse_heartbeat_ms: 0,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "poll_batch_limit",
+                Settings {
+                    poll_batch_limit: 0,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "outbound_queue_messages",
+                Settings {
+                    outbound_queue_messages: 0,
+                    ..Settings::default()
+                },
+            ),
+        ] {
+            let err = invalid(settings);
+            assert!(
+                err.contains(&format!("{name} must be greater than 0")),
+                "{err}"
+            );
+        }
+        let meaningful_zeros = Settings {
+            flush_interval_ms: 0,
+            room_idle_ms: 0,
+            sse_retry_ms: 0,
+            poll_max_wait_ms: 0,
+            room_threads: 0,
+            http_workers: 0,
+            ..Settings::default()
+        };
+        meaningful_zeros.validate().unwrap();
+    }
+
+    #[test]
+    fn queue_lengths_and_thread_counts_are_bounded() {
+        let err = invalid(Settings {
+            sse_queue_events: usize::MAX,
+            ..Settings::default()
+        });
+        assert!(err.contains("sse_queue_events must be at most"), "{err}");
+        let err = invalid(Settings {
+            room_threads: 100_000,
+            ..Settings::default()
+        });
+        assert!(err.contains("room_threads must be at most 1024"), "{err}");
+    }
+
+    #[test]
+    fn the_replay_window_covers_at_least_one_snapshot_interval() {
+        let err = invalid(Settings {
+            snapshot_every: 10,
+            replay_window: 5,
+            ..Settings::default()
+        });
+        assert!(
+            err.contains("replay_window (5) must be at least snapshot_every (10)"),
+            "{err}"
+        );
+        Settings {
+            snapshot_every: 10,
+            replay_window: 10,
+            ..Settings::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_outbound_queue_holds_the_largest_acceptable_update() {
+        let err = invalid(Settings {
+            max_frame_bytes: 2_000_000,
+            outbound_queue_bytes: 1_000_000,
+            ..Settings::default()
+        });
+        assert!(
+            err.contains(
+                "outbound_queue_bytes (1000000) must be at least max_frame_bytes (2000000)"
+            ),
+            "{err}"
+        );
+        // A smaller document limit bounds updates too.
+        let err = invalid(Settings {
+            max_doc_bytes: 2_000_000,
+            outbound_queue_bytes: 1_000_000,
+            ..Settings::default()
+        });
+        assert!(
+            err.contains("must be at least max_doc_bytes (2000000)"),
+            "{err}"
+        );
+        Settings {
+            max_doc_bytes: 1_000_000,
+            outbound_queue_bytes: 1_000_000,
+            ..Settings::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn token_claim_checks_need_a_secret_and_a_value() {
+        let err = invalid(Settings {
+            token_audience: Some("collabd".into()),
+            ..Settings::default()
+        });
+        assert!(
+            err.contains("token_audience is set but auth_secret is not"),
+            "{err}"
+        );
+        let err = invalid(Settings {
+            auth_secret: Some("0123456789abcdef".into()),
+            token_issuer: Some(String::new()),
+            ..Settings::default()
+        });
+        assert!(err.contains("token_issuer must not be empty"), "{err}");
+    }
+
+    #[test]
+    fn origins_with_a_path_are_refused() {
+        let err = invalid(Settings {
+            allowed_origins: vec!["https://a.example/".into(), "https://b.example".into()],
+            ..Settings::default()
+        });
+        assert!(
+            err.contains("\"https://a.example/\" is not an origin"),
+            "{err}"
+        );
+        assert!(!err.contains("b.example"), "{err}");
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let err = invalid(Settings {
+            poll_batch_limit: 0,
+            heartbeat_interval_ms: 60_000,
+            ..Settings::default()
+        });
+        assert!(err.contains("poll_batch_limit"), "{err}");
+        assert!(
+            err.contains(
+                "client_timeout_ms (30000) must be greater than heartbeat_interval_ms (60000)"
+            ),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use collabd::auth::{self, Access, Claims};
+use collabd::auth::{self, Access, Audience, Claims};
 use collabd::config::{Overrides, Settings};
 
 /// A real-time collaborative state server for Yjs clients.
@@ -39,6 +39,12 @@ enum Command {
         /// Optional subject (user id), logged by the server.
         #[arg(long)]
         sub: Option<String>,
+        /// Audience (`aud`) [default: token_audience, if configured]
+        #[arg(long)]
+        aud: Option<String>,
+        /// Issuer (`iss`) [default: token_issuer, if configured]
+        #[arg(long)]
+        iss: Option<String>,
     },
 }
 
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         write,
         ttl,
         sub,
+        aud,
+        iss,
     }) = cli.command
     {
         let Some(secret) = settings.auth_secret.as_deref() else {
@@ -74,6 +82,8 @@ fn main() -> ExitCode {
             perm: if write { Access::Write } else { Access::Read },
             exp: auth::expiry_in(Duration::from_secs(ttl)),
             sub,
+            aud: aud.or(settings.token_audience).map(Audience::One),
+            iss: iss.or(settings.token_issuer),
         };
         return match auth::mint(secret, &claims) {
             Ok(token) => {

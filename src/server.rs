@@ -41,7 +41,7 @@ impl Server {
         );
         let flusher = Flusher::start(store.clone(), settings.flush_interval());
         let registry = Registry::new(store.clone(), flusher.clone(), settings.clone()).start();
-        let auth = Auth::new(settings.auth_secret.as_deref());
+        let auth = Auth::from_settings(&settings);
         if !auth.enabled() {
             warn!(
                 "NO AUTH: auth_secret is not set, so anyone who can reach {} may read and \

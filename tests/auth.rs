@@ -25,6 +25,8 @@ fn token(room: &str, perm: Access, ttl_secs: i64) -> String {
         perm,
         exp,
         sub: Some("tester".into()),
+        aud: None,
+        iss: None,
     };
     mint(SECRET, &claims).unwrap()
 }
@@ -87,6 +89,8 @@ async fn the_auth_matrix_refuses_and_changes_nothing() {
             perm: Access::Write,
             exp: expiry_in(Duration::from_secs(60)),
             sub: None,
+            aud: None,
+            iss: None,
         };
         mint("some-other-secret-0123456789", &claims).unwrap()
     };

@@ -168,6 +168,8 @@ async fn a_read_only_sessions_ack_never_says_stored() {
         perm: Access::Read,
         exp: expiry_in(Duration::from_secs(600)),
         sub: Some("reader".into()),
+        aud: None,
+        iss: None,
     };
     let token = mint(secret, &claims).unwrap();
     let url = format!("{}?token={token}", server.ws_url("ro"));

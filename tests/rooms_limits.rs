@@ -183,6 +183,8 @@ async fn reads_with_a_read_token_load_nothing_and_cannot_write() {
         perm: Access::Read,
         exp: expiry_in(Duration::from_secs(600)),
         sub: None,
+        aud: None,
+        iss: None,
     };
     let token = mint(SECRET, &claims).unwrap();
     read_rooms_that_do_not_exist(&server, &format!("token={token}")).await;

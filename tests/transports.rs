@@ -92,7 +92,7 @@ async fn sse_sends_a_snapshot_when_replay_is_impossible_and_400_for_a_bad_id() {
     let dir = tempdir();
     let server = TestServer::start(
         dir.path(),
-        &["--snapshot-every", "10", "--replay-window", "5"],
+        &["--snapshot-every", "10", "--replay-window", "10"],
     );
     let room = "sse/window";
     let writer = HttpWriter::new();

@@ -13,7 +13,7 @@ use actix_web::http::header::{AUTHORIZATION, ORIGIN};
 use super::AppState;
 use super::error::ApiError;
 use super::rooms::query_param;
-use crate::auth::{Access, Grant};
+use crate::auth::{Access, Grant, Sub};
 use crate::limits::{Permit, Refusal};
 use crate::metrics::metrics;
 
@@ -51,10 +51,16 @@ pub fn authorize(
     need: Access,
 ) -> Result<Grant, ApiError> {
     let token = token(req)?;
-    state.auth.check(token.as_deref(), room, need).map_err(|e| {
-        refused("auth");
-        ApiError::from(e)
-    })
+    state
+        .auth
+        .check(token.as_deref(), room, need)
+        .map_err(|denied| {
+            refused("auth");
+            let mut error = ApiError::from(denied.error);
+            // The holder knows its own `sub`; it is there for the log line of the refusal.
+            error.message += &Sub(denied.subject.as_deref()).to_string();
+            error
+        })
 }
 
 /// Refuses a browser whose `Origin` is not allowed (when an allow-list is configured).

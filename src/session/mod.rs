@@ -12,8 +12,9 @@
 //! The session also enforces what its token allows: a read-only session's writes are
 //! dropped here (never reach the room) and answered with y-protocols' permission-denied
 //! message; when the token expires the session is closed with [`close::TOKEN_EXPIRED`].
-//! Inbound frames pass a token bucket; a client that exhausts it is closed with
-//! [`close::RATE_LIMIT`].
+//! Inbound frames (pings included) pass a token bucket; a client that exhausts it is
+//! closed with [`close::RATE_LIMIT`]. A client's ping is answered with a pong carrying
+//! the same payload (RFC 6455 §5.5.2).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::{Access, Grant};
+use crate::auth::{Access, Grant, Sub};
 use crate::config::Settings;
 use crate::limits::{Permit, TokenBucket};
 use crate::metrics::{ConnectionGauge, metrics};
@@ -77,6 +78,8 @@ pub struct WsSession {
     settings: Arc<Settings>,
     access: Access,
     expires: Option<SystemTime>,
+    /// The token's `sub`, for the session's log lines.
+    subject: Option<String>,
     rate: TokenBucket,
     /// `collabd_bytes_in_total{transport="ws"}`, resolved once (a label lookup per frame
     /// takes a lock).
@@ -115,6 +118,7 @@ impl WsSession {
                 settings,
                 access: grant.access,
                 expires: grant.expires,
+                subject: grant.subject,
                 _permit: permit,
                 _gauge: ConnectionGauge::open("ws"),
             }
@@ -136,14 +140,22 @@ impl WsSession {
         ctx.stop();
     }
 
+    /// Takes a token from the rate bucket; closes the session when there is none.
+    fn within_rate(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.rate.take() {
+            return true;
+        }
+        warn!(
+            "session {} in room {:?}: over {} frames/s (burst {}), closing",
+            self.id, self.room_name, self.settings.session_rate, self.settings.session_burst
+        );
+        self.close(ctx, close::RATE_LIMIT, "rate limit");
+        false
+    }
+
     fn on_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
         self.bytes_in.inc_by(frame.len() as u64);
-        if !self.rate.take() {
-            warn!(
-                "session {} in room {:?}: over {} frames/s (burst {}), closing",
-                self.id, self.room_name, self.settings.session_rate, self.settings.session_burst
-            );
-            self.close(ctx, close::RATE_LIMIT, "rate limit");
+        if !self.within_rate(ctx) {
             return;
         }
         match protocol::decode_frame(&frame) {
@@ -249,17 +261,17 @@ impl WsSession {
     }
 }
 
-/// Drains the outbound queue into the socket. An empty `Bytes` means "ping".
+/// Drains the outbound queue into the socket.
 async fn write_loop(
     mut socket: actix_ws::Session,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<CloseReason>,
     queued_bytes: Arc<AtomicUsize>,
 ) {
     let m = metrics();
     let sent_bytes = m.bytes_out.with_label_values(&["ws"]);
-    let dequeued = |frame: &Bytes| {
-        if !frame.is_empty() {
+    let dequeued = |frame: &Outgoing| {
+        if let Outgoing::Binary(frame) = frame {
             queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
             m.outbound_queued_frames.dec();
             m.outbound_queued_bytes.sub(frame.len() as i64);
@@ -277,15 +289,17 @@ async fn write_loop(
             },
         };
         dequeued(&frame);
-        sent_bytes.inc_by(frame.len() as u64);
         let sent = tokio::select! {
             biased;
             reason = &mut close => break reason.ok(),
             sent = async {
-                if frame.is_empty() {
-                    socket.ping(b"").await
-                } else {
-                    socket.binary(frame).await
+                match frame {
+                    Outgoing::Binary(frame) => {
+                        sent_bytes.inc_by(frame.len() as u64);
+                        socket.binary(frame).await
+                    }
+                    Outgoing::Ping => socket.ping(b"").await,
+                    Outgoing::Pong(payload) => socket.pong(&payload).await,
                 }
             } => sent,
         };
@@ -331,20 +345,32 @@ impl Actor for WsSession {
                 .unwrap_or_default();
             ctx.run_later(left, |act, ctx| {
                 info!(
-                    "session {} in room {:?}: token expired",
-                    act.id, act.room_name
+                    "session {} in room {:?}: token expired{}",
+                    act.id,
+                    act.room_name,
+                    Sub(act.subject.as_deref())
                 );
                 act.close(ctx, close::TOKEN_EXPIRED, "token expired");
             });
         }
-        debug!("session {} opened in room {:?}", self.id, self.room_name);
+        debug!(
+            "session {} opened in room {:?}{}",
+            self.id,
+            self.room_name,
+            Sub(self.subject.as_deref())
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         if let Some(room) = &self.room {
             room.do_send(Leave { session: self.id });
         }
-        debug!("session {} closed in room {:?}", self.id, self.room_name);
+        debug!(
+            "session {} closed in room {:?}{}",
+            self.id,
+            self.room_name,
+            Sub(self.subject.as_deref())
+        );
     }
 }
 
@@ -357,7 +383,14 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 warn!("session {}: text frame refused", self.id);
                 self.close(ctx, close::UNSUPPORTED, "text frames are not supported");
             }
-            Ok(AggregatedMessage::Ping(_)) | Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Ping(payload)) => {
+                // Behind what is already queued; a full queue drops the pong, and the
+                // room's next push closes the slow consumer.
+                if self.within_rate(ctx) {
+                    let _ = self.queue.send(Outgoing::Pong(payload));
+                }
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
                 debug!("session {}: client closed: {reason:?}", self.id);
                 self.close(ctx, 1000, "");
@@ -411,19 +444,30 @@ pub enum QueueError {
     Closed,
 }
 
-/// A session's bounded outbound queue. The room (and the session itself, for pings and
-/// permission-denied answers) pushes encoded frames; the session's writer task drains
-/// them into the socket. An empty frame means "ping".
+/// What the writer task sends.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An encoded y-websocket frame; only these count towards `outbound_queue_bytes`.
+    Binary(Bytes),
+    /// The heartbeat.
+    Ping,
+    /// The answer to a client's ping, with its payload.
+    Pong(Bytes),
+}
+
+/// A session's bounded outbound queue. The room (and the session itself, for pings,
+/// pongs and permission-denied answers) pushes encoded frames; the session's writer task
+/// drains them into the socket. An empty frame means "ping".
 #[derive(Clone)]
 pub struct OutboundQueue {
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<Outgoing>,
     /// Bytes queued; the writer subtracts what it has written.
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
 }
 
 impl OutboundQueue {
-    pub fn new(settings: &Settings) -> (OutboundQueue, mpsc::Receiver<Bytes>) {
+    pub fn new(settings: &Settings) -> (OutboundQueue, mpsc::Receiver<Outgoing>) {
         let (frames, receiver) = mpsc::channel(settings.outbound_queue_messages);
         let queue = OutboundQueue {
             frames,
@@ -441,9 +485,10 @@ impl OutboundQueue {
         if queued > 0 && queued + len > self.max_bytes {
             return Err(QueueError::Full);
         }
-        self.frames.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        self.send(if len == 0 {
+            Outgoing::Ping
+        } else {
+            Outgoing::Binary(frame)
         })?;
         if len > 0 {
             self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -452,6 +497,14 @@ impl OutboundQueue {
             m.outbound_queued_bytes.add(len as i64);
         }
         Ok(())
+    }
+
+    /// Queues `item` without waiting; bounded in frames here (`push` checks the bytes).
+    fn send(&self, item: Outgoing) -> Result<(), QueueError> {
+        self.frames.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
     }
 
     /// Frames and bytes waiting, for the slow-consumer log line.
