@@ -109,6 +109,12 @@ pub struct Settings {
     pub session_rate: u32,
     /// …and burst. A session that exhausts it is closed with 1008 ("rate limit").
     pub session_burst: u32,
+    /// Per-session byte-rate limit (token bucket over inbound bytes): sustained bytes per
+    /// second…
+    pub session_bytes_rate: u32,
+    /// …and burst (at least `max_frame_bytes`, so that one largest frame always fits). A
+    /// session that exhausts it is closed with 1008 ("rate limit").
+    pub session_bytes_burst: u32,
     /// Largest document a room may grow to, in bytes of its encoded state (estimated as
     /// the last snapshot plus the updates since). Writes that would exceed it are refused;
     /// the room stays readable.
@@ -172,6 +178,8 @@ impl Default for Settings {
             max_rooms: 10_000,
             session_rate: 200,
             session_burst: 2_000,
+            session_bytes_rate: 1024 * 1024,
+            session_bytes_burst: 32 * 1024 * 1024,
             max_doc_bytes: 64 * 1024 * 1024,
             auth_secret: None,
             allowed_origins: Vec::new(),
@@ -309,6 +317,14 @@ pub struct Overrides {
     /// Inbound frames per session in a burst [default: 2000]
     #[arg(long)]
     pub session_burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Inbound bytes per second per session, sustained [default: 1048576]
+    #[arg(long)]
+    pub session_bytes_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Inbound bytes per session in a burst, at least max_frame_bytes [default: 33554432]
+    #[arg(long)]
+    pub session_bytes_burst: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Largest document per room, in bytes [default: 67108864]
     #[arg(long)]
@@ -474,6 +490,8 @@ impl Settings {
             ("max_rooms", self.max_rooms as u64),
             ("session_rate", self.session_rate.into()),
             ("session_burst", self.session_burst.into()),
+            ("session_bytes_rate", self.session_bytes_rate.into()),
+            ("session_bytes_burst", self.session_bytes_burst.into()),
             ("max_doc_bytes", self.max_doc_bytes as u64),
         ];
         for (name, _) in positive.iter().filter(|(_, v)| *v == 0) {
@@ -526,6 +544,13 @@ impl Settings {
                 "outbound_queue_bytes ({}) must be at least {name} ({value}): an update of \
                  that size could not be queued for the other sessions",
                 self.outbound_queue_bytes
+            ));
+        }
+        if (self.session_bytes_burst as usize) < self.max_frame_bytes {
+            errors.push(format!(
+                "session_bytes_burst ({}) must be at least max_frame_bytes ({}): a frame of \
+                 that size could never be accepted",
+                self.session_bytes_burst, self.max_frame_bytes
             ));
         }
         if self.auth_secret.as_deref().is_some_and(|s| s.len() < 16) {

@@ -40,12 +40,21 @@ impl TokenBucket {
         self.take_at(Instant::now())
     }
 
+    /// Takes `n` tokens if there are that many (a byte budget takes a frame's size).
+    pub fn take_n(&mut self, n: usize) -> bool {
+        self.take_n_at(n as f64, Instant::now())
+    }
+
     fn take_at(&mut self, now: Instant) -> bool {
+        self.take_n_at(1.0, now)
+    }
+
+    fn take_n_at(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false

@@ -269,7 +269,16 @@ async fn the_server_survives_mutated_frames_over_websockets() {
     let mut rng = Rng(seed);
     let corpus = corpus();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start(dir.path(), &["--session-burst", "100000"]);
+    // One client reconnecting after every close: past the per-IP admission share.
+    let args = [
+        "--session-burst",
+        "100000",
+        "--admission-rate-per-ip",
+        "5000",
+        "--admission-burst-per-ip",
+        "5000",
+    ];
+    let mut server = TestServer::start(dir.path(), &args);
 
     let mut bystander = YClient::connect(&server, "bystander").await;
     bystander.append("t", "steady").await;

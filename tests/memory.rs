@@ -38,7 +38,14 @@ async fn sse_replay_longer_than_a_page_arrives_whole_in_order_exactly_once() {
 async fn an_sse_stream_that_stops_reading_is_ended_at_its_byte_budget() {
     let dir = tempdir();
     let budget = 1_000_000;
-    let server = TestServer::start(dir.path(), &["--outbound-queue-bytes", &budget.to_string()]);
+    let budget = budget.to_string();
+    let args = [
+        "--outbound-queue-bytes",
+        &budget,
+        "--max-frame-bytes",
+        "500000",
+    ];
+    let server = TestServer::start(dir.path(), &args);
     // A client that opens the stream and never reads from it.
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     write!(
@@ -71,4 +78,37 @@ async fn an_sse_stream_that_stops_reading_is_ended_at_its_byte_budget() {
     // Ended for its bytes, long before its 4,096-event channel could fill.
     server.wait_for_log("limit reached in bytes").await;
     drop(stalled);
+}
+
+/// The per-session budget counts bytes as well as frames: a few large frames past
+/// `session_bytes_burst` close the session (1008) long before the frame budget would.
+#[actix_rt::test]
+async fn a_session_over_its_byte_budget_is_closed_with_1008() {
+    let dir = tempdir();
+    let args = [
+        "--max-frame-bytes",
+        "1000000",
+        "--session-bytes-rate",
+        "100000",
+        "--session-bytes-burst",
+        "2000000",
+    ];
+    let server = TestServer::start(dir.path(), &args);
+    let mut client = common::YClient::connect(&server, "bytes").await;
+    client.until("synced", |c| c.synced).await;
+    for i in 0..5 {
+        if !client
+            .try_send(common::sync_frame(
+                2,
+                &HttpWriter::new().append("t", &format!("{i}").repeat(900_000)),
+            ))
+            .await
+        {
+            break;
+        }
+    }
+    assert_eq!(client.until_closed().await, Some(1008));
+    server
+        .wait_for_log("bytes/s (burst 2000000), closing")
+        .await;
 }

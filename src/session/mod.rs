@@ -81,6 +81,8 @@ pub struct WsSession {
     /// The token's `sub`, for the session's log lines.
     subject: Option<String>,
     rate: TokenBucket,
+    /// The same over inbound bytes: many frames are cheap, many large ones are not.
+    byte_rate: TokenBucket,
     /// `collabd_bytes_in_total{transport="ws"}`, resolved once (a label lookup per frame
     /// takes a lock).
     bytes_in: prometheus::IntCounter,
@@ -114,6 +116,10 @@ impl WsSession {
                 close: Some(close),
                 last_heard: Instant::now(),
                 rate: TokenBucket::new(settings.session_rate, settings.session_burst),
+                byte_rate: TokenBucket::new(
+                    settings.session_bytes_rate,
+                    settings.session_bytes_burst,
+                ),
                 bytes_in: metrics().bytes_in.with_label_values(&["ws"]),
                 settings,
                 access: grant.access,
@@ -140,14 +146,23 @@ impl WsSession {
         ctx.stop();
     }
 
-    /// Takes a token from the rate bucket; closes the session when there is none.
-    fn within_rate(&mut self, ctx: &mut Context<Self>) -> bool {
-        if self.rate.take() {
+    /// Takes a frame's tokens from the rate buckets (one frame, `bytes` bytes); closes the
+    /// session when either is empty.
+    fn within_rate(&mut self, bytes: usize, ctx: &mut Context<Self>) -> bool {
+        let s = &self.settings;
+        let over = if !self.rate.take() {
+            format!("{} frames/s (burst {})", s.session_rate, s.session_burst)
+        } else if !self.byte_rate.take_n(bytes) {
+            format!(
+                "{} bytes/s (burst {})",
+                s.session_bytes_rate, s.session_bytes_burst
+            )
+        } else {
             return true;
-        }
+        };
         warn!(
-            "session {} in room {:?}: over {} frames/s (burst {}), closing",
-            self.id, self.room_name, self.settings.session_rate, self.settings.session_burst
+            "session {} in room {:?}: over {over}, closing",
+            self.id, self.room_name
         );
         self.close(ctx, close::RATE_LIMIT, "rate limit");
         false
@@ -155,7 +170,7 @@ impl WsSession {
 
     fn on_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
         self.bytes_in.inc_by(frame.len() as u64);
-        if !self.within_rate(ctx) {
+        if !self.within_rate(frame.len(), ctx) {
             return;
         }
         match protocol::decode_frame(&frame) {
@@ -386,7 +401,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
             Ok(AggregatedMessage::Ping(payload)) => {
                 // Behind what is already queued; a full queue drops the pong, and the
                 // room's next push closes the slow consumer.
-                if self.within_rate(ctx) {
+                if self.within_rate(payload.len(), ctx) {
                     let _ = self.queue.send(Outgoing::Pong(payload));
                 }
             }
