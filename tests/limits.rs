@@ -220,6 +220,8 @@ async fn a_slow_consumer_is_closed_without_slowing_the_room() {
             "256",
             "--outbound-queue-bytes",
             "1048576",
+            "--max-frame-bytes",
+            "1048576",
             "--session-burst",
             "100000",
         ],

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, Recipient};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Recipient,
+    WrapFuture,
+};
 use bytes::Bytes;
 use log::{debug, error, info, warn};
 use yrs::sync::{Awareness, AwarenessUpdate};
-use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
@@ -24,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use super::core::Refused;
 use super::core::{self, Rejected};
+use super::load;
 use super::messages::{
     ApplyUpdate, CloseSession, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson,
     GetState, Join, Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
@@ -117,6 +120,8 @@ pub struct Room {
     json_cache: Option<(u64, serde_json::Value)>,
     /// How the flusher reaches this room (set when the actor starts).
     flush_notify: Option<FlushNotify>,
+    /// Set by [`Room::loading`]: the actor reads the store when it starts.
+    load_pending: bool,
     /// The store failed under this room: it appends nothing more and stops.
     failed: bool,
     sessions: HashMap<SessionId, Member>,
@@ -135,59 +140,32 @@ pub struct Room {
 }
 
 impl Room {
-    /// Rebuilds the room from its snapshot and the records after it. It flushes first:
-    /// the room shows every loaded seq as durable, and a predecessor that stopped or
-    /// crashed may have appended records no flush covered yet. (A store with nothing
-    /// unflushed answers at once; one whose flush failed refuses, and so the room does
-    /// not load.)
+    /// Rebuilds the room from its snapshot and the records after it, here and now (see
+    /// [`load::read`]; the registry uses [`Room::loading`] instead, which reads off the
+    /// room thread).
     pub fn load(id: u64, name: Arc<str>, deps: RoomDeps) -> Result<Room, StoreError> {
-        let started = Instant::now();
-        deps.store.flush()?;
-        let log = deps.store.load(&name)?;
-        let doc = Doc::new();
-        let mut skipped = 0usize;
-        // One transaction per record: yrs' cost per apply grows with the transaction it
-        // joins, so one transaction for all records is superlinear (100,000 keystrokes:
-        // seconds instead of ~0.1 s; see BENCHMARKS.md, cold load).
-        let snapshot = log.snapshot.as_ref().map(|s| (s.seq, &s.state));
-        let records = log.updates.iter().map(|u| (u.seq, &u.update));
-        for (seq, bytes) in snapshot.into_iter().chain(records) {
-            let applied = Update::decode_v1(bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|u| {
-                    doc.transact_mut()
-                        .apply_update(u)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(e) = applied {
-                error!("room {name:?}: stored record {seq} does not apply, skipped: {e}");
-                skipped += 1;
-            }
-        }
-        let seq = log.last_seq();
-        let snapshot_seq = log.snapshot.as_ref().map_or(0, |s| s.seq);
-        let doc_bytes = log.snapshot.as_ref().map_or(0, |s| s.state.len())
-            + log.updates.iter().map(|u| u.update.len()).sum::<usize>();
-        metrics()
-            .room_load_seconds
-            .observe(started.elapsed().as_secs_f64());
-        info!(
-            "room {name:?} loaded: seq {seq}, snapshot at {snapshot_seq}, {} records replayed{} in {} ms",
-            log.updates.len(),
-            if skipped > 0 {
-                format!(" ({skipped} skipped)")
-            } else {
-                String::new()
-            },
-            started.elapsed().as_millis()
-        );
+        let loaded = load::read(&*deps.store, &name)?;
         let mut room = Room::empty(id, name, deps);
-        room.awareness = Awareness::new(doc);
-        room.seq = seq;
-        room.durable_seq = seq;
-        room.snapshot_seq = snapshot_seq;
-        room.doc_bytes = doc_bytes;
+        room.install(loaded);
         Ok(room)
+    }
+
+    /// A room that loads itself when its actor starts: the store is read on the blocking
+    /// pool while the room's mailbox waits, so the room thread keeps serving other rooms.
+    pub fn loading(id: u64, name: Arc<str>, deps: RoomDeps) -> Room {
+        let mut room = Room::empty(id, name, deps);
+        room.load_pending = true;
+        room
+    }
+
+    fn install(&mut self, loaded: load::Loaded) {
+        self.awareness = Awareness::new(loaded.doc);
+        self.seq = loaded.seq;
+        self.durable_seq = loaded.seq;
+        self.snapshot_seq = loaded.snapshot_seq;
+        self.doc_bytes = loaded.doc_bytes;
+        self.state_cache = None;
+        self.json_cache = None;
     }
 
     /// A room with an empty document and nothing logged.
@@ -204,6 +182,7 @@ impl Room {
             state_cache: None,
             json_cache: None,
             flush_notify: None,
+            load_pending: false,
             failed: false,
             sessions: HashMap::new(),
             undurable: VecDeque::new(),
@@ -724,6 +703,26 @@ impl Actor for Room {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let room = ctx.address();
         self.flush_notify = Some(Arc::new(move |report| room.do_send(Flushed(report))));
+        if std::mem::take(&mut self.load_pending) {
+            let (store, name) = (self.deps.store.clone(), self.name.clone());
+            // `wait`: no message is handled before the room holds what the store has.
+            ctx.wait(
+                actix_rt::task::spawn_blocking(move || load::read(&*store, &name))
+                    .into_actor(self)
+                    .map(|loaded, room, ctx| match loaded {
+                        Ok(Ok(loaded)) => room.install(loaded),
+                        Ok(Err(e)) => {
+                            // The next use tries the store again.
+                            error!("room {:?} failed to load: {e}", room.name);
+                            ctx.stop();
+                        }
+                        Err(e) => {
+                            error!("room {:?}: loading panicked: {e}", room.name);
+                            ctx.stop();
+                        }
+                    }),
+            );
+        }
         let settings = &self.deps.settings;
         let period = settings.room_idle().min(settings.awareness_timeout()) / 4;
         ctx.run_interval(period.max(Duration::from_millis(10)), Room::tick);

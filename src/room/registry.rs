@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, Arbiter, ArbiterHandle, AsyncContext, Context,
-    Handler, Message, MessageResult, ResponseActFuture, WrapFuture,
+    Actor, ActorFutureExt, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler, Message,
+    MessageResult, ResponseActFuture, WrapFuture,
 };
 use log::{debug, error, info};
 
@@ -113,18 +113,7 @@ impl Registry {
         };
         let room_name = name.clone();
         let arbiter = self.next_arbiter();
-        let addr = Room::start_in_arbiter(&arbiter, move |ctx| {
-            match Room::load(id, room_name.clone(), deps.clone()) {
-                Ok(room) => room,
-                Err(e) => {
-                    // An empty stand-in that stops at once: callers see the room as
-                    // unavailable and the next use tries the store again.
-                    error!("room {room_name:?} failed to load: {e}");
-                    ctx.stop();
-                    Room::empty(id, room_name, deps)
-                }
-            }
-        });
+        let addr = Room::start_in_arbiter(&arbiter, move |_| Room::loading(id, room_name, deps));
         self.rooms.insert(
             name,
             Entry {
