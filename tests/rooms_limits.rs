@@ -47,13 +47,7 @@ async fn get_from(server: &TestServer, from: &str, path: &str) -> (u16, String) 
         server.addr
     )
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_lowercase();
+    let head = common::read_head(&mut stream).to_lowercase();
     let status = head[9..12].parse().unwrap();
     (status, head)
 }
@@ -198,23 +192,26 @@ async fn reads_with_a_read_token_load_nothing_and_cannot_write() {
     assert_nothing_loaded(&server).await;
 }
 
+/// A long poll held until it is answered: status and JSON.
+async fn long_poll(url: String) -> (u16, serde_json::Value) {
+    let mut res = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
+        .get(url)
+        .send()
+        .await
+        .unwrap();
+    let json: serde_json::Value = res.json().await.unwrap();
+    (res.status().as_u16(), json)
+}
+
 /// A long poll and an SSE stream on a room that does not exist yet hear its first write.
 #[actix_rt::test]
 async fn waiting_readers_of_a_new_room_hear_its_first_write() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let poll_url = server.url("/rooms/fresh/updates?since=0&wait=30");
-    let poll = actix_rt::spawn(async move {
-        let mut res = awc::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .finish()
-            .get(poll_url)
-            .send()
-            .await
-            .unwrap();
-        let json: serde_json::Value = res.json().await.unwrap();
-        (res.status().as_u16(), json)
-    });
+    let poll = actix_rt::spawn(long_poll(poll_url));
     server
         .wait_for_metric("collabd_connections{transport=\"longpoll\"}", |v| v == 1.0)
         .await;
@@ -357,17 +354,7 @@ async fn long_polls_count_against_the_per_ip_connection_limit() {
     let mut polls = Vec::new();
     for _ in 0..2 {
         let url = server.url("/rooms/lp/updates?since=0&wait=30");
-        polls.push(actix_rt::spawn(async move {
-            let mut res = awc::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .finish()
-                .get(url)
-                .send()
-                .await
-                .unwrap();
-            let json: serde_json::Value = res.json().await.unwrap();
-            (res.status().as_u16(), json)
-        }));
+        polls.push(actix_rt::spawn(long_poll(url)));
     }
     server
         .wait_for_metric("collabd_connections{transport=\"longpoll\"}", |v| v == 2.0)

@@ -2,7 +2,7 @@
 //! client built on yrs that speaks y-websocket over a real WebSocket (awc).
 #![allow(dead_code)] // each test file uses a different part of the harness
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -774,7 +774,7 @@ pub struct RawClient {
 impl RawClient {
     /// Opens `/ws/{room}` and reads the 101 answer; nothing more is read after it.
     pub fn connect(server: &TestServer, room: &str) -> RawClient {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
         write!(
             stream,
@@ -784,13 +784,7 @@ impl RawClient {
             server.addr
         )
         .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let head = read_head(&mut stream);
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         RawClient { stream }
     }
@@ -815,6 +809,17 @@ impl RawClient {
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         self.stream.write_all(&frame).unwrap();
     }
+}
+
+/// Reads an HTTP response head (up to the blank line) from a raw stream, byte by byte.
+pub fn read_head(stream: &mut impl Read) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
 }
 
 /// xorshift64*: small and seedable, for fault timings, jitter and fuzz mutations; a
