@@ -29,6 +29,8 @@ pub struct Metrics {
     pub room_load_seconds: Histogram,
     /// Updates that changed a document and were logged.
     pub updates_accepted: IntCounter,
+    /// Full-state encodings of a document (rooms encode once per seq and share it).
+    pub state_encodes: IntCounter,
     /// Updates refused, by reason (`invalid`, `doc_too_large`, `read_only`).
     pub updates_rejected: IntCounterVec,
     /// Payload bytes received and sent, by transport.
@@ -114,6 +116,10 @@ impl Metrics {
             updates_accepted: counter(
                 "collabd_updates_accepted_total",
                 "Updates that changed a document and were logged.",
+            ),
+            state_encodes: counter(
+                "collabd_state_encodes_total",
+                "Full-state encodings of a document (once per seq, shared by readers).",
             ),
             updates_rejected: counter_vec(
                 "collabd_updates_rejected_total",

@@ -112,3 +112,33 @@ async fn a_session_over_its_byte_budget_is_closed_with_1008() {
         .wait_for_log("bytes/s (burst 2000000), closing")
         .await;
 }
+
+/// Cheap requests cost no heavy work: full states are encoded once per seq and shared
+/// (joins, `/state`, snapshots for SSE and polls), and metadata never encodes the document.
+#[actix_rt::test]
+async fn reads_between_writes_share_one_encoding_of_the_document() {
+    let dir = tempdir();
+    let server = TestServer::start(dir.path(), &[]);
+    let writer = HttpWriter::new();
+    let (status, _) = post_update(&server, "shared", writer.append("t", "hello")).await;
+    assert_eq!(status, 200);
+    let encodes = "collabd_state_encodes_total";
+    let before = server.metric(encodes).await;
+    for _ in 0..20 {
+        server.state("shared").await;
+        let (status, _) = server.get_json("/rooms/shared").await;
+        assert_eq!(status, 200);
+        let (status, _) = server.get_json("/rooms/shared/updates").await; // a snapshot
+        assert_eq!(status, 200);
+        let mut joiner = common::YClient::connect(&server, "shared").await;
+        joiner.until("synced", |c| c.synced).await;
+        joiner.close().await;
+    }
+    assert_eq!(server.metric(encodes).await - before, 1.0);
+    // A write makes the next read encode again, once.
+    post_update(&server, "shared", writer.append("t", "!")).await;
+    for _ in 0..5 {
+        server.state("shared").await;
+    }
+    assert_eq!(server.metric(encodes).await - before, 2.0);
+}

@@ -203,6 +203,7 @@ impl Room {
         match &self.state_cache {
             Some((seq, state)) if *seq == self.seq => state.clone(),
             _ => {
+                metrics().state_encodes.inc();
                 let state = Bytes::from(
                     self.doc()
                         .transact()
