@@ -40,6 +40,16 @@ pub struct Settings {
     /// Awareness entries (presence, cursors) not renewed for this long are removed.
     /// Yjs clients renew theirs every 15 s.
     pub awareness_timeout_ms: u64,
+    /// Largest presence state (its JSON) a client may announce; larger ones are refused.
+    pub awareness_max_state_bytes: usize,
+    /// Most entries in one awareness update; a frame with more is refused whole.
+    pub awareness_max_entries: usize,
+    /// Most client ids one session may announce (a tab is one; more are refused).
+    pub awareness_max_clients: usize,
+    /// Most bytes a room's presence states may add up to (each counts its JSON plus 32).
+    /// The budget used is at most half of `outbound_queue_bytes`, so that the full
+    /// presence a joiner receives always fits its outbound queue.
+    pub awareness_max_room_bytes: usize,
     /// A room writes a snapshot of its full state after this many logged updates.
     pub snapshot_every: u64,
     /// How many of the most recent updates stay in the log after a snapshot (the replay
@@ -153,6 +163,10 @@ impl Default for Settings {
             flush_interval_ms: 5,
             room_idle_ms: 30_000,
             awareness_timeout_ms: 30_000,
+            awareness_max_state_bytes: 64 * 1024,
+            awareness_max_entries: 100,
+            awareness_max_clients: 16,
+            awareness_max_room_bytes: 4 * 1024 * 1024,
             snapshot_every: 1_000,
             replay_window: 10_000,
             heartbeat_interval_ms: 15_000,
@@ -217,6 +231,22 @@ pub struct Overrides {
     /// Remove presence not renewed for this long [default: 30000]
     #[arg(long)]
     pub awareness_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Largest presence state in bytes [default: 65536]
+    #[arg(long)]
+    pub awareness_max_state_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most entries per awareness update [default: 100]
+    #[arg(long)]
+    pub awareness_max_entries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most presence client ids per session [default: 16]
+    #[arg(long)]
+    pub awareness_max_clients: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most bytes of presence per room (capped at half of outbound_queue_bytes) [default: 4194304]
+    #[arg(long)]
+    pub awareness_max_room_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Updates between snapshots [default: 1000]
     #[arg(long)]
@@ -491,6 +521,16 @@ impl Settings {
             ("session_rate", self.session_rate.into()),
             ("session_burst", self.session_burst.into()),
             ("session_bytes_rate", self.session_bytes_rate.into()),
+            (
+                "awareness_max_state_bytes",
+                self.awareness_max_state_bytes as u64,
+            ),
+            ("awareness_max_entries", self.awareness_max_entries as u64),
+            ("awareness_max_clients", self.awareness_max_clients as u64),
+            (
+                "awareness_max_room_bytes",
+                self.awareness_max_room_bytes as u64,
+            ),
             ("session_bytes_burst", self.session_bytes_burst.into()),
             ("max_doc_bytes", self.max_doc_bytes as u64),
         ];
@@ -546,6 +586,14 @@ impl Settings {
                 self.outbound_queue_bytes
             ));
         }
+        let presence_budget = self.presence_room_bytes();
+        if self.awareness_max_state_bytes + 32 > presence_budget {
+            errors.push(format!(
+                "awareness_max_state_bytes ({}) must fit a room's presence budget ({presence_budget}: \
+                 awareness_max_room_bytes, at most half of outbound_queue_bytes)",
+                self.awareness_max_state_bytes
+            ));
+        }
         if (self.session_bytes_burst as usize) < self.max_frame_bytes {
             errors.push(format!(
                 "session_bytes_burst ({}) must be at least max_frame_bytes ({}): a frame of \
@@ -593,6 +641,13 @@ impl Settings {
     pub fn room_idle(&self) -> Duration {
         Duration::from_millis(self.room_idle_ms)
     }
+    /// The bytes a room's presence may add up to: `awareness_max_room_bytes`, capped at
+    /// half of `outbound_queue_bytes`.
+    pub fn presence_room_bytes(&self) -> usize {
+        self.awareness_max_room_bytes
+            .min(self.outbound_queue_bytes / 2)
+    }
+
     pub fn awareness_timeout(&self) -> Duration {
         Duration::from_millis(self.awareness_timeout_ms)
     }

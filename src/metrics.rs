@@ -31,6 +31,8 @@ pub struct Metrics {
     pub updates_accepted: IntCounter,
     /// Full-state encodings of a document (rooms encode once per seq and share it).
     pub state_encodes: IntCounter,
+    /// Presence entries refused, by reason (see `room::presence::Refusal`).
+    pub awareness_refused: IntCounterVec,
     /// Updates refused, by reason (`invalid`, `doc_too_large`, `read_only`).
     pub updates_rejected: IntCounterVec,
     /// Payload bytes received and sent, by transport.
@@ -120,6 +122,11 @@ impl Metrics {
             state_encodes: counter(
                 "collabd_state_encodes_total",
                 "Full-state encodings of a document (once per seq, shared by readers).",
+            ),
+            awareness_refused: counter_vec(
+                "collabd_awareness_refused_total",
+                "Presence entries refused, by reason.",
+                "reason",
             ),
             updates_rejected: counter_vec(
                 "collabd_updates_rejected_total",

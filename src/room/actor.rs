@@ -7,7 +7,7 @@
 //! encoded frame (one `Bytes`, shared) to every other session. [`Flushed`] later moves
 //! `durable_seq`, which is the only seq the outside world is shown.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,9 +18,9 @@ use actix::{
 };
 use bytes::Bytes;
 use log::{debug, error, info, warn};
-use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +31,7 @@ use super::messages::{
     ApplyUpdate, CloseSession, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson,
     GetState, Join, Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
+use super::presence::{self, Presence};
 use super::registry::RoomStopped;
 use crate::config::Settings;
 use crate::metrics::metrics;
@@ -83,8 +84,6 @@ struct Subscriber {
 struct Member {
     queue: OutboundQueue,
     outbox: Recipient<CloseSession>,
-    /// Awareness client ids this session announced, removed when it leaves.
-    clients: HashSet<u64>,
     /// We sent a sync step 1 because this session's update had missing dependencies;
     /// cleared by a complete sync step 2. A second gap meanwhile closes the session.
     resync_requested: bool,
@@ -98,8 +97,10 @@ pub struct Room {
     /// flusher must not confuse the two.
     id: u64,
     name: Arc<str>,
-    /// Owns the `yrs::Doc`; presence and document live and die together.
-    awareness: Awareness,
+    /// The room's document; only this actor touches it.
+    doc: Doc,
+    /// Who is here (awareness), under the rules of [`presence`].
+    presence: Presence,
     /// Seq of the newest accepted update (appended, maybe not yet durable).
     seq: u64,
     /// Newest seq known durable; the only seq shown outside (ARCHITECTURE.md, contract 1).
@@ -159,7 +160,7 @@ impl Room {
     }
 
     fn install(&mut self, loaded: load::Loaded) {
-        self.awareness = Awareness::new(loaded.doc);
+        self.doc = loaded.doc;
         self.seq = loaded.seq;
         self.durable_seq = loaded.seq;
         self.snapshot_seq = loaded.snapshot_seq;
@@ -173,7 +174,8 @@ impl Room {
         Room {
             id,
             name,
-            awareness: Awareness::new(Doc::new()),
+            doc: Doc::new(),
+            presence: Presence::new(presence::Limits::from_settings(&deps.settings)),
             seq: 0,
             durable_seq: 0,
             snapshot_seq: 0,
@@ -195,7 +197,7 @@ impl Room {
     }
 
     fn doc(&self) -> &Doc {
-        self.awareness.doc()
+        &self.doc
     }
 
     /// The whole document as a Yjs update v1, encoded once per seq.
@@ -359,13 +361,9 @@ impl Room {
 
     /// Replaces the in-memory document with what the store holds (undoing `why`).
     fn reload_document(&mut self, why: &str) {
-        match Room::load(self.id, self.name.clone(), self.deps.clone()) {
+        match load::read(&*self.deps.store, &self.name) {
             Ok(fresh) => {
-                let states = self.awareness.update().ok();
-                self.awareness = fresh.awareness;
-                if let Some(states) = states {
-                    let _ = self.awareness.apply_update(states);
-                }
+                self.doc = fresh.doc;
                 self.doc_bytes = fresh.doc_bytes;
                 self.state_cache = None;
                 self.json_cache = None;
@@ -457,55 +455,35 @@ impl Room {
     }
 
     fn apply_awareness(&mut self, origin: SessionId, update: AwarenessUpdate) {
-        let summary = match self.awareness.apply_update_summary(update) {
-            Ok(Some(summary)) => summary,
-            Ok(None) => return,
-            Err(e) => {
-                debug!("room {:?}: awareness update ignored: {e}", self.name);
-                return;
+        let applied = self.presence.apply(origin, update, Instant::now());
+        if let Some((id, why)) = applied.refused.first() {
+            let m = metrics();
+            for (_, refusal) in &applied.refused {
+                m.awareness_refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
             }
-        };
-        if let Some(member) = self.sessions.get_mut(&origin) {
-            for id in summary.added.iter().chain(&summary.updated) {
-                member.clients.insert(id.get());
-            }
-            for id in &summary.removed {
-                member.clients.remove(&id.get());
-            }
+            debug!(
+                "room {:?}: session {origin}: {} presence entries refused (client {id}: {})",
+                self.name,
+                applied.refused.len(),
+                why.label()
+            );
         }
         // Everyone, the sender included: a lone y-websocket client counts the echo of its
         // own renewals as a sign of life.
-        self.broadcast_awareness(summary.all_changes());
-    }
-
-    fn broadcast_awareness(&mut self, clients: Vec<ClientID>) {
-        if clients.is_empty() {
-            return;
-        }
-        match self.awareness.update_with_clients(clients) {
-            Ok(update) => {
-                self.broadcast(&protocol::encode_awareness(&update), None);
-                if !self.subscribers.is_empty() {
-                    let event = protocol::sse::event("awareness", None, &update.encode_v1());
-                    self.publish(LiveEvent::Awareness { event });
-                }
-            }
-            Err(e) => debug!("room {:?}: awareness encode: {e}", self.name),
+        if let Some(changes) = applied.changes {
+            self.broadcast_awareness(&changes);
         }
     }
 
-    /// Removes the given awareness clients (a session left, or they expired) and tells
-    /// everyone still here.
-    fn remove_awareness(&mut self, clients: impl IntoIterator<Item = u64>) {
-        let mut removed = Vec::new();
-        for id in clients {
-            let id = ClientID::new(id);
-            if self.awareness.meta(id).is_some() {
-                self.awareness.remove_state(id);
-                removed.push(id);
-            }
+    /// Sends presence changes to every session and SSE stream.
+    fn broadcast_awareness(&mut self, changes: &AwarenessUpdate) {
+        self.broadcast(&protocol::encode_awareness(changes), None);
+        if !self.subscribers.is_empty() {
+            let event = protocol::sse::event("awareness", None, &changes.encode_v1());
+            self.publish(LiveEvent::Awareness { event });
         }
-        self.broadcast_awareness(removed);
     }
 
     /// Asks `session` for everything we lack (sync step 1; y-websocket answers with step
@@ -528,8 +506,10 @@ impl Room {
     }
 
     fn remove_session(&mut self, session: SessionId) {
-        if let Some(member) = self.sessions.remove(&session) {
-            self.remove_awareness(member.clients);
+        if self.sessions.remove(&session).is_some()
+            && let Some(removed) = self.presence.remove_session(session)
+        {
+            self.broadcast_awareness(&removed);
         }
     }
 
@@ -616,28 +596,14 @@ impl Room {
 
     /// Expires awareness entries not renewed in time; stops the room when idle long enough.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let timeout = self.deps.settings.awareness_timeout_ms;
-        let now = yrs::sync::Clock::now(&yrs::sync::time::SystemClock);
-        let expired: Vec<u64> = self
-            .awareness
-            .iter()
-            .filter(|(_, state)| {
-                state.data.is_some() && now.saturating_sub(state.last_updated) >= timeout
-            })
-            .map(|(id, _)| id.get())
-            .collect();
-        if !expired.is_empty() {
+        let timeout = self.deps.settings.awareness_timeout();
+        if let Some(expired) = self.presence.expire(timeout, Instant::now()) {
             debug!(
                 "room {:?}: {} awareness states expired",
                 self.name,
-                expired.len()
+                expired.clients.len()
             );
-            for member in self.sessions.values_mut() {
-                for id in &expired {
-                    member.clients.remove(id);
-                }
-            }
-            self.remove_awareness(expired);
+            self.broadcast_awareness(&expired);
         }
         self.subscribers.retain(|_, sub| !sub.events.is_closed());
         // Long polls that timed out leave their waiter behind.
@@ -746,9 +712,7 @@ impl Handler<Join> for Room {
         self.touch();
         let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
         let mut hello = vec![step1];
-        if let Ok(states) = self.awareness.update()
-            && !states.clients.is_empty()
-        {
+        if let Some(states) = self.presence.full() {
             hello.push(protocol::encode_awareness(&states));
         }
         self.sessions.insert(
@@ -756,7 +720,6 @@ impl Handler<Join> for Room {
             Member {
                 queue: msg.queue,
                 outbox: msg.outbox,
-                clients: HashSet::new(),
                 resync_requested: false,
                 refused_since_ack: false,
             },
@@ -851,9 +814,10 @@ impl Handler<FromClient> for Room {
                 }
                 ClientMessage::Awareness(update) => self.apply_awareness(session, update),
                 ClientMessage::QueryAwareness => {
-                    if let Ok(states) = self.awareness.update() {
-                        self.send_to(session, protocol::encode_awareness(&states));
-                    }
+                    let states = self.presence.full().unwrap_or(AwarenessUpdate {
+                        clients: Default::default(),
+                    });
+                    self.send_to(session, protocol::encode_awareness(&states));
                 }
                 ClientMessage::Auth => {}
                 ClientMessage::AckRequest { token } => {
@@ -896,11 +860,7 @@ impl Handler<GetInfo> for Room {
             Some((seq, state)) if *seq == self.seq => state.len(),
             _ => self.doc_bytes,
         };
-        let awareness = self
-            .awareness
-            .iter()
-            .filter(|(_, s)| s.data.is_some())
-            .count();
+        let awareness = self.presence.len();
         MessageResult(RoomInfo {
             room: self.name.to_string(),
             seq: self.durable_seq,
@@ -963,12 +923,7 @@ impl Handler<Subscribe> for Room {
                 queued: msg.queued,
             },
         );
-        let awareness = self
-            .awareness
-            .update()
-            .ok()
-            .filter(|u| !u.clients.is_empty())
-            .map(|u| Bytes::from(u.encode_v1()));
+        let awareness = self.presence.full().map(|u| Bytes::from(u.encode_v1()));
         MessageResult(Subscribed {
             durable_seq: self.durable_seq,
             awareness,

@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod doc_json;
 pub mod load;
 pub mod messages;
+pub mod presence;
 pub mod registry;
 
 use std::sync::Arc;
