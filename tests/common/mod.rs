@@ -299,6 +299,8 @@ pub struct YClient {
     pub synced: bool,
     /// Every client id named in an awareness message from the server, own id included.
     pub awareness_heard: std::collections::HashSet<u64>,
+    /// Every awareness state received, as sent (JSON text; `null` for removals).
+    pub awareness_json_heard: Vec<String>,
     /// Write acks received: (token, durable seq, stored). `stored` is false when
     /// something sent since the previous ack request was refused.
     pub acks: Vec<(u64, u64, bool)>,
@@ -352,6 +354,7 @@ impl YClient {
             closed: None,
             synced: false,
             awareness_heard: Default::default(),
+            awareness_json_heard: Vec::new(),
             acks: Vec::new(),
             denied: Vec::new(),
             sync_step1_heard: 0,
@@ -437,6 +440,14 @@ impl YClient {
             .collect()
     }
 
+    /// The state this client holds for awareness client `id` (JSON), if any.
+    pub fn awareness_state(&self, id: u64) -> Option<String> {
+        self.awareness
+            .iter()
+            .find(|(client, _)| client.get() == id)
+            .and_then(|(_, s)| s.data.as_deref().map(str::to_string))
+    }
+
     pub fn client_id(&self) -> u64 {
         self.doc().client_id().get()
     }
@@ -492,6 +503,8 @@ impl YClient {
                     let update = AwarenessUpdate::decode_v1(read_buf(&mut frame)).unwrap();
                     self.awareness_heard
                         .extend(update.clients.keys().map(|id| id.get()));
+                    self.awareness_json_heard
+                        .extend(update.clients.values().map(|e| e.json.to_string()));
                     self.awareness.apply_update(update).unwrap();
                 }
                 2 => {
