@@ -10,7 +10,8 @@
 //! - [`limits`]: connection limits, admission and per-session rate buckets.
 //! - [`metrics`]: Prometheus metrics served at `/metrics`.
 //! - [`protocol`]: the y-websocket wire codec (sans-IO) and the HTTP JSON shapes.
-//! - [`room`]: the room actor, the room's update rules ([`room::core`], sans-IO), the
+//! - [`room`]: the room actor, the room's update rules ([`room::core`]) and presence
+//!   ([`room::presence`]), both sans-IO, the
 //!   registry actor, and the messages between them.
 //! - [`session`]: the WebSocket session actor.
 //! - [`http`]: routes and handlers.
