@@ -123,6 +123,8 @@ pub struct Room {
     flush_notify: Option<FlushNotify>,
     /// Set by [`Room::loading`]: the actor reads the store when it starts.
     load_pending: bool,
+    /// A snapshot is being encoded and stored on the blocking pool.
+    snapshot_running: bool,
     /// The store failed under this room: it appends nothing more and stops.
     failed: bool,
     sessions: HashMap<SessionId, Member>,
@@ -185,6 +187,7 @@ impl Room {
             json_cache: None,
             flush_notify: None,
             load_pending: false,
+            snapshot_running: false,
             failed: false,
             sessions: HashMap::new(),
             undurable: VecDeque::new(),
@@ -345,7 +348,7 @@ impl Room {
         self.broadcast(&protocol::encode_update(&diff), origin);
         self.undurable.push_back((self.seq, Bytes::from(diff)));
         if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
-            self.write_snapshot(ctx);
+            self.start_snapshot(ctx);
         }
     }
 
@@ -400,32 +403,72 @@ impl Room {
         ctx.stop();
     }
 
+    /// Writes a snapshot at the current seq on the blocking pool: encoding a large
+    /// document and storing it does not hold up the room thread's other rooms, and this
+    /// room keeps serving meanwhile (a write arriving during the encoding waits for it on
+    /// the document's lock).
+    fn start_snapshot(&mut self, ctx: &mut Context<Self>) {
+        if self.snapshot_running || self.failed {
+            return;
+        }
+        self.snapshot_running = true;
+        let (doc, store, name, seq) = (
+            self.doc.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+            self.seq,
+        );
+        let (started, bytes_before) = (Instant::now(), self.doc_bytes);
+        ctx.spawn(
+            actix_rt::task::spawn_blocking(move || store_snapshot(&doc, &*store, &name, seq))
+                .into_actor(self)
+                .map(move |stored, room, ctx| {
+                    room.snapshot_running = false;
+                    let stored = stored.unwrap_or_else(|e| Err(StoreError::Io(e.into())));
+                    // What was accepted while it encoded counts on top of the snapshot.
+                    let since = room.doc_bytes.saturating_sub(bytes_before);
+                    room.snapshot_written(seq, stored.map(|len| len + since), started, ctx);
+                }),
+        );
+    }
+
+    /// Writes a snapshot at the current seq here and now (the room is stopping).
     fn write_snapshot(&mut self, ctx: &mut Context<Self>) {
         let started = Instant::now();
-        let state = self
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let snapshot = Snapshot {
-            seq: self.seq,
-            state,
-        };
-        match self.deps.store.put_snapshot(&self.name, &snapshot) {
-            Ok(()) => {
+        let stored = store_snapshot(&self.doc, &*self.deps.store, &self.name, self.seq);
+        self.snapshot_written(self.seq, stored, started, ctx);
+    }
+
+    /// A snapshot at `seq` was stored (its size, plus what was accepted meanwhile) or not:
+    /// its flush is asked for, and compaction waits for a flush that covers it.
+    fn snapshot_written(
+        &mut self,
+        seq: u64,
+        stored: Result<usize, StoreError>,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.failed {
+            return;
+        }
+        match stored {
+            Ok(doc_bytes) => {
                 metrics()
                     .snapshot_seconds
                     .observe(started.elapsed().as_secs_f64());
-                self.doc_bytes = snapshot.state.len();
                 debug!(
-                    "room {:?}: snapshot at seq {} ({} bytes) in {} µs",
+                    "room {:?}: snapshot at seq {seq} in {} µs",
                     self.name,
-                    snapshot.seq,
-                    snapshot.state.len(),
                     started.elapsed().as_micros()
                 );
-                self.snapshot_seq = snapshot.seq;
+                self.doc_bytes = doc_bytes;
+                self.snapshot_seq = self.snapshot_seq.max(seq);
                 let flush = self.mark_dirty();
-                self.compaction_due = Some((snapshot.seq, flush));
+                self.compaction_due = Some((seq, flush));
+                // Updates accepted while it ran may call for the next one already.
+                if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
+                    self.start_snapshot(ctx);
+                }
             }
             Err(e) => {
                 error!("room {:?}: snapshot failed: {e}", self.name);
@@ -616,21 +659,61 @@ impl Room {
         if busy {
             self.last_activity = Instant::now();
         } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
-            self.snapshot_and_flush(ctx);
-            info!(
-                "room {:?} evicted after {} ms idle, seq {}",
-                self.name,
-                self.last_activity.elapsed().as_millis(),
-                self.durable_seq
-            );
-            ctx.stop();
+            self.evict(ctx);
         }
     }
 
-    /// Before the room stops: a snapshot (if the log grew since the last one), so the
-    /// next load applies one state instead of replaying records, then a flush (counted in
-    /// `collabd_oplog_flush_seconds` like the flusher's) if anything is not yet durable.
-    /// A room that only served reads stops without one: a flush is an fsync.
+    /// Stops an idle room: a snapshot (if the log grew since the last one) and a flush (if
+    /// anything is not yet durable) on the blocking pool, while the room's mailbox waits;
+    /// then the actor stops. Messages that arrive meanwhile find it stopped and go to its
+    /// next instance ([`super::ask`] retries).
+    fn evict(&mut self, ctx: &mut Context<Self>) {
+        let snapshot_due = self.seq > self.snapshot_seq && !self.failed;
+        let flush_due = !self.failed && (snapshot_due || self.seq > self.durable_seq);
+        let (doc, store, name, seq) = (
+            self.doc.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+            self.seq,
+        );
+        let idle = self.last_activity.elapsed();
+        ctx.wait(
+            actix_rt::task::spawn_blocking(move || -> Result<(), StoreError> {
+                if snapshot_due {
+                    store_snapshot(&doc, &*store, &name, seq)?;
+                }
+                if flush_due {
+                    let started = Instant::now();
+                    store.flush()?;
+                    metrics()
+                        .oplog_flush_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Ok(())
+            })
+            .into_actor(self)
+            .map(move |done, room, ctx| {
+                match done.unwrap_or_else(|e| Err(StoreError::Io(e.into()))) {
+                    Ok(()) if flush_due => room.advance_durable(seq, u64::MAX),
+                    Ok(()) => {}
+                    Err(e) => error!("room {:?}: final snapshot or flush failed: {e}", room.name),
+                }
+                info!(
+                    "room {:?} evicted after {} ms idle, seq {}",
+                    room.name,
+                    idle.as_millis(),
+                    room.durable_seq
+                );
+                ctx.stop();
+            }),
+        );
+    }
+
+    /// Before the room stops at shutdown: a snapshot (if the log grew since the last
+    /// one), so the next load applies one state instead of replaying records, then a
+    /// flush (counted in `collabd_oplog_flush_seconds` like the flusher's) if anything is
+    /// not yet durable. A room that only served reads stops without one: a flush is an
+    /// fsync. (Eviction does the same off the room thread, see [`Room::evict`].)
     fn snapshot_and_flush(&mut self, ctx: &mut Context<Self>) {
         let snapshot_due = self.seq > self.snapshot_seq;
         if snapshot_due {
@@ -662,6 +745,17 @@ impl Room {
     fn touch(&mut self) {
         self.last_activity = Instant::now();
     }
+}
+
+/// Encodes `doc` whole and stores it as the snapshot of `name` at `seq`; returns its
+/// size. Blocking: the room runs it on the blocking pool except when it stops.
+fn store_snapshot(doc: &Doc, store: &dyn Store, name: &str, seq: u64) -> Result<usize, StoreError> {
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let len = state.len();
+    store.put_snapshot(name, &Snapshot { seq, state })?;
+    Ok(len)
 }
 
 impl Actor for Room {
