@@ -242,7 +242,7 @@ mod power {
     use collabd::config::Settings;
     use collabd::room::messages::{ApplyUpdate, CloseSession, GetState, Join};
     use collabd::room::{Registry, ask};
-    use collabd::session::OutboundQueue;
+    use collabd::session::{OutboundQueue, SessionPeer};
     use collabd::store::Store;
     use collabd::store::commit::Flusher;
     use collabd::store::memory::MemoryStore;
@@ -354,8 +354,10 @@ mod power {
         let (queue, _frames) = OutboundQueue::new(&settings());
         let join = Join {
             session: 1,
-            queue,
-            outbox: Closes(closes.clone()).start().recipient(),
+            peer: Arc::new(SessionPeer {
+                queue,
+                outbox: Closes(closes.clone()).start().recipient(),
+            }),
         };
         ask(&registry, &name, join).await.unwrap();
 

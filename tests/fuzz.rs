@@ -22,7 +22,7 @@ use collabd::config::Settings;
 use collabd::protocol::{self, ClientMessage};
 use collabd::room::messages::{CloseSession, FromClient, GetState, Join, Leave};
 use collabd::room::{Registry, ask};
-use collabd::session::OutboundQueue;
+use collabd::session::{OutboundQueue, SessionPeer};
 use collabd::store::Store;
 use collabd::store::commit::Flusher;
 use collabd::store::memory::MemoryStore;
@@ -221,8 +221,10 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
         let (queue, _frames) = OutboundQueue::new(&settings);
         let join = Join {
             session,
-            queue,
-            outbox: sink.clone(),
+            peer: Arc::new(SessionPeer {
+                queue,
+                outbox: sink.clone(),
+            }),
         };
         let (room, ()) = ask(&registry, &name, join).await.expect("room alive");
         room.do_send(FromClient {

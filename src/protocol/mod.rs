@@ -15,6 +15,7 @@
 //! Decoding checks every length against what is left of the frame, decodes updates and
 //! state vectors fully (so a room only ever sees well-formed ones) and never panics.
 
+pub mod close;
 pub mod json;
 pub mod sse;
 

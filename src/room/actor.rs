@@ -26,30 +26,20 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use super::core::Refused;
 use super::core::{self, Rejected};
+use super::fanout::Fanout;
 use super::load;
 use super::messages::{
-    ApplyUpdate, CloseSession, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson,
-    GetState, Join, Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
+    ApplyUpdate, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join,
+    Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::presence::{self, Presence};
 use super::registry::RoomStopped;
 use crate::config::Settings;
 use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;
-use crate::protocol::{self, ClientMessage};
-use crate::session::{OutboundQueue, QueueError};
+use crate::protocol::{self, ClientMessage, close};
 use crate::store::commit::{FlushNotify, FlushReport, Flusher};
 use crate::store::{Snapshot, Store, StoreError};
-
-/// WebSocket close codes a room asks for.
-pub mod close {
-    /// The server is going away (shutdown).
-    pub const GOING_AWAY: u16 = 1001;
-    /// The frame or update did not decode or apply.
-    pub const INVALID_DATA: u16 = 1007;
-    /// The room could not store an update; reconnecting re-syncs.
-    pub const INTERNAL_ERROR: u16 = 1011;
-}
 
 /// What every room shares with its registry: where to store, how to flush, the settings.
 #[derive(Clone)]
@@ -78,18 +68,6 @@ struct Subscriber {
     events: mpsc::Sender<LiveEvent>,
     /// Bytes sent and not yet taken by the stream (it subtracts what it takes).
     queued: Arc<AtomicUsize>,
-}
-
-/// One session as the room sees it.
-struct Member {
-    queue: OutboundQueue,
-    outbox: Recipient<CloseSession>,
-    /// We sent a sync step 1 because this session's update had missing dependencies;
-    /// cleared by a complete sync step 2. A second gap meanwhile closes the session.
-    resync_requested: bool,
-    /// Something this session sent since its last ack request was refused or dropped:
-    /// the next ack says so instead of "stored".
-    refused_since_ack: bool,
 }
 
 pub struct Room {
@@ -127,7 +105,8 @@ pub struct Room {
     snapshot_running: bool,
     /// The store failed under this room: it appends nothing more and stops.
     failed: bool,
-    sessions: HashMap<SessionId, Member>,
+    /// The room's WebSocket members and how frames reach them.
+    fanout: Fanout,
     /// Updates appended but not yet durable, oldest first; SSE streams get them on flush.
     undurable: VecDeque<(u64, Bytes)>,
     /// SSE streams, each with a bounded queue; one that overflows is dropped and its
@@ -173,6 +152,7 @@ impl Room {
 
     /// A room with an empty document and nothing logged.
     pub fn empty(id: u64, name: Arc<str>, deps: RoomDeps) -> Room {
+        let room_name = name.clone();
         Room {
             id,
             name,
@@ -189,7 +169,7 @@ impl Room {
             load_pending: false,
             snapshot_running: false,
             failed: false,
-            sessions: HashMap::new(),
+            fanout: Fanout::new(room_name),
             undurable: VecDeque::new(),
             subscribers: HashMap::new(),
             next_subscriber: 0,
@@ -221,62 +201,35 @@ impl Room {
     }
 
     fn send_to(&mut self, session: SessionId, frame: Bytes) {
-        let pushed = match self.sessions.get(&session) {
-            Some(member) => member.queue.push(frame),
-            None => return,
-        };
-        if let Err(e) = pushed {
-            self.drop_unreachable(vec![(session, e)]);
-        }
+        let dropped = self.fanout.send_to(session, frame);
+        self.forget_sessions(dropped);
     }
 
-    /// Pushes `frame` into every session's queue but `except`'s. A session whose queue is
-    /// full is closed as a slow consumer; one whose queue is gone has left.
+    /// Sends `frame` (one shared buffer) to every session but `except`.
     fn broadcast(&mut self, frame: &Bytes, except: Option<SessionId>) {
-        let mut sent = 0;
-        let mut unreachable = Vec::new();
-        for (id, member) in &self.sessions {
-            if Some(*id) != except {
-                match member.queue.push(frame.clone()) {
-                    Ok(()) => sent += 1,
-                    Err(e) => unreachable.push((*id, e)),
-                }
-            }
-        }
-        metrics().fanout_frames.inc_by(sent);
-        if !unreachable.is_empty() {
-            self.drop_unreachable(unreachable);
-        }
-    }
-
-    fn drop_unreachable(&mut self, sessions: Vec<(SessionId, QueueError)>) {
-        for (session, error) in sessions {
-            match error {
-                QueueError::Full => {
-                    if let Some(member) = self.sessions.get(&session) {
-                        let (frames, bytes) = member.queue.depth();
-                        warn!(
-                            "room {:?}: session {session} has {frames} frames ({bytes} bytes) \
-                             queued, closing slow consumer",
-                            self.name
-                        );
-                    }
-                    self.close_session(
-                        session,
-                        crate::session::close::SLOW_CONSUMER,
-                        "slow consumer".into(),
-                    );
-                }
-                QueueError::Closed => self.remove_session(session),
-            }
-        }
+        let dropped = self.fanout.broadcast(frame, except);
+        self.forget_sessions(dropped);
     }
 
     fn close_session(&mut self, session: SessionId, code: u16, reason: String) {
-        if let Some(member) = self.sessions.get(&session) {
-            member.outbox.do_send(CloseSession { code, reason });
+        if self.fanout.close(session, code, reason) {
+            self.forget_sessions(vec![session]);
         }
-        self.remove_session(session);
+    }
+
+    fn remove_session(&mut self, session: SessionId) {
+        if self.fanout.remove(session) {
+            self.forget_sessions(vec![session]);
+        }
+    }
+
+    /// Sessions that left the room (closed, gone, slow): their presence goes too.
+    fn forget_sessions(&mut self, sessions: Vec<SessionId>) {
+        for session in sessions {
+            if let Some(removed) = self.presence.remove_session(session) {
+                self.broadcast_awareness(&removed);
+            }
+        }
     }
 
     /// Applies one client update under the rules of [`core::apply`]; what changed the
@@ -391,13 +344,8 @@ impl Room {
         self.failed = true;
         self.undurable.clear();
         self.compaction_due = None;
-        for member in self.sessions.values() {
-            member.outbox.do_send(CloseSession {
-                code: close::INTERNAL_ERROR,
-                reason: "storage failure".into(),
-            });
-        }
-        self.sessions.clear();
+        self.fanout
+            .close_all(close::INTERNAL_ERROR, "storage failure");
         self.subscribers.clear();
         self.waiters.clear();
         ctx.stop();
@@ -532,7 +480,7 @@ impl Room {
     /// Asks `session` for everything we lack (sync step 1; y-websocket answers with step
     /// 2). False if we asked already and it sent another incomplete update instead.
     fn request_resync(&mut self, session: SessionId) -> bool {
-        let Some(member) = self.sessions.get_mut(&session) else {
+        let Some(member) = self.fanout.get_mut(session) else {
             return true;
         };
         if member.resync_requested {
@@ -546,14 +494,6 @@ impl Room {
         let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
         self.send_to(session, step1);
         true
-    }
-
-    fn remove_session(&mut self, session: SessionId) {
-        if self.sessions.remove(&session).is_some()
-            && let Some(removed) = self.presence.remove_session(session)
-        {
-            self.broadcast_awareness(&removed);
-        }
     }
 
     /// Sends an event to every SSE stream; drops the streams that cannot take it (queue
@@ -655,7 +595,7 @@ impl Room {
             !waiters.is_empty()
         });
         let busy =
-            !self.sessions.is_empty() || !self.subscribers.is_empty() || !self.waiters.is_empty();
+            !self.fanout.is_empty() || !self.subscribers.is_empty() || !self.waiters.is_empty();
         if busy {
             self.last_activity = Instant::now();
         } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
@@ -809,15 +749,7 @@ impl Handler<Join> for Room {
         if let Some(states) = self.presence.full() {
             hello.push(protocol::encode_awareness(&states));
         }
-        self.sessions.insert(
-            msg.session,
-            Member {
-                queue: msg.queue,
-                outbox: msg.outbox,
-                resync_requested: false,
-                refused_since_ack: false,
-            },
-        );
+        self.fanout.join(msg.session, msg.peer);
         for frame in hello {
             self.send_to(msg.session, frame);
         }
@@ -825,7 +757,7 @@ impl Handler<Join> for Room {
             "room {:?}: session {} joined, {} present",
             self.name,
             msg.session,
-            self.sessions.len()
+            self.fanout.len()
         );
     }
 }
@@ -839,7 +771,7 @@ impl Handler<Leave> for Room {
             "room {:?}: session {} left, {} present",
             self.name,
             msg.session,
-            self.sessions.len()
+            self.fanout.len()
         );
     }
 }
@@ -849,7 +781,7 @@ impl Handler<FromClient> for Room {
 
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
         let session = msg.session;
-        let Some(member) = self.sessions.get_mut(&session) else {
+        let Some(member) = self.fanout.get_mut(session) else {
             return; // closed by the room already; late frames are dropped
         };
         if msg.dropped > 0 {
@@ -871,13 +803,13 @@ impl Handler<FromClient> for Room {
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
                     let applied = self.apply_update(Some(session), update, msg.bytes, ctx);
                     if applied.is_err()
-                        && let Some(m) = self.sessions.get_mut(&session)
+                        && let Some(m) = self.fanout.get_mut(session)
                     {
                         m.refused_since_ack = true;
                     }
                     match applied {
                         Ok(()) => {
-                            if is_step2 && let Some(m) = self.sessions.get_mut(&session) {
+                            if is_step2 && let Some(m) = self.fanout.get_mut(session) {
                                 m.resync_requested = false;
                             }
                         }
@@ -917,8 +849,8 @@ impl Handler<FromClient> for Room {
                 ClientMessage::AckRequest { token } => {
                     // Everything this session sent before is at or below `self.seq`.
                     let ok = self
-                        .sessions
-                        .get_mut(&session)
+                        .fanout
+                        .get_mut(session)
                         .is_some_and(|m| !std::mem::take(&mut m.refused_since_ack));
                     self.wait_for(self.seq, Waiter::Ack { session, token, ok });
                 }
@@ -958,7 +890,7 @@ impl Handler<GetInfo> for Room {
         MessageResult(RoomInfo {
             room: self.name.to_string(),
             seq: self.durable_seq,
-            connections: self.sessions.len(),
+            connections: self.fanout.len(),
             awareness,
             size,
             snapshot_seq: self.snapshot_seq,
@@ -991,13 +923,8 @@ impl Handler<Shutdown> for Room {
     type Result = ();
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
-        for member in self.sessions.values() {
-            member.outbox.do_send(CloseSession {
-                code: close::GOING_AWAY,
-                reason: "server shutting down".into(),
-            });
-        }
-        self.sessions.clear();
+        self.fanout
+            .close_all(close::GOING_AWAY, "server shutting down");
         self.snapshot_and_flush(ctx);
         self.subscribers.clear();
         ctx.stop();

@@ -1,17 +1,16 @@
 //! Messages between sessions, HTTP handlers, the registry and rooms.
 
-use actix::{Message, Recipient};
+use actix::Message;
 use bytes::Bytes;
 
 use crate::protocol::ClientMessage;
 use crate::protocol::json::RoomInfo;
-use crate::session::OutboundQueue;
 
 /// Identifies one session (one WebSocket connection) across its life.
 pub type SessionId = u64;
 
 /// The room tells a session to close with this WebSocket close code and reason (frames
-/// go through the session's [`OutboundQueue`], not through messages).
+/// go through its [`super::fanout::Peer`], not through messages).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct CloseSession {
@@ -19,15 +18,14 @@ pub struct CloseSession {
     pub reason: String,
 }
 
-/// A session enters the room; the room answers on `queue` with sync step 1 and awareness.
+/// A session enters the room; the room answers through `peer` with sync step 1 and
+/// awareness. Cloneable so that [`super::ask`] can resend it to a room's next instance.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Join {
     pub session: SessionId,
-    /// Where the room pushes the frames it sends this session.
-    pub queue: OutboundQueue,
-    /// Where the room sends the order to close.
-    pub outbox: Recipient<CloseSession>,
+    /// Where the room pushes the frames it sends this session, and the close order.
+    pub peer: std::sync::Arc<dyn super::fanout::Peer>,
 }
 
 /// A session leaves; the awareness states it announced are removed.

@@ -6,6 +6,7 @@ pub mod actor;
 pub mod core;
 pub mod cursor;
 pub mod doc_json;
+pub mod fanout;
 pub mod load;
 pub mod messages;
 pub mod presence;

@@ -17,8 +17,8 @@
 //! the same payload (RFC 6455 §5.5.2).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
@@ -27,7 +27,7 @@ use actix::{
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use log::{debug, info, warn};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::auth::{Access, Grant, Sub};
 use crate::config::Settings;
@@ -37,28 +37,11 @@ use crate::protocol::{self, ClientMessage};
 use crate::room::messages::{CloseSession, FromClient, Join, Leave, SessionId};
 use crate::room::{Registry, Room, ask};
 
-/// WebSocket close codes a session uses (rooms add theirs in `room::actor::close`).
-pub mod close {
-    /// Text frames: y-websocket is binary.
-    pub const UNSUPPORTED: u16 = 1003;
-    /// A frame that does not decode as y-websocket messages.
-    pub const INVALID_DATA: u16 = 1007;
-    /// Inbound frames faster than `session_rate` for longer than `session_burst` allows.
-    pub const RATE_LIMIT: u16 = 1008;
-    /// A frame over `max_frame_bytes`.
-    pub const TOO_BIG: u16 = 1009;
-    /// The room could not be reached.
-    pub const INTERNAL_ERROR: u16 = 1011;
-    /// Nothing heard (not even a pong) within `client_timeout_ms`.
-    pub const TIMEOUT: u16 = 4000;
-    /// The outbound queue overflowed: the client reads slower than the room writes.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// The session's access token expired; reconnect with a fresh one.
-    pub const TOKEN_EXPIRED: u16 = 4401;
-}
+/// The close codes, re-exported where sessions have always found them.
+pub use crate::protocol::close;
 
-/// How long the writer waits to deliver a close frame before dropping the connection.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+mod outbound;
+pub use outbound::{OutboundQueue, Outgoing, QueueError, SessionPeer};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -104,7 +87,12 @@ impl WsSession {
     ) -> Addr<WsSession> {
         let (queue, frames) = OutboundQueue::new(&settings);
         let (close, close_rx) = oneshot::channel();
-        actix_rt::spawn(write_loop(socket, frames, close_rx, queue.bytes.clone()));
+        actix_rt::spawn(outbound::write_loop(
+            socket,
+            frames,
+            close_rx,
+            queue.bytes.clone(),
+        ));
         WsSession::create(|ctx| {
             ctx.add_stream(stream);
             WsSession {
@@ -276,68 +264,16 @@ impl WsSession {
     }
 }
 
-/// Drains the outbound queue into the socket.
-async fn write_loop(
-    mut socket: actix_ws::Session,
-    mut queue: mpsc::Receiver<Outgoing>,
-    mut close: oneshot::Receiver<CloseReason>,
-    queued_bytes: Arc<AtomicUsize>,
-) {
-    let m = metrics();
-    let sent_bytes = m.bytes_out.with_label_values(&["ws"]);
-    let dequeued = |frame: &Outgoing| {
-        if let Outgoing::Binary(frame) = frame {
-            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-            m.outbound_queued_frames.dec();
-            m.outbound_queued_bytes.sub(frame.len() as i64);
-        }
-    };
-    // Both waits watch `close`, so a writer stuck on a client that stopped reading still
-    // gets the order to close.
-    let reason = loop {
-        let frame = tokio::select! {
-            biased;
-            reason = &mut close => break reason.ok(),
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => break None,
-            },
-        };
-        dequeued(&frame);
-        let sent = tokio::select! {
-            biased;
-            reason = &mut close => break reason.ok(),
-            sent = async {
-                match frame {
-                    Outgoing::Binary(frame) => {
-                        sent_bytes.inc_by(frame.len() as u64);
-                        socket.binary(frame).await
-                    }
-                    Outgoing::Ping => socket.ping(b"").await,
-                    Outgoing::Pong(payload) => socket.pong(&payload).await,
-                }
-            } => sent,
-        };
-        if sent.is_err() {
-            break None;
-        }
-    };
-    // What was never sent leaves the queue gauges; nothing can be queued after `close`.
-    queue.close();
-    while let Ok(frame) = queue.try_recv() {
-        dequeued(&frame);
-    }
-    let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(reason)).await;
-}
-
 impl Actor for WsSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let join = Join {
             session: self.id,
-            queue: self.queue.clone(),
-            outbox: ctx.address().recipient(),
+            peer: Arc::new(SessionPeer {
+                queue: self.queue.clone(),
+                outbox: ctx.address().recipient(),
+            }),
         };
         let registry = self.registry.clone();
         let name = self.room_name.clone();
@@ -447,84 +383,5 @@ impl Handler<CloseSession> for WsSession {
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
         self.close(ctx, msg.code, &msg.reason);
-    }
-}
-
-/// Why a frame was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueError {
-    /// Over `outbound_queue_messages` or `outbound_queue_bytes`: a slow consumer.
-    Full,
-    /// The session has ended.
-    Closed,
-}
-
-/// What the writer task sends.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// An encoded y-websocket frame; only these count towards `outbound_queue_bytes`.
-    Binary(Bytes),
-    /// The heartbeat.
-    Ping,
-    /// The answer to a client's ping, with its payload.
-    Pong(Bytes),
-}
-
-/// A session's bounded outbound queue. The room (and the session itself, for pings,
-/// pongs and permission-denied answers) pushes encoded frames; the session's writer task
-/// drains them into the socket. An empty frame means "ping".
-#[derive(Clone)]
-pub struct OutboundQueue {
-    frames: mpsc::Sender<Outgoing>,
-    /// Bytes queued; the writer subtracts what it has written.
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-}
-
-impl OutboundQueue {
-    pub fn new(settings: &Settings) -> (OutboundQueue, mpsc::Receiver<Outgoing>) {
-        let (frames, receiver) = mpsc::channel(settings.outbound_queue_messages);
-        let queue = OutboundQueue {
-            frames,
-            bytes: Arc::new(AtomicUsize::new(0)),
-            max_bytes: settings.outbound_queue_bytes,
-        };
-        (queue, receiver)
-    }
-
-    /// Queues one frame without waiting. One frame larger than the byte bound is still
-    /// taken when nothing else is queued (a big document's first sync).
-    pub fn push(&self, frame: Bytes) -> Result<(), QueueError> {
-        let len = frame.len();
-        let queued = self.bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued + len > self.max_bytes {
-            return Err(QueueError::Full);
-        }
-        self.send(if len == 0 {
-            Outgoing::Ping
-        } else {
-            Outgoing::Binary(frame)
-        })?;
-        if len > 0 {
-            self.bytes.fetch_add(len, Ordering::Relaxed);
-            let m = metrics();
-            m.outbound_queued_frames.inc();
-            m.outbound_queued_bytes.add(len as i64);
-        }
-        Ok(())
-    }
-
-    /// Queues `item` without waiting; bounded in frames here (`push` checks the bytes).
-    fn send(&self, item: Outgoing) -> Result<(), QueueError> {
-        self.frames.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-        })
-    }
-
-    /// Frames and bytes waiting, for the slow-consumer log line.
-    pub fn depth(&self) -> (usize, usize) {
-        let frames = self.frames.max_capacity() - self.frames.capacity();
-        (frames, self.bytes.load(Ordering::Relaxed))
     }
 }
