@@ -7,9 +7,7 @@
 //! encoded frame (one `Bytes`, shared) to every other session. [`Flushed`] later moves
 //! `durable_seq`, which is the only seq the outside world is shown.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::{
@@ -22,11 +20,13 @@ use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use super::core::Refused;
 use super::core::{self, Rejected};
+use super::durability::{Durability, Waiter};
 use super::fanout::Fanout;
+use super::live::Streams;
 use super::load;
 use super::messages::{
     ApplyUpdate, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join,
@@ -50,26 +50,6 @@ pub struct RoomDeps {
     pub registry: Recipient<RoomStopped>,
 }
 
-/// Someone waiting for a seq to become durable.
-enum Waiter {
-    /// An HTTP handler (POST answer, long poll).
-    Reply(oneshot::Sender<u64>),
-    /// A WebSocket writer that asked for an ack (see `protocol::MSG_ACK`); `ok` is false
-    /// if something it sent since its previous ack request was refused.
-    Ack {
-        session: SessionId,
-        token: u64,
-        ok: bool,
-    },
-}
-
-/// One SSE stream as the room sees it.
-struct Subscriber {
-    events: mpsc::Sender<LiveEvent>,
-    /// Bytes sent and not yet taken by the stream (it subtracts what it takes).
-    queued: Arc<AtomicUsize>,
-}
-
 pub struct Room {
     /// Unique per instance: a room reloaded after eviction is a new instance, and the
     /// flusher must not confuse the two.
@@ -81,17 +61,14 @@ pub struct Room {
     presence: Presence,
     /// Seq of the newest accepted update (appended, maybe not yet durable).
     seq: u64,
-    /// Newest seq known durable; the only seq shown outside (ARCHITECTURE.md, contract 1).
-    durable_seq: u64,
+    /// The durable seq — the only seq shown outside (ARCHITECTURE.md, contract 1) — with
+    /// what waits for it: undurable updates, waiters, the compaction due.
+    durability: Durability,
     /// Seq covered by the newest snapshot written.
     snapshot_seq: u64,
     /// Size of the encoded document, estimated: the last snapshot (or the loaded log)
     /// plus every update accepted since. Checked against `max_doc_bytes`.
     doc_bytes: usize,
-    /// A snapshot (its seq) whose flush we wait for before deleting the records it
-    /// replaces, and the number of the first flush that covers it: a flush already
-    /// running when the snapshot was written may report its seq without covering it.
-    compaction_due: Option<(u64, u64)>,
     /// The full state (Yjs update v1) and its JSON form, each with the seq it was encoded
     /// at: reads between writes (joins, `/state`, `/json`, snapshots for SSE and polls)
     /// share one encoding instead of each walking the whole document.
@@ -107,14 +84,8 @@ pub struct Room {
     failed: bool,
     /// The room's WebSocket members and how frames reach them.
     fanout: Fanout,
-    /// Updates appended but not yet durable, oldest first; SSE streams get them on flush.
-    undurable: VecDeque<(u64, Bytes)>,
-    /// SSE streams, each with a bounded queue; one that overflows is dropped and its
-    /// client resumes from its Last-Event-ID.
-    subscribers: HashMap<u64, Subscriber>,
-    next_subscriber: u64,
-    /// Waiters by the seq they wait for.
-    waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// SSE streams, each with a bounded queue.
+    streams: Streams,
     /// Last message from anyone; with no sessions, streams or waiters, the room is
     /// evicted `room_idle_ms` after it.
     last_activity: Instant,
@@ -143,7 +114,7 @@ impl Room {
     fn install(&mut self, loaded: load::Loaded) {
         self.doc = loaded.doc;
         self.seq = loaded.seq;
-        self.durable_seq = loaded.seq;
+        self.durability = Durability::at(loaded.seq);
         self.snapshot_seq = loaded.snapshot_seq;
         self.doc_bytes = loaded.doc_bytes;
         self.state_cache = None;
@@ -159,10 +130,9 @@ impl Room {
             doc: Doc::new(),
             presence: Presence::new(presence::Limits::from_settings(&deps.settings)),
             seq: 0,
-            durable_seq: 0,
+            durability: Durability::default(),
             snapshot_seq: 0,
             doc_bytes: 0,
-            compaction_due: None,
             state_cache: None,
             json_cache: None,
             flush_notify: None,
@@ -170,10 +140,7 @@ impl Room {
             snapshot_running: false,
             failed: false,
             fanout: Fanout::new(room_name),
-            undurable: VecDeque::new(),
-            subscribers: HashMap::new(),
-            next_subscriber: 0,
-            waiters: BTreeMap::new(),
+            streams: Streams::default(),
             last_activity: Instant::now(),
             deps,
         }
@@ -299,7 +266,7 @@ impl Room {
         m.updates_accepted.inc();
         self.mark_dirty();
         self.broadcast(&protocol::encode_update(&diff), origin);
-        self.undurable.push_back((self.seq, Bytes::from(diff)));
+        self.durability.appended(self.seq, Bytes::from(diff));
         if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
             self.start_snapshot(ctx);
         }
@@ -339,15 +306,15 @@ impl Room {
     fn fail(&mut self, ctx: &mut Context<Self>, e: &str) {
         error!(
             "room {:?}: the store failed at seq {} (durable {}), closing the room: {e}",
-            self.name, self.seq, self.durable_seq
+            self.name,
+            self.seq,
+            self.durability.durable()
         );
         self.failed = true;
-        self.undurable.clear();
-        self.compaction_due = None;
+        self.durability.fail();
         self.fanout
             .close_all(close::INTERNAL_ERROR, "storage failure");
-        self.subscribers.clear();
-        self.waiters.clear();
+        self.streams.clear();
         ctx.stop();
     }
 
@@ -412,7 +379,7 @@ impl Room {
                 self.doc_bytes = doc_bytes;
                 self.snapshot_seq = self.snapshot_seq.max(seq);
                 let flush = self.mark_dirty();
-                self.compaction_due = Some((seq, flush));
+                self.durability.snapshot_written(seq, flush);
                 // Updates accepted while it ran may call for the next one already.
                 if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
                     self.start_snapshot(ctx);
@@ -471,7 +438,7 @@ impl Room {
     /// Sends presence changes to every session and SSE stream.
     fn broadcast_awareness(&mut self, changes: &AwarenessUpdate) {
         self.broadcast(&protocol::encode_awareness(changes), None);
-        if !self.subscribers.is_empty() {
+        if !self.streams.is_empty() {
             let event = protocol::sse::event("awareness", None, &changes.encode_v1());
             self.publish(LiveEvent::Awareness { event });
         }
@@ -496,37 +463,10 @@ impl Room {
         true
     }
 
-    /// Sends an event to every SSE stream; drops the streams that cannot take it (queue
-    /// full in events or in bytes): their clients resume from their last event id.
+    /// Sends an event to every SSE stream; ends the streams that cannot take it.
     fn publish(&mut self, event: LiveEvent) {
-        let name = &self.name;
-        let len = event.bytes().len();
         let budget = self.deps.settings.outbound_queue_bytes;
-        self.subscribers.retain(|id, sub| {
-            let queued = sub.queued.load(Ordering::Relaxed);
-            let sent = if queued + len > budget {
-                Err("bytes")
-            } else {
-                match sub.events.try_send(event.clone()) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => Err("events"),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
-            };
-            match sent {
-                Ok(()) => {
-                    sub.queued.fetch_add(len, Ordering::Relaxed);
-                    true
-                }
-                Err(what) => {
-                    warn!(
-                        "room {name:?}: SSE stream {id} fell behind ({queued} bytes queued, \
-                         limit reached in {what}); ending it (the client resumes)"
-                    );
-                    false
-                }
-            }
-        });
+        self.streams.publish(&self.name, event, budget);
     }
 
     /// Everything up to `seq` is durable (by flush number `flush`): publish it to SSE
@@ -535,45 +475,38 @@ impl Room {
         if self.failed {
             return;
         }
-        self.durable_seq = self.durable_seq.max(seq);
-        while self
-            .undurable
-            .front()
-            .is_some_and(|(s, _)| *s <= self.durable_seq)
-        {
-            let (seq, update) = self.undurable.pop_front().expect("front exists");
-            if !self.subscribers.is_empty() {
+        let done = self.durability.advance(seq, flush);
+        if !self.streams.is_empty() {
+            for (seq, update) in done.published {
                 let event = protocol::sse::event("update", Some(seq), &update);
                 self.publish(LiveEvent::Update { seq, event });
             }
         }
-        let later = self.waiters.split_off(&(self.durable_seq + 1));
-        for waiter in std::mem::replace(&mut self.waiters, later)
-            .into_values()
-            .flatten()
-        {
-            match waiter {
-                Waiter::Reply(reply) => {
-                    let _ = reply.send(self.durable_seq);
-                }
-                Waiter::Ack { session, token, ok } => {
-                    self.send_to(session, protocol::encode_ack(token, self.durable_seq, ok));
-                }
-            }
+        for waiter in done.answered {
+            self.answer(waiter);
         }
-        if let Some((snapshot_seq, covered_by)) = self.compaction_due
-            && flush >= covered_by
-        {
-            self.compaction_due = None;
+        if let Some(snapshot_seq) = done.compact {
             self.compact(snapshot_seq);
+        }
+    }
+
+    /// Tells `waiter` that what it waited for is durable, covered by the durable seq.
+    fn answer(&mut self, waiter: Waiter) {
+        let durable = self.durability.durable();
+        match waiter {
+            Waiter::Reply(reply) => {
+                let _ = reply.send(durable);
+            }
+            Waiter::Ack { session, token, ok } => {
+                self.send_to(session, protocol::encode_ack(token, durable, ok));
+            }
         }
     }
 
     /// Registers `waiter` for `seq`, or answers it now if `seq` is durable already.
     fn wait_for(&mut self, seq: u64, waiter: Waiter) {
-        self.waiters.entry(seq).or_default().push(waiter);
-        if seq <= self.durable_seq {
-            self.advance_durable(self.durable_seq, 0);
+        if let Some(waiter) = self.durability.wait_for(seq, waiter) {
+            self.answer(waiter);
         }
     }
 
@@ -588,14 +521,11 @@ impl Room {
             );
             self.broadcast_awareness(&expired);
         }
-        self.subscribers.retain(|_, sub| !sub.events.is_closed());
+        self.streams.prune_closed();
         // Long polls that timed out leave their waiter behind.
-        self.waiters.retain(|_, waiters| {
-            waiters.retain(|w| !matches!(w, Waiter::Reply(reply) if reply.is_closed()));
-            !waiters.is_empty()
-        });
+        self.durability.prune_abandoned();
         let busy =
-            !self.fanout.is_empty() || !self.subscribers.is_empty() || !self.waiters.is_empty();
+            !self.fanout.is_empty() || !self.streams.is_empty() || self.durability.has_waiters();
         if busy {
             self.last_activity = Instant::now();
         } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
@@ -609,7 +539,7 @@ impl Room {
     /// next instance ([`super::ask`] retries).
     fn evict(&mut self, ctx: &mut Context<Self>) {
         let snapshot_due = self.seq > self.snapshot_seq && !self.failed;
-        let flush_due = !self.failed && (snapshot_due || self.seq > self.durable_seq);
+        let flush_due = !self.failed && (snapshot_due || self.seq > self.durability.durable());
         let (doc, store, name, seq) = (
             self.doc.clone(),
             self.deps.store.clone(),
@@ -642,7 +572,7 @@ impl Room {
                     "room {:?} evicted after {} ms idle, seq {}",
                     room.name,
                     idle.as_millis(),
-                    room.durable_seq
+                    room.durability.durable()
                 );
                 ctx.stop();
             }),
@@ -659,7 +589,7 @@ impl Room {
         if snapshot_due {
             self.write_snapshot(ctx);
         }
-        if !snapshot_due && self.seq == self.durable_seq {
+        if !snapshot_due && self.seq == self.durability.durable() {
             return;
         }
         let started = Instant::now();
@@ -889,7 +819,7 @@ impl Handler<GetInfo> for Room {
         let awareness = self.presence.len();
         MessageResult(RoomInfo {
             room: self.name.to_string(),
-            seq: self.durable_seq,
+            seq: self.durability.durable(),
             connections: self.fanout.len(),
             awareness,
             size,
@@ -926,7 +856,7 @@ impl Handler<Shutdown> for Room {
         self.fanout
             .close_all(close::GOING_AWAY, "server shutting down");
         self.snapshot_and_flush(ctx);
-        self.subscribers.clear();
+        self.streams.clear();
         ctx.stop();
     }
 }
@@ -936,17 +866,10 @@ impl Handler<Subscribe> for Room {
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        self.next_subscriber += 1;
-        self.subscribers.insert(
-            self.next_subscriber,
-            Subscriber {
-                events: msg.events,
-                queued: msg.queued,
-            },
-        );
+        self.streams.add(msg.events, msg.queued);
         let awareness = self.presence.full().map(|u| Bytes::from(u.encode_v1()));
         MessageResult(Subscribed {
-            durable_seq: self.durable_seq,
+            durable_seq: self.durability.durable(),
             awareness,
         })
     }
@@ -957,7 +880,7 @@ impl Handler<GetDurableSeq> for Room {
 
     fn handle(&mut self, _msg: GetDurableSeq, _ctx: &mut Context<Self>) -> u64 {
         self.touch();
-        self.durable_seq
+        self.durability.durable()
     }
 }
 
