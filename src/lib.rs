@@ -9,11 +9,13 @@
 //! - [`auth`]: access tokens (HS256 JWT): which rooms, read or write, until when.
 //! - [`limits`]: connection limits, admission and per-session rate buckets.
 //! - [`metrics`]: Prometheus metrics served at `/metrics`.
-//! - [`protocol`]: the y-websocket wire codec (sans-IO) and the HTTP JSON shapes.
-//! - [`room`]: the room actor, the room's update rules ([`room::core`]) and presence
-//!   ([`room::presence`]), both sans-IO, the
-//!   registry actor, and the messages between them.
-//! - [`session`]: the WebSocket session actor.
+//! - [`protocol`]: the y-websocket wire codec (sans-IO), SSE framing, the close codes and
+//!   the HTTP JSON shapes.
+//! - [`room`]: the room actor and the parts it drives, each sans-IO: the update rules
+//!   ([`room::core`]), presence ([`room::presence`]), durability bookkeeping
+//!   ([`room::durability`]), fan-out to members through the [`room::fanout::Peer`] trait
+//!   and SSE streams ([`room::live`]); the registry actor; the messages between them.
+//! - [`session`]: the WebSocket session actor, and its outbound queue (its `Peer`).
 //! - [`http`]: routes and handlers.
 //! - [`store`]: the op log (sled, fsynced by us), snapshots, compaction, group commit
 //!   ([`store::commit`]); its docs hold the record format and the crash matrix.
