@@ -19,7 +19,8 @@ BENCH=target/release/collabd-bench
 # towards one address).
 COLLABD_FLAGS=(--max-connections 20000 --max-connections-per-room 20000
   --max-connections-per-ip 20000 --admission-rate 100000 --admission-burst 100000
-  --session-rate 100000 --session-burst 100000)
+  --session-rate 100000 --session-burst 100000
+  --admission-rate-per-ip 100000 --admission-burst-per-ip 100000)
 
 declare -A SCENARIOS=(
   [floor]="--rooms 1 --clients 2 --writers 1 --rate 50 --duration 10 --apply"
