@@ -9,7 +9,8 @@
 //! - [`auth`]: access tokens (HS256 JWT): which rooms, read or write, until when.
 //! - [`limits`]: connection limits, admission and per-session rate buckets.
 //! - [`metrics`]: Prometheus metrics served at `/metrics`.
-//! - [`protocol`]: the y-websocket wire codec (sans-IO) and the HTTP JSON shapes.
+//! - [`protocol`]: the y-websocket wire codec (sans-IO, both directions: the server, the
+//!   tests' client and the load generator use it) and the HTTP JSON shapes.
 //! - [`room`]: the room actor, the room's update rules ([`room::core`]) and presence
 //!   ([`room::presence`]), both sans-IO, the
 //!   registry actor, and the messages between them.

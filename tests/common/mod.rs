@@ -13,11 +13,13 @@ use actix_codec::Framed;
 use awc::BoxedSocket;
 use awc::ws::{Codec, Frame, Message};
 use bytes::Bytes;
+use collabd::protocol::{self, MSG_SYNC, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+
+pub use collabd::protocol::write_var;
 
 /// Upper bound for anything a test waits for; reaching it is a failure, never a pass.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -360,7 +362,7 @@ impl YClient {
             sync_step1_heard: 0,
         };
         let sv = client.doc().transact().state_vector();
-        client.send_raw(sync_frame(0, &sv.encode_v1())).await;
+        client.send_raw(protocol::encode_sync_step1(&sv)).await;
         Ok(client)
     }
 
@@ -402,7 +404,7 @@ impl YClient {
             text.insert(&mut txn, index, chunk);
             txn.encode_update_v1()
         };
-        self.send_raw(sync_frame(2, &update)).await;
+        self.send_raw(protocol::encode_update(&update)).await;
     }
 
     /// Appends to the end of the text.
@@ -416,19 +418,14 @@ impl YClient {
 
     /// Asks the server to say when everything sent so far is durable (message type 100).
     pub async fn request_ack(&mut self, token: u64) {
-        let mut payload = Vec::new();
-        write_var(&mut payload, token);
-        let mut frame = vec![100];
-        write_var(&mut frame, payload.len() as u64);
-        frame.extend_from_slice(&payload);
-        self.send_raw(frame).await;
+        self.send_raw(protocol::encode_ack_request(token)).await;
     }
 
     /// Sets this client's awareness state and announces it.
     pub async fn set_awareness(&mut self, json: &str) {
         self.awareness.set_local_state_raw(json);
         let update = self.awareness.update().unwrap();
-        self.send_raw(awareness_frame(&update)).await;
+        self.send_raw(protocol::encode_awareness(&update)).await;
     }
 
     /// Client ids with a live awareness state, as this client sees them.
@@ -476,52 +473,30 @@ impl YClient {
         }
     }
 
-    async fn handle(&mut self, mut frame: &[u8]) {
-        while !frame.is_empty() {
-            let tag = read_var(&mut frame);
-            match tag {
-                0 => {
-                    let sub = read_var(&mut frame);
-                    let payload = read_buf(&mut frame);
-                    match sub {
-                        0 => {
-                            self.sync_step1_heard += 1;
-                            let sv = StateVector::decode_v1(payload).unwrap();
-                            let diff = self.doc().transact().encode_state_as_update_v1(&sv);
-                            self.send_raw(sync_frame(1, &diff)).await;
-                        }
-                        _ => {
-                            let update = Update::decode_v1(payload).unwrap();
-                            self.doc().transact_mut().apply_update(update).unwrap();
-                            if sub == 1 {
-                                self.synced = true;
-                            }
-                        }
-                    }
+    /// Handles the messages of one frame from the server, like `WebsocketProvider`.
+    async fn handle(&mut self, frame: &[u8]) {
+        for message in protocol::decode_server_frame(frame) {
+            match message.expect("the server's frame decodes") {
+                ServerMessage::SyncStep1(sv) => {
+                    self.sync_step1_heard += 1;
+                    let diff = self.doc().transact().encode_state_as_update_v1(&sv);
+                    self.send_raw(protocol::encode_sync_step2(&diff)).await;
                 }
-                1 => {
-                    let update = AwarenessUpdate::decode_v1(read_buf(&mut frame)).unwrap();
+                ServerMessage::SyncStep2(update) => {
+                    apply(self.doc(), update);
+                    self.synced = true;
+                }
+                ServerMessage::Update(update) => apply(self.doc(), update),
+                ServerMessage::Awareness(update) => {
                     self.awareness_heard
                         .extend(update.clients.keys().map(|id| id.get()));
                     self.awareness_json_heard
                         .extend(update.clients.values().map(|e| e.json.to_string()));
                     self.awareness.apply_update(update).unwrap();
                 }
-                2 => {
-                    assert_eq!(read_var(&mut frame), 0, "only permission-denied is sent");
-                    let reason = read_buf(&mut frame);
-                    self.denied
-                        .push(String::from_utf8(reason.to_vec()).unwrap());
-                }
-                100 => {
-                    let mut payload = read_buf(&mut frame);
-                    let token = read_var(&mut payload);
-                    let seq = read_var(&mut payload);
-                    let status = read_var(&mut payload);
-                    assert!(status <= 1, "ack status {status}");
-                    self.acks.push((token, seq, status == 0));
-                }
-                other => panic!("unexpected message type {other} from server"),
+                ServerMessage::PermissionDenied { reason } => self.denied.push(reason.to_string()),
+                ServerMessage::Ack { token, seq, stored } => self.acks.push((token, seq, stored)),
+                other => panic!("unexpected message {other:?} from server"),
             }
         }
     }
@@ -577,49 +552,17 @@ impl YClient {
     }
 }
 
-/// `[0 sync, sub, varbuf payload]`.
+/// `[0 sync, sub, varbuf payload]`, with any subtype and payload (hostile frames too).
 pub fn sync_frame(sub: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, sub];
-    write_var(&mut out, payload.len() as u64);
-    out.extend_from_slice(payload);
+    let mut out = Vec::with_capacity(payload.len() + 12);
+    write_var(&mut out, MSG_SYNC);
+    write_var(&mut out, sub.into());
+    protocol::write_buf(&mut out, payload);
     out
 }
 
 pub fn awareness_frame(update: &AwarenessUpdate) -> Vec<u8> {
-    let payload = update.encode_v1();
-    let mut out = vec![1];
-    write_var(&mut out, payload.len() as u64);
-    out.extend_from_slice(&payload);
-    out
-}
-
-pub fn write_var(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn read_var(buf: &mut &[u8]) -> u64 {
-    let mut value = 0u64;
-    let mut shift = 0;
-    loop {
-        let byte = buf[0];
-        *buf = &buf[1..];
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return value;
-        }
-        shift += 7;
-    }
-}
-
-fn read_buf<'a>(buf: &mut &'a [u8]) -> &'a [u8] {
-    let len = read_var(buf) as usize;
-    let (head, tail) = buf.split_at(len);
-    *buf = tail;
-    head
+    protocol::encode_awareness(update).to_vec()
 }
 
 /// A writer that edits a local yrs document and POSTs each update.
