@@ -9,8 +9,9 @@
 //! - [`auth`]: access tokens (HS256 JWT): which rooms, read or write, until when.
 //! - [`limits`]: connection limits, admission and per-session rate buckets.
 //! - [`metrics`]: Prometheus metrics served at `/metrics`.
-//! - [`protocol`]: the y-websocket wire codec (sans-IO), SSE framing, the close codes and
-//!   the HTTP JSON shapes.
+//! - [`protocol`]: the y-websocket wire codec (sans-IO, both directions: the server, the
+//!   tests' client and the load generator use it), SSE framing, the close codes and the
+//!   HTTP JSON shapes.
 //! - [`room`]: the room actor and the parts it drives, each sans-IO: the update rules
 //!   ([`room::core`]), presence ([`room::presence`]), durability bookkeeping
 //!   ([`room::durability`]), fan-out to members through the [`room::fanout::Peer`] trait

@@ -25,12 +25,13 @@ use awc::BoxedSocket;
 use awc::ws::{Codec, Frame, Message};
 use bytes::Bytes;
 use clap::Parser;
+use collabd::protocol::{self, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Array, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{Array, Doc, ReadTxn, Transact, Update};
 
 /// A scenario, by flags.
 #[derive(Parser, Debug, Clone, Serialize)]
@@ -157,46 +158,6 @@ struct ClientResult {
     state_vector: Option<Vec<u8>>,
 }
 
-fn read_var(buf: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = buf.split_first()?;
-        *buf = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-fn read_buf<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = read_var(buf)? as usize;
-    if len > buf.len() {
-        return None;
-    }
-    let (head, tail) = buf.split_at(len);
-    *buf = tail;
-    Some(head)
-}
-
-fn write_var(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn sync_frame(sub: u64, payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    write_var(&mut out, 0);
-    write_var(&mut out, sub);
-    write_var(&mut out, payload.len() as u64);
-    out.extend_from_slice(payload);
-    Bytes::from(out)
-}
-
 /// Every `~Tw:n:nanos~` marker in an update: (writer, counter, send time).
 fn markers(update: &[u8]) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
     let mut rest = update;
@@ -228,41 +189,25 @@ struct Client {
 }
 
 impl Client {
-    /// Handles one frame from the server; returns frames to send back.
-    fn on_frame(&mut self, mut frame: &[u8], replies: &mut Vec<Bytes>) {
-        while !frame.is_empty() {
-            let Some(tag) = read_var(&mut frame) else {
-                return;
-            };
-            match tag {
-                0 => {
-                    let (Some(sub), Some(payload)) = (read_var(&mut frame), read_buf(&mut frame))
-                    else {
-                        return;
-                    };
-                    match sub {
-                        0 => {
-                            let sv = StateVector::decode_v1(payload).unwrap_or_default();
-                            let diff = self.doc.transact().encode_state_as_update_v1(&sv);
-                            replies.push(sync_frame(1, &diff));
-                        }
-                        _ => {
-                            self.on_update(payload);
-                            if sub == 1 && !self.synced {
-                                self.synced = true;
-                                self.shared.synced.set(self.shared.synced.get() + 1);
-                            }
-                        }
+    /// Handles one frame from the server; returns frames to send back. A message that
+    /// does not decode ends the frame.
+    fn on_frame(&mut self, frame: &[u8], replies: &mut Vec<Bytes>) {
+        for message in protocol::decode_server_frame(frame) {
+            match message {
+                Ok(ServerMessage::SyncStep1(sv)) => {
+                    let diff = self.doc.transact().encode_state_as_update_v1(&sv);
+                    replies.push(protocol::encode_sync_step2(&diff));
+                }
+                Ok(ServerMessage::SyncStep2(update)) => {
+                    self.on_update(update);
+                    if !self.synced {
+                        self.synced = true;
+                        self.shared.synced.set(self.shared.synced.get() + 1);
                     }
                 }
-                3 => {}
-                2 => {
-                    let _ = read_var(&mut frame);
-                    let _ = read_buf(&mut frame);
-                }
-                _ => {
-                    let _ = read_buf(&mut frame);
-                }
+                Ok(ServerMessage::Update(update)) => self.on_update(update),
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
     }
@@ -305,7 +250,7 @@ impl Client {
             txn.encode_update_v1()
         };
         self.digest.add(writer, counter);
-        sync_frame(2, &update)
+        protocol::encode_update(&update)
     }
 }
 
@@ -324,8 +269,8 @@ async fn run_client(http: awc::Client, url: String, mut client: Client) -> Resul
     let shared = client.shared.clone();
     shared.connected.set(shared.connected.get() + 1);
     let mut socket: Framed<BoxedSocket, Codec> = socket;
-    let sv = client.doc.transact().state_vector().encode_v1();
-    send(&mut socket, sync_frame(0, &sv)).await?;
+    let sv = client.doc.transact().state_vector();
+    send(&mut socket, protocol::encode_sync_step1(&sv)).await?;
 
     let period = Duration::from_secs_f64(1.0 / client.args.rate.max(0.001));
     let mut counter = 0u64;
