@@ -179,7 +179,14 @@ impl TestServer {
     }
 
     /// SIGKILL: no shutdown, no final flush.
+    /// SIGKILL to the server (and to its tracer, if it runs under one), then reap.
     pub fn kill(&mut self) {
+        if self.pid != self.child.id() {
+            // Under strace, killing the tracer alone would leave the server running.
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -270,7 +277,6 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
