@@ -186,6 +186,7 @@ impl TestServer {
             let _ = Command::new("kill")
                 .args(["-KILL", &self.pid.to_string()])
                 .status();
+            self.pid = self.child.id();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -200,6 +201,8 @@ impl TestServer {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Gone (with its tracer, if any): nothing left to kill on drop.
+                self.pid = self.child.id();
                 return status;
             }
             assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
