@@ -270,17 +270,7 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        // A cheap deterministic sweep over short random frames.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for len in 0..2000usize {
-            let bytes: Vec<u8> = (0..len % 64)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+        for bytes in crate::protocol::lib0::random_frames(0x9e37_79b9_7f4a_7c15) {
             let _ = decode_frame(&Bytes::from(bytes));
         }
     }

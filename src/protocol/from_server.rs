@@ -251,16 +251,7 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for len in 0..2000usize {
-            let bytes: Vec<u8> = (0..len % 64)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+        for bytes in crate::protocol::lib0::random_frames(0x2545_f491_4f6c_dd1d) {
             let _ = decode_all(&bytes);
         }
     }
