@@ -64,6 +64,23 @@ pub fn write_buf(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Short pseudo-random byte strings (xorshift from `seed`), for the decoders' "never
+/// panics" sweeps.
+#[cfg(test)]
+pub(crate) fn random_frames(seed: u64) -> impl Iterator<Item = Vec<u8>> {
+    let mut x = seed;
+    (0..2000usize).map(move |len| {
+        (0..len % 64)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,21 +110,4 @@ mod tests {
             Err(ProtocolError::Truncated("varint"))
         );
     }
-}
-
-/// Short pseudo-random byte strings (xorshift from `seed`), for the decoders' "never
-/// panics" sweeps.
-#[cfg(test)]
-pub(crate) fn random_frames(seed: u64) -> impl Iterator<Item = Vec<u8>> {
-    let mut x = seed;
-    (0..2000usize).map(move |len| {
-        (0..len % 64)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    })
 }
