@@ -1,10 +1,14 @@
 //! Messages between sessions, HTTP handlers, the registry and rooms.
 
-use actix::Message;
+use std::sync::Arc;
+
+use actix::{Addr, Message};
 use bytes::Bytes;
 
 use crate::protocol::ClientMessage;
 use crate::protocol::json::RoomInfo;
+
+use super::Room;
 
 /// Identifies one session (one WebSocket connection) across its life.
 pub type SessionId = u64;
@@ -139,3 +143,46 @@ pub struct ApplyUpdate {
 #[derive(Message, Clone)]
 #[rtype(result = "serde_json::Value")]
 pub struct GetJson;
+
+// Between the registry and everyone who needs a room.
+
+/// Finds the room, spawning it if it is not running.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<Room>, NoRoom>")]
+pub struct GetRoom {
+    pub name: Arc<str>,
+}
+
+/// Finds the room if it is running; never spawns one.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<Room>>")]
+pub struct FindRoom {
+    pub name: Arc<str>,
+}
+
+/// Why [`GetRoom`] has no room to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoom {
+    /// Shutdown has begun.
+    Stopping,
+    /// `max_rooms` rooms are loaded; this one would be one too many.
+    Full(usize),
+}
+
+/// A room actor stopped (evicted, failed or shut down).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomStopped {
+    pub name: Arc<str>,
+    pub id: u64,
+}
+
+/// How many rooms are running; for health and metrics.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountRooms;
+
+/// Stop every room (each flushes and closes its sessions with 1001) and answer when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutdownAll;

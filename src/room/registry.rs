@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorFutureExt, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler, Message,
+    Actor, ActorFutureExt, Addr, Arbiter, ArbiterHandle, AsyncContext, Context, Handler,
     MessageResult, ResponseActFuture, WrapFuture,
 };
 use log::{debug, error, info};
@@ -18,46 +18,7 @@ use crate::metrics::metrics;
 use crate::store::Store;
 use crate::store::commit::Flusher;
 
-/// Finds the room, spawning it if it is not running.
-#[derive(Message)]
-#[rtype(result = "Result<Addr<Room>, NoRoom>")]
-pub struct GetRoom {
-    pub name: Arc<str>,
-}
-
-/// Finds the room if it is running; never spawns one.
-#[derive(Message)]
-#[rtype(result = "Option<Addr<Room>>")]
-pub struct FindRoom {
-    pub name: Arc<str>,
-}
-
-/// Why [`GetRoom`] has no room to give.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoRoom {
-    /// Shutdown has begun.
-    Stopping,
-    /// `max_rooms` rooms are loaded; this one would be one too many.
-    Full(usize),
-}
-
-/// A room actor stopped (evicted, failed or shut down).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RoomStopped {
-    pub name: Arc<str>,
-    pub id: u64,
-}
-
-/// How many rooms are running; for health and metrics.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountRooms;
-
-/// Stop every room (each flushes and closes its sessions with 1001) and answer when done.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ShutdownAll;
+pub use super::messages::{CountRooms, FindRoom, GetRoom, NoRoom, RoomStopped, ShutdownAll};
 
 struct Entry {
     id: u64,
