@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::limits::Admission;
 use crate::room::Registry;
-use crate::room::registry::ShutdownAll;
+use crate::room::messages::ShutdownAll;
 use crate::store::Store;
 use crate::store::commit::Flusher;
 use crate::store::sled::SledStore;

@@ -28,12 +28,12 @@ use super::durability::{Durability, Waiter};
 use super::fanout::Fanout;
 use super::live::Streams;
 use super::load;
+use super::messages::RoomStopped;
 use super::messages::{
     ApplyUpdate, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join,
     Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::presence::{self, Presence};
-use super::registry::RoomStopped;
 use crate::config::Settings;
 use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;

@@ -21,10 +21,11 @@ use actix::dev::ToEnvelope;
 use actix::{Addr, Handler, MailboxError, Message};
 
 pub use actor::Room;
-pub use registry::{GetRoom, Registry};
+pub use messages::GetRoom;
+pub use registry::Registry;
 
 use crate::store::Store;
-use registry::{FindRoom, NoRoom};
+use messages::{FindRoom, NoRoom};
 
 /// How often [`ask`] retries a room that stopped under it, and how long it waits between.
 const ASK_ATTEMPTS: usize = 5;
