@@ -1,0 +1,219 @@
+//! How a room's state reaches the disk and how a room ends: snapshots (on the blocking
+//! pool), compaction once a flush covers the snapshot, eviction, the final flush, and
+//! stopping when the store fails. A child of `actor.rs`: the same `Room`, its other half.
+
+use std::time::Instant;
+
+use actix::{ActorContext, ActorFutureExt, AsyncContext, Context, WrapFuture};
+use log::{debug, error, info};
+use yrs::{Doc, ReadTxn, StateVector, Transact};
+
+use super::Room;
+use crate::metrics::metrics;
+use crate::protocol::close;
+use crate::store::{Snapshot, Store, StoreError};
+
+impl Room {
+    /// The store failed a write or a flush: the document may hold updates the disk does
+    /// not, so the room stops at once (appending nothing more, showing no further seq);
+    /// clients reconnect, the room reloads from what the store really holds, and the
+    /// clients' state vectors bring the missing updates back.
+    pub(super) fn fail(&mut self, ctx: &mut Context<Self>, e: &str) {
+        error!(
+            "room {:?}: the store failed at seq {} (durable {}), closing the room: {e}",
+            self.name,
+            self.seq,
+            self.durability.durable()
+        );
+        self.failed = true;
+        self.durability.fail();
+        self.fanout
+            .close_all(close::INTERNAL_ERROR, "storage failure");
+        self.streams.clear();
+        ctx.stop();
+    }
+
+    /// Writes a snapshot at the current seq on the blocking pool: encoding a large
+    /// document and storing it does not hold up the room thread's other rooms, and this
+    /// room keeps serving meanwhile (a write arriving during the encoding waits for it on
+    /// the document's lock).
+    pub(super) fn start_snapshot(&mut self, ctx: &mut Context<Self>) {
+        if self.snapshot_running || self.failed {
+            return;
+        }
+        self.snapshot_running = true;
+        let (doc, store, name, seq) = (
+            self.doc.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+            self.seq,
+        );
+        let (started, bytes_before) = (Instant::now(), self.doc_bytes);
+        ctx.spawn(
+            actix_rt::task::spawn_blocking(move || store_snapshot(&doc, &*store, &name, seq))
+                .into_actor(self)
+                .map(move |stored, room, ctx| {
+                    room.snapshot_running = false;
+                    let stored = stored.unwrap_or_else(|e| Err(StoreError::Io(e.into())));
+                    // What was accepted while it encoded counts on top of the snapshot.
+                    let since = room.doc_bytes.saturating_sub(bytes_before);
+                    room.snapshot_written(seq, stored.map(|len| len + since), started, ctx);
+                }),
+        );
+    }
+
+    /// Writes a snapshot at the current seq here and now (the room is stopping).
+    pub(super) fn write_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let stored = store_snapshot(&self.doc, &*self.deps.store, &self.name, self.seq);
+        self.snapshot_written(self.seq, stored, started, ctx);
+    }
+
+    /// A snapshot at `seq` was stored (its size, plus what was accepted meanwhile) or not:
+    /// its flush is asked for, and compaction waits for a flush that covers it.
+    pub(super) fn snapshot_written(
+        &mut self,
+        seq: u64,
+        stored: Result<usize, StoreError>,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.failed {
+            return;
+        }
+        match stored {
+            Ok(doc_bytes) => {
+                metrics()
+                    .snapshot_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                debug!(
+                    "room {:?}: snapshot at seq {seq} in {} µs",
+                    self.name,
+                    started.elapsed().as_micros()
+                );
+                self.doc_bytes = doc_bytes;
+                self.snapshot_seq = self.snapshot_seq.max(seq);
+                let flush = self.mark_dirty();
+                self.durability.snapshot_written(seq, flush);
+                // Updates accepted while it ran may call for the next one already.
+                if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
+                    self.start_snapshot(ctx);
+                }
+            }
+            Err(e) => {
+                error!("room {:?}: snapshot failed: {e}", self.name);
+                if matches!(e, StoreError::Failed(_)) {
+                    self.fail(ctx, &e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Deletes records that the durable snapshot at `snapshot_seq` covers and that fall
+    /// out of the replay window.
+    pub(super) fn compact(&mut self, snapshot_seq: u64) {
+        let keep_from = (snapshot_seq + 1).saturating_sub(self.deps.settings.replay_window);
+        let started = Instant::now();
+        let deleted = self.deps.store.delete_before(&self.name, keep_from);
+        metrics()
+            .compaction_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match deleted {
+            Ok(n) => debug!(
+                "room {:?}: compacted {n} records before seq {keep_from}",
+                self.name
+            ),
+            Err(e) => error!("room {:?}: compaction failed: {e}", self.name),
+        }
+    }
+
+    /// Stops an idle room: a snapshot (if the log grew since the last one) and a flush (if
+    /// anything is not yet durable) on the blocking pool, while the room's mailbox waits;
+    /// then the actor stops. Messages that arrive meanwhile find it stopped and go to its
+    /// next instance ([`super::ask`] retries).
+    pub(super) fn evict(&mut self, ctx: &mut Context<Self>) {
+        let snapshot_due = self.seq > self.snapshot_seq && !self.failed;
+        let flush_due = !self.failed && (snapshot_due || self.seq > self.durability.durable());
+        let (doc, store, name, seq) = (
+            self.doc.clone(),
+            self.deps.store.clone(),
+            self.name.clone(),
+            self.seq,
+        );
+        let idle = self.last_activity.elapsed();
+        ctx.wait(
+            actix_rt::task::spawn_blocking(move || -> Result<(), StoreError> {
+                if snapshot_due {
+                    store_snapshot(&doc, &*store, &name, seq)?;
+                }
+                if flush_due {
+                    let started = Instant::now();
+                    store.flush()?;
+                    metrics()
+                        .oplog_flush_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Ok(())
+            })
+            .into_actor(self)
+            .map(move |done, room, ctx| {
+                match done.unwrap_or_else(|e| Err(StoreError::Io(e.into()))) {
+                    Ok(()) if flush_due => room.advance_durable(seq, u64::MAX),
+                    Ok(()) => {}
+                    Err(e) => error!("room {:?}: final snapshot or flush failed: {e}", room.name),
+                }
+                info!(
+                    "room {:?} evicted after {} ms idle, seq {}",
+                    room.name,
+                    idle.as_millis(),
+                    room.durability.durable()
+                );
+                ctx.stop();
+            }),
+        );
+    }
+
+    /// Before the room stops at shutdown: a snapshot (if the log grew since the last
+    /// one), so the next load applies one state instead of replaying records, then a
+    /// flush (counted in `collabd_oplog_flush_seconds` like the flusher's) if anything is
+    /// not yet durable. A room that only served reads stops without one: a flush is an
+    /// fsync. (Eviction does the same off the room thread, see [`Room::evict`].)
+    pub(super) fn snapshot_and_flush(&mut self, ctx: &mut Context<Self>) {
+        let snapshot_due = self.seq > self.snapshot_seq;
+        if snapshot_due {
+            self.write_snapshot(ctx);
+        }
+        if !snapshot_due && self.seq == self.durability.durable() {
+            return;
+        }
+        let started = Instant::now();
+        self.flush_now();
+        metrics()
+            .oplog_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Makes everything appended so far durable, now (costs nothing if nothing is
+    /// unflushed: the store skips a flush that has nothing new to cover).
+    pub(super) fn flush_now(&mut self) {
+        if self.failed {
+            return;
+        }
+        match self.deps.store.flush() {
+            // A flush that starts after every write covers the latest snapshot too.
+            Ok(()) => self.advance_durable(self.seq, u64::MAX),
+            Err(e) => error!("room {:?}: final flush failed: {e}", self.name),
+        }
+    }
+}
+
+/// Encodes `doc` whole and stores it as the snapshot of `name` at `seq`; returns its
+/// size. Blocking: the room runs it on the blocking pool except when it stops.
+fn store_snapshot(doc: &Doc, store: &dyn Store, name: &str, seq: u64) -> Result<usize, StoreError> {
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let len = state.len();
+    store.put_snapshot(name, &Snapshot { seq, state })?;
+    Ok(len)
+}
