@@ -121,8 +121,8 @@ where
 }
 
 /// Whether the store holds anything of `room`: a record, else a snapshot (compaction
-/// with `replay_window = 0` can leave a snapshot alone). The record check comes first:
-/// it is a key lookup, while reading a snapshot reads the whole state.
+/// with `replay_window = 0` can leave a snapshot alone). Two key lookups; neither reads
+/// a record or a state.
 fn is_stored(store: &dyn Store, room: &str) -> Result<bool, crate::store::StoreError> {
-    Ok(store.first_seq(room)?.is_some() || store.snapshot(room)?.is_some())
+    Ok(store.first_seq(room)?.is_some() || store.has_snapshot(room)?)
 }

@@ -149,6 +149,11 @@ pub trait Store: Send + Sync + 'static {
     /// The room's latest snapshot, if any.
     fn snapshot(&self, room: &str) -> Result<Option<Snapshot>, StoreError>;
 
+    /// Whether the room has a snapshot, without reading it.
+    fn has_snapshot(&self, room: &str) -> Result<bool, StoreError> {
+        Ok(self.snapshot(room)?.is_some())
+    }
+
     /// Up to `limit` records with seq greater than `after`, in seq order.
     fn updates_after(
         &self,
@@ -226,6 +231,8 @@ pub(crate) mod contract {
         assert_eq!(store.first_seq("a").unwrap(), Some(3));
         let log = store.load("a").unwrap();
         assert_eq!(log.snapshot, Some(snap));
+        assert!(store.has_snapshot("a").unwrap());
+        assert!(!store.has_snapshot("a/b").unwrap());
         assert_eq!(
             log.updates.iter().map(|u| u.seq).collect::<Vec<_>>(),
             vec![5]

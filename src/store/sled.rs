@@ -364,6 +364,10 @@ impl Store for SledStore {
         }
     }
 
+    fn has_snapshot(&self, room: &str) -> Result<bool, StoreError> {
+        Ok(self.snapshots.contains_key(room.as_bytes())?)
+    }
+
     fn updates_after(
         &self,
         room: &str,
