@@ -88,11 +88,7 @@ async fn ws_writer(base: String, doc: Doc, next: Rc<Cell<u64>>) -> Vec<String> {
             break;
         }
         sent.push(key);
-        let mut ack = vec![100];
-        let mut payload = Vec::new();
-        write_var(&mut payload, sent.len() as u64);
-        write_var(&mut ack, payload.len() as u64);
-        ack.extend_from_slice(&payload);
+        let ack = collabd::protocol::encode_ack_request(sent.len() as u64);
         if !client.try_send(ack).await {
             break;
         }
