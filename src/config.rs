@@ -133,9 +133,11 @@ pub struct Settings {
     /// server warns at startup). Set it in the file or as `COLLABD_AUTH_SECRET`, never as a
     /// flag (flags are visible in `ps`).
     pub auth_secret: Option<String>,
-    /// Browser origins allowed to open WebSocket and SSE connections (exact match of the
-    /// `Origin` header, e.g. `https://app.example.com`). Empty: any origin. Requests
-    /// without an `Origin` header (non-browser clients) are not affected. An origin has no
+    /// Browser origins allowed on every route — WebSocket, SSE, polling, state, writes —
+    /// (exact match of the `Origin` header, e.g. `https://app.example.com`); a request
+    /// from another origin gets 403 `origin_not_allowed`, listed origins get CORS
+    /// answers. Empty: any origin (CORS with `*`). Requests without an `Origin` header
+    /// (non-browser clients) are not affected. An origin has no
     /// path, not even a trailing `/`.
     pub allowed_origins: Vec<String>,
     /// With it set, a token is accepted only if its `aud` claim (a string or an array of
@@ -360,7 +362,7 @@ pub struct Overrides {
     #[arg(long)]
     pub max_doc_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    /// Browser origins allowed for WebSocket/SSE, comma-separated [default: any]
+    /// Browser origins allowed on every route, comma-separated [default: any]
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::{Actor, Addr};
+use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 use log::{error, info, warn};
 
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, cors};
 use crate::limits::Admission;
 use crate::room::Registry;
 use crate::room::messages::ShutdownAll;
@@ -61,9 +62,26 @@ impl Server {
             n => n,
         };
         let server = HttpServer::new(move || {
+            let allowed = state.settings.clone();
             App::new()
                 .app_data(web::Data::new(state.clone()))
                 .configure(http::configure)
+                .wrap_fn(move |req, srv| {
+                    use futures_util::future::{Either, FutureExt, ready};
+                    match cors::decide(req.method(), req.headers(), &allowed.allowed_origins) {
+                        cors::Decision::Serve(headers) => {
+                            Either::Left(srv.call(req).map(move |res| {
+                                res.map(|mut r| {
+                                    cors::add_headers(r.headers_mut(), headers);
+                                    r.map_into_left_body()
+                                })
+                            }))
+                        }
+                        cors::Decision::Answer(answer) => Either::Right(ready(Ok(req
+                            .into_response(answer)
+                            .map_into_right_body()))),
+                    }
+                })
         })
         // Small frames must leave at once: with Nagle on, an update written while the
         // previous one is unacknowledged waits for the peer's delayed ACK (~40 ms).

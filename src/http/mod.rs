@@ -2,6 +2,7 @@
 //! state and the WebSocket upgrade. Handlers are thin: they find the room and ask it.
 
 pub mod access;
+pub mod cors;
 pub mod error;
 pub mod rooms;
 pub mod sse;
