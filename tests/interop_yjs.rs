@@ -35,3 +35,13 @@ fn a_real_eventsource_resumes_with_last_event_id_after_the_stream_drops() {
 fn stock_clients_with_access_tokens_write_read_only_and_expire() {
     run_node("auth.mjs");
 }
+
+/// Needs Debian's Chromium at /usr/bin/chromium (`.ci/run` installs it).
+#[test]
+fn a_page_on_another_origin_uses_sse_polling_and_post_in_chromium() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium missing: apt-get install chromium"
+    );
+    run_node("cors_browser.mjs");
+}
