@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Payload bytes received and sent, by transport.
     pub bytes_in: IntCounterVec,
     pub bytes_out: IntCounterVec,
+    /// `bytes_in` and `bytes_out` of WebSocket sessions, resolved once (a label lookup
+    /// takes a lock); `bytes_out` is added once per broadcast, not per delivery.
+    pub ws_bytes_in: IntCounter,
+    pub ws_bytes_out: IntCounter,
     /// Frames handed to sessions by room broadcasts (one per receiving session).
     pub fanout_frames: IntCounter,
     /// Frames and bytes waiting in WebSocket sessions' outbound queues, all sessions.
@@ -89,7 +93,21 @@ impl Metrics {
             registry.register(Box::new(m.clone())).expect("unique");
             m
         };
+        let bytes_in = counter_vec(
+            "collabd_bytes_in_total",
+            "Payload bytes received, by transport.",
+            "transport",
+        );
+        let bytes_out = counter_vec(
+            "collabd_bytes_out_total",
+            "Payload bytes sent, by transport.",
+            "transport",
+        );
         Metrics {
+            ws_bytes_in: bytes_in.with_label_values(&["ws"]),
+            ws_bytes_out: bytes_out.with_label_values(&["ws"]),
+            bytes_in,
+            bytes_out,
             connections: gauge_vec(
                 "collabd_connections",
                 "Open connections by transport.",
@@ -132,16 +150,6 @@ impl Metrics {
                 "collabd_updates_rejected_total",
                 "Updates refused, by reason.",
                 "reason",
-            ),
-            bytes_in: counter_vec(
-                "collabd_bytes_in_total",
-                "Payload bytes received, by transport.",
-                "transport",
-            ),
-            bytes_out: counter_vec(
-                "collabd_bytes_out_total",
-                "Payload bytes sent, by transport.",
-                "transport",
             ),
             fanout_frames: counter(
                 "collabd_fanout_frames_total",

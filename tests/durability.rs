@@ -242,7 +242,6 @@ mod power {
     use collabd::config::Settings;
     use collabd::room::messages::{ApplyUpdate, CloseSession, GetState, Join};
     use collabd::room::{Registry, ask};
-    use collabd::session::{OutboundQueue, SessionPeer};
     use collabd::store::Store;
     use collabd::store::commit::Flusher;
     use collabd::store::memory::MemoryStore;
@@ -351,11 +350,9 @@ mod power {
 
         // A WebSocket session in the room, which must be told to go (1011) and reconnect.
         let closes = Arc::new(Mutex::new(Vec::new()));
-        let (queue, _frames) = OutboundQueue::new(&settings());
         let join = Join {
             session: 1,
-            peer: Arc::new(SessionPeer {
-                queue,
+            peer: Arc::new(crate::common::DiscardingPeer {
                 outbox: Closes(closes.clone()).start().recipient(),
             }),
         };

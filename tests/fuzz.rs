@@ -22,7 +22,6 @@ use collabd::config::Settings;
 use collabd::protocol::{self, ClientMessage};
 use collabd::room::messages::{CloseSession, FromClient, GetState, Join, Leave};
 use collabd::room::{Registry, ask};
-use collabd::session::{OutboundQueue, SessionPeer};
 use collabd::store::Store;
 use collabd::store::commit::Flusher;
 use collabd::store::memory::MemoryStore;
@@ -217,12 +216,10 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
             .count();
         // Each frame from a fresh session, as the room would see it from a socket.
         let session = i as u64 + 1;
-        // What the room sends is dropped with the receiver (the session "left").
-        let (queue, _frames) = OutboundQueue::new(&settings);
+        // What the room sends is dropped.
         let join = Join {
             session,
-            peer: Arc::new(SessionPeer {
-                queue,
+            peer: Arc::new(DiscardingPeer {
                 outbox: sink.clone(),
             }),
         };

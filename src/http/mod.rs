@@ -6,6 +6,7 @@ pub mod cors;
 pub mod error;
 pub mod rooms;
 pub mod sse;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::config::Settings;
 use crate::limits::Admission;
 use crate::metrics::metrics;
 use crate::room::Registry;
-use crate::session::WsSession;
+use crate::session::Handoff;
 use crate::store::Store;
 use error::ApiError;
 
@@ -100,34 +101,34 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-/// `GET /ws/{room}`: upgrade to a y-websocket session.
-async fn websocket(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
+/// `GET /ws/{room}`: upgrade to a y-websocket session. Everything is checked here, as
+/// for any request (CORS, origin, token, admission, the room loads); the answer is the
+/// 101 carrying a [`Handoff`], which [`upgrade`] turns into a session on the socket.
+async fn websocket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let name = room_name(raw_tail(&req, "/ws/"))?;
     let (grant, permit) = access::admit_connection(&req, &state, &name)?;
+    actix_http::ws::verify_handshake(req.head()).map_err(|e| {
+        ApiError::bad_request("bad_handshake", format!("not a WebSocket handshake: {e}"))
+    })?;
+    if !upgrade::owns_socket(&req) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_IMPLEMENTED,
+            "no_websocket_listener",
+            "WebSocket connections need collabd's own listener (crate::Server)",
+        ));
+    }
     // Loaded before the upgrade, so that `max_rooms` is an HTTP answer (503 with
     // Retry-After) rather than a session closed as soon as it opens.
-    crate::room::load(&state.registry, &name)
-        .await
-        .map_err(ApiError::from)?;
-    let max = state.settings.max_frame_bytes;
-    let (response, socket, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    WsSession::start(
-        name,
-        state.registry.clone(),
-        socket,
-        stream,
-        state.settings.clone(),
+    crate::room::load(&state.registry, &name).await?;
+    let mut response = HttpResponse::from(actix_http::ws::handshake_response(req.head()).finish())
+        .map_into_boxed_body();
+    response.extensions_mut().insert(Handoff {
+        room: name,
+        registry: state.registry.clone(),
+        settings: state.settings.clone(),
         grant,
         permit,
-    );
+    });
     Ok(response)
 }
 

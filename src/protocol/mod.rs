@@ -17,6 +17,8 @@
 //! Decoding checks every length against what is left of the frame, decodes updates and
 //! state vectors fully (so a room only ever sees well-formed ones) and never panics.
 //!
+//! [`websocket`] is the layer below: RFC 6455 framing, server side.
+//!
 //! Layout: [`lib0`] (varuint and varbuf reader and writer), `from_client` (what clients
 //! send: the server's decoder, the client-only encoders), `from_server` (what the server
 //! sends: the server-only encoders, the client's decoder); the encoders both sides use
@@ -28,6 +30,7 @@ mod from_server;
 pub mod json;
 pub mod lib0;
 pub mod sse;
+pub mod websocket;
 
 pub use from_client::{
     ClientMessage, decode_frame, decode_update, encode_ack_request, encode_query_awareness,

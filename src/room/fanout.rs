@@ -113,9 +113,14 @@ impl Fanout {
     /// take the frame), whose presence the room must remove.
     #[must_use]
     pub fn send_to(&mut self, session: SessionId, frame: Bytes) -> Vec<SessionId> {
+        let len = frame.len() as u64;
         match self.members.get(&session).map(|m| m.peer.push(frame)) {
             Some(Err(e)) => self.drop_unreachable(vec![(session, e)]),
-            _ => Vec::new(),
+            Some(Ok(())) => {
+                metrics().ws_bytes_out.inc_by(len);
+                Vec::new()
+            }
+            None => Vec::new(),
         }
     }
 
@@ -133,7 +138,9 @@ impl Fanout {
                 }
             }
         }
-        metrics().fanout_frames.inc_by(sent);
+        let m = metrics();
+        m.fanout_frames.inc_by(sent);
+        m.ws_bytes_out.inc_by(sent * frame.len() as u64);
         self.drop_unreachable(unreachable)
     }
 

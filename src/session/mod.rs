@@ -1,13 +1,16 @@
-//! The WebSocket session actor: one per connection, between an actix-ws socket and a room.
+//! The WebSocket session actor: one per connection, between a socket collabd owns and a
+//! room.
 //!
-//! Inbound: frames arrive as a stream on the actor, are decoded here (on the HTTP worker
-//! thread, in parallel with other sessions) and forwarded to the room as [`FromClient`].
-//! Outbound: the room pushes encoded frames straight into the session's
-//! [`OutboundQueue`] (no actor hop per frame), and a writer task drains it into the socket.
-//! The queue is bounded in frames and bytes; a push that does not fit means the client
-//! reads slower than the room writes, and the room closes the session with
+//! After the handshake (`http::upgrade`) the connection leaves actix-http: the session
+//! reads it through [`Inbound`] (whole messages, decoded here on the connection's HTTP
+//! worker thread, in parallel with other sessions) and forwards them to the room as
+//! [`FromClient`]. Frames out go through [`Outbound`]: the room writes each broadcast
+//! straight into the socket from its own thread, queueing only what the kernel does not
+//! take; the queue is bounded in frames and bytes, and a push that does not fit means
+//! the client reads slower than the room writes, so the room closes the session with
 //! [`close::SLOW_CONSUMER`] rather than grow server memory or silently skip updates; the
-//! client reconnects and re-syncs by state vector.
+//! client reconnects and re-syncs by state vector. The session's mailbox carries control
+//! only: join, leave, close.
 //!
 //! The session also enforces what its token allows: a read-only session's writes are
 //! dropped here (never reach the room) and answered with y-protocols' permission-denied
@@ -24,15 +27,15 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
     WrapFuture,
 };
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
 use crate::auth::{Access, Grant, Sub};
 use crate::config::Settings;
 use crate::limits::{Permit, TokenBucket};
 use crate::metrics::{ConnectionGauge, metrics};
+use crate::protocol::websocket::{FrameError, Message};
 use crate::protocol::{self, ClientMessage};
 use crate::room::messages::{CloseSession, FromClient, Join, Leave, SessionId};
 use crate::room::{Registry, Room, ask};
@@ -40,8 +43,20 @@ use crate::room::{Registry, Room, ask};
 /// The close codes, re-exported where sessions have always found them.
 pub use crate::protocol::close;
 
+mod inbound;
 mod outbound;
-pub use outbound::{OutboundQueue, Outgoing, QueueError, SessionPeer};
+pub use inbound::{Inbound, ReadError};
+pub use outbound::{OPEN_SOCKETS, Outbound, QueueError, SessionPeer};
+
+/// Everything a session needs from the handshake, carried from the HTTP handler (which
+/// checked origin, token and admission, and loaded the room) to the connection's owner.
+pub struct Handoff {
+    pub room: Arc<str>,
+    pub registry: Addr<Registry>,
+    pub settings: Arc<Settings>,
+    pub grant: Grant,
+    pub permit: Permit,
+}
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -52,10 +67,10 @@ pub struct WsSession {
     /// Set once the room has accepted our [`Join`]; frames are not read before that.
     room: Option<Addr<Room>>,
     registry: Addr<Registry>,
-    /// Shared with the room, which pushes the frames it sends.
-    queue: OutboundQueue,
-    /// Tells the writer to send a close frame and end; taken when used.
-    close: Option<oneshot::Sender<CloseReason>>,
+    /// The socket's write half, shared with the room, which pushes the frames it sends.
+    out: Arc<Outbound>,
+    /// A close frame was ordered (or the connection was lost): nothing more is sent.
+    closed: bool,
     /// Last time anything arrived from the client, for the heartbeat timeout.
     last_heard: Instant,
     settings: Arc<Settings>,
@@ -66,49 +81,40 @@ pub struct WsSession {
     rate: TokenBucket,
     /// The same over inbound bytes: many frames are cheap, many large ones are not.
     byte_rate: TokenBucket,
-    /// `collabd_bytes_in_total{transport="ws"}`, resolved once (a label lookup per frame
-    /// takes a lock).
-    bytes_in: prometheus::IntCounter,
     /// Holds this connection's admission slot and gauge until the session ends.
     _permit: Permit,
     _gauge: ConnectionGauge,
 }
 
 impl WsSession {
-    /// Starts the session actor and its writer task for an upgraded connection.
-    pub fn start(
-        room_name: Arc<str>,
-        registry: Addr<Registry>,
-        socket: actix_ws::Session,
-        stream: AggregatedMessageStream,
-        settings: Arc<Settings>,
-        grant: Grant,
-        permit: Permit,
-    ) -> Addr<WsSession> {
-        let (queue, frames) = OutboundQueue::new(&settings);
-        let (close, close_rx) = oneshot::channel();
-        actix_rt::spawn(outbound::write_loop(
-            socket,
-            frames,
-            close_rx,
-            queue.bytes.clone(),
-        ));
+    /// Starts the session actor on a connection whose handshake is done; `early` holds
+    /// what the client sent behind its handshake. Must run on the connection's thread.
+    pub fn start(stream: TcpStream, early: BytesMut, handoff: Handoff) -> Addr<WsSession> {
+        let Handoff {
+            room,
+            registry,
+            settings,
+            grant,
+            permit,
+        } = handoff;
+        let stream = Arc::new(stream);
+        let out = Outbound::new(stream.clone(), &settings);
+        let inbound = Inbound::new(stream, early, settings.max_frame_bytes);
         WsSession::create(|ctx| {
-            ctx.add_stream(stream);
+            ctx.add_stream(inbound);
             WsSession {
                 id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
-                room_name,
+                room_name: room,
                 room: None,
                 registry,
-                queue,
-                close: Some(close),
+                out,
+                closed: false,
                 last_heard: Instant::now(),
                 rate: TokenBucket::new(settings.session_rate, settings.session_burst),
                 byte_rate: TokenBucket::new(
                     settings.session_bytes_rate,
                     settings.session_bytes_burst,
                 ),
-                bytes_in: metrics().bytes_in.with_label_values(&["ws"]),
                 settings,
                 access: grant.access,
                 expires: grant.expires,
@@ -119,17 +125,26 @@ impl WsSession {
         })
     }
 
-    /// Sends a close frame (if the socket still takes one) and stops the actor.
+    /// Sends a close frame (behind what is queued) and stops the actor.
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
-        if let Some(close) = self.close.take() {
+        if !self.closed {
+            self.closed = true;
             metrics()
                 .sessions_closed
                 .with_label_values(&[&code.to_string()])
                 .inc();
-            let _ = close.send(CloseReason {
-                code: CloseCode::from(code),
-                description: Some(reason.to_string()),
-            });
+            self.out.close(code, reason);
+        }
+        ctx.stop();
+    }
+
+    /// The connection ended without a close frame: 1006 is recorded, never sent (there is
+    /// no one to send it to).
+    fn lost(&mut self, ctx: &mut Context<Self>) {
+        if !self.closed {
+            self.closed = true;
+            metrics().sessions_closed.with_label_values(&["1006"]).inc();
+            self.out.abort();
         }
         ctx.stop();
     }
@@ -157,7 +172,6 @@ impl WsSession {
     }
 
     fn on_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        self.bytes_in.inc_by(frame.len() as u64);
         if !self.within_rate(frame.len(), ctx) {
             return;
         }
@@ -229,7 +243,7 @@ impl WsSession {
                 .inc_by(dropped as u64);
             let denied = protocol::encode_permission_denied("read-only access");
             // A full queue is caught by the room's next push (slow consumer).
-            let _ = self.queue.push(denied);
+            let _ = self.out.push(denied);
         }
         dropped
     }
@@ -258,9 +272,8 @@ impl WsSession {
             self.close(ctx, close::TIMEOUT, "client timeout");
             return;
         }
-        // An empty binary frame would be a protocol error for the client; a ping is not.
-        // It goes through the same queue so that it never overtakes updates.
-        let _ = self.queue.push(Bytes::new());
+        // Behind what is queued, so that it never overtakes updates.
+        let _ = self.out.ping();
     }
 }
 
@@ -271,7 +284,7 @@ impl Actor for WsSession {
         let join = Join {
             session: self.id,
             peer: Arc::new(SessionPeer {
-                queue: self.queue.clone(),
+                out: self.out.clone(),
                 outbox: ctx.address().recipient(),
             }),
         };
@@ -316,6 +329,9 @@ impl Actor for WsSession {
         if let Some(room) = &self.room {
             room.do_send(Leave { session: self.id });
         }
+        if !self.closed {
+            self.out.abort();
+        }
         debug!(
             "session {} closed in room {:?}{}",
             self.id,
@@ -325,56 +341,52 @@ impl Actor for WsSession {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Message, ReadError>> for WsSession {
+    fn handle(&mut self, item: Result<Message, ReadError>, ctx: &mut Context<Self>) {
         self.last_heard = Instant::now();
         match item {
-            Ok(AggregatedMessage::Binary(frame)) => self.on_frame(frame, ctx),
-            Ok(AggregatedMessage::Text(_)) => {
+            Ok(Message::Binary(frame)) => {
+                metrics().ws_bytes_in.inc_by(frame.len() as u64);
+                self.on_frame(frame, ctx)
+            }
+            Ok(Message::Text) => {
                 warn!("session {}: text frame refused", self.id);
                 self.close(ctx, close::UNSUPPORTED, "text frames are not supported");
             }
-            Ok(AggregatedMessage::Ping(payload)) => {
+            Ok(Message::Ping(payload)) => {
                 // Behind what is already queued; a full queue drops the pong, and the
                 // room's next push closes the slow consumer.
                 if self.within_rate(payload.len(), ctx) {
-                    let _ = self.queue.send(Outgoing::Pong(payload));
+                    let _ = self.out.pong(payload);
                 }
             }
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
-                debug!("session {}: client closed: {reason:?}", self.id);
+            Ok(Message::Pong) => {}
+            Ok(Message::Close(code)) => {
+                debug!("session {}: client closed: {code:?}", self.id);
                 self.close(ctx, 1000, "");
             }
-            Err(ProtocolError::Overflow) => {
+            Err(ReadError::Frame(FrameError::TooBig(len))) => {
                 warn!(
-                    "session {}: frame over {} bytes refused",
+                    "session {}: frame of {len} bytes over {} refused",
                     self.id, self.settings.max_frame_bytes
                 );
                 self.close(ctx, close::TOO_BIG, "frame too large");
             }
+            Err(ReadError::Frame(FrameError::Protocol(why))) => {
+                warn!("session {}: WebSocket protocol error: {why}", self.id);
+                self.close(ctx, 1002, "protocol error");
+            }
             // The client went away without a close frame (tab closed, network lost):
             // ordinary, not worth a warning.
-            Err(ProtocolError::Io(e)) => {
+            Err(ReadError::Io(e)) => {
                 debug!("session {}: connection lost: {e}", self.id);
-                // 1006 is never sent, only recorded: there is no one to send it to.
-                self.close.take();
-                metrics().sessions_closed.with_label_values(&["1006"]).inc();
-                ctx.stop();
-            }
-            Err(e) => {
-                warn!("session {}: WebSocket protocol error: {e}", self.id);
-                self.close(ctx, 1002, "protocol error");
+                self.lost(ctx);
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        if self.close.is_some() {
-            // The connection ended without a close frame.
-            metrics().sessions_closed.with_label_values(&["1006"]).inc();
-        }
-        ctx.stop();
+        self.lost(ctx);
     }
 }
 

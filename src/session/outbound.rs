@@ -1,101 +1,56 @@
-//! The session's side of the room's [`Peer`] trait: a bounded outbound queue that rooms
-//! push encoded frames into (no actor hop per frame), the writer task that drains it into
-//! the socket, and the close order.
+//! The session's side of the room's [`Peer`] trait: frames go straight into the socket
+//! from the thread that produced them, and queue only when the socket cannot take them.
+//!
+//! A push from the room (on its own thread) locks the connection's [`Outbound`] state:
+//! if nothing is queued it writes the frame at once with one non-blocking vectored
+//! write (its 2–10 header bytes, then the broadcast's shared payload), so an update
+//! reaches a reader's socket with no thread hop, no task wake and no copy. Only when the
+//! kernel's send buffer is full does the rest wait in a bounded queue, drained by a
+//! writer task spawned on the connection's own thread for as long as there is a
+//! backlog, several frames per vectored write. A push that does not fit in the queue
+//! means the client reads slower than the room writes: the room closes it with
+//! [`SLOW_CONSUMER`](crate::protocol::close::SLOW_CONSUMER) rather than grow memory or
+//! skip an update.
+//!
+//! An idle connection holds no buffer at all: the queue is empty and the writer task
+//! does not exist.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix::Recipient;
-use actix_ws::CloseReason;
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 
 use crate::config::Settings;
 use crate::metrics::metrics;
+use crate::protocol::websocket::{self, Head, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
 use crate::room::fanout::{Peer, PeerError};
 use crate::room::messages::CloseSession;
 
-/// How long the writer waits to deliver a close frame before dropping the connection.
+/// How long a closing connection waits for the client's close after sending its own; it
+/// is dropped at the latest twice this long after the close was ordered (a client that
+/// does not read never gets the close frame).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Frames per vectored write when draining a backlog (two slices each).
+const FRAMES_PER_WRITE: usize = 32;
+
+/// WebSocket connections whose socket collabd owns, open now (shutdown waits for them).
+pub static OPEN_SOCKETS: AtomicUsize = AtomicUsize::new(0);
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueError {
     /// Over `outbound_queue_messages` or `outbound_queue_bytes`: a slow consumer.
     Full,
-    /// The session has ended.
+    /// The connection is closing or has gone.
     Closed,
-}
-
-/// What the writer task sends.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// An encoded y-websocket frame; only these count towards `outbound_queue_bytes`.
-    Binary(Bytes),
-    /// The heartbeat.
-    Ping,
-    /// The answer to a client's ping, with its payload.
-    Pong(Bytes),
-}
-
-/// A session's bounded outbound queue. The room (and the session itself, for pings,
-/// pongs and permission-denied answers) pushes encoded frames; the session's writer task
-/// drains them into the socket. An empty frame means "ping".
-#[derive(Clone)]
-pub struct OutboundQueue {
-    frames: mpsc::Sender<Outgoing>,
-    /// Bytes queued; the writer subtracts what it has written.
-    pub(super) bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-}
-
-impl OutboundQueue {
-    pub fn new(settings: &Settings) -> (OutboundQueue, mpsc::Receiver<Outgoing>) {
-        let (frames, receiver) = mpsc::channel(settings.outbound_queue_messages);
-        let queue = OutboundQueue {
-            frames,
-            bytes: Arc::new(AtomicUsize::new(0)),
-            max_bytes: settings.outbound_queue_bytes,
-        };
-        (queue, receiver)
-    }
-
-    /// Queues one frame without waiting. One frame larger than the byte bound is still
-    /// taken when nothing else is queued (a big document's first sync).
-    pub fn push(&self, frame: Bytes) -> Result<(), QueueError> {
-        let len = frame.len();
-        let queued = self.bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued + len > self.max_bytes {
-            return Err(QueueError::Full);
-        }
-        self.send(if len == 0 {
-            Outgoing::Ping
-        } else {
-            Outgoing::Binary(frame)
-        })?;
-        if len > 0 {
-            self.bytes.fetch_add(len, Ordering::Relaxed);
-            let m = metrics();
-            m.outbound_queued_frames.inc();
-            m.outbound_queued_bytes.add(len as i64);
-        }
-        Ok(())
-    }
-
-    /// Queues `item` without waiting; bounded in frames here (`push` checks the bytes).
-    pub(super) fn send(&self, item: Outgoing) -> Result<(), QueueError> {
-        self.frames.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-        })
-    }
-
-    /// Frames and bytes waiting, for the slow-consumer log line.
-    pub fn depth(&self) -> (usize, usize) {
-        let frames = self.frames.max_capacity() - self.frames.capacity();
-        (frames, self.bytes.load(Ordering::Relaxed))
-    }
 }
 
 impl From<QueueError> for PeerError {
@@ -107,15 +62,304 @@ impl From<QueueError> for PeerError {
     }
 }
 
-/// A session as a room sees it: its queue and where to send the order to close.
+/// One frame waiting: its header, its payload, and how much of both is written.
+struct Pending {
+    head: Head,
+    payload: Bytes,
+    written: usize,
+    /// A data frame: counted in the queue's byte bound and gauges.
+    data: bool,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.head.as_slice().len() + self.payload.len()
+    }
+
+    /// The unwritten parts, as up to two slices.
+    fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
+        let head = self.head.as_slice();
+        if self.written < head.len() {
+            out.push(IoSlice::new(&head[self.written..]));
+            if !self.payload.is_empty() {
+                out.push(IoSlice::new(&self.payload));
+            }
+        } else {
+            out.push(IoSlice::new(&self.payload[self.written - head.len()..]));
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    /// Data bytes queued.
+    bytes: usize,
+    /// A writer task is draining the queue (it alone writes while the queue is not empty).
+    writer: bool,
+    /// A close frame is queued or sent: nothing more is accepted.
+    closing: bool,
+    /// The connection is finished (lost, or closed): pushes fail.
+    closed: bool,
+}
+
+/// The write half of an owned WebSocket connection, shared by the room (pushing frames),
+/// the session (pings, pongs, close) and, while there is a backlog, the writer task.
+pub struct Outbound {
+    stream: Arc<TcpStream>,
+    state: Mutex<State>,
+    /// The connection's home thread, where its writer task runs.
+    home: Handle,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbound {
+    /// Must be called on the connection's home runtime (its writer task runs there).
+    pub fn new(stream: Arc<TcpStream>, settings: &Settings) -> Arc<Outbound> {
+        OPEN_SOCKETS.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Outbound {
+            stream,
+            state: Mutex::new(State::default()),
+            home: Handle::current(),
+            max_frames: settings.outbound_queue_messages,
+            max_bytes: settings.outbound_queue_bytes,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one y-websocket message as a binary frame. One frame larger than the byte
+    /// bound is still taken when nothing else is queued (a big document's first sync).
+    pub fn push(self: &Arc<Self>, message: Bytes) -> Result<(), QueueError> {
+        self.send(OP_BINARY, message, true)
+    }
+
+    /// The heartbeat: a ping behind whatever is queued, so it never overtakes an update.
+    pub fn ping(self: &Arc<Self>) -> Result<(), QueueError> {
+        self.send(OP_PING, Bytes::new(), false)
+    }
+
+    /// The answer to a client's ping, with its payload (RFC 6455 §5.5.2).
+    pub fn pong(self: &Arc<Self>, payload: Bytes) -> Result<(), QueueError> {
+        self.send(OP_PONG, payload, false)
+    }
+
+    fn send(self: &Arc<Self>, opcode: u8, payload: Bytes, data: bool) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        if state.closed || state.closing {
+            return Err(QueueError::Closed);
+        }
+        let frame = Pending {
+            head: Head::new(opcode, payload.len()),
+            payload,
+            written: 0,
+            data,
+        };
+        if state.queue.is_empty() {
+            return self.write_now(state, frame);
+        }
+        let len = frame.payload.len();
+        if state.queue.len() >= self.max_frames
+            || (data && state.bytes > 0 && state.bytes + len > self.max_bytes)
+        {
+            return Err(QueueError::Full);
+        }
+        self.enqueue(&mut state, frame);
+        Ok(())
+    }
+
+    /// Nothing queued: writes `frame` straight into the socket; whatever the kernel does
+    /// not take waits for the writer task.
+    fn write_now(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        mut frame: Pending,
+    ) -> Result<(), QueueError> {
+        let mut slices = Vec::with_capacity(2);
+        frame.slices(&mut slices);
+        match self.stream.try_write_vectored(&slices) {
+            Ok(n) if n == frame.len() => return Ok(()),
+            Ok(n) => frame.written = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                // The connection is gone; the session's reader hears it too.
+                state.closed = true;
+                return Err(QueueError::Closed);
+            }
+        }
+        self.enqueue(&mut state, frame);
+        Ok(())
+    }
+
+    fn enqueue(self: &Arc<Self>, state: &mut State, frame: Pending) {
+        if frame.data {
+            let len = frame.payload.len();
+            state.bytes += len;
+            let m = metrics();
+            m.outbound_queued_frames.inc();
+            m.outbound_queued_bytes.add(len as i64);
+        }
+        state.queue.push_back(frame);
+        if !state.writer {
+            state.writer = true;
+            self.home.spawn(drain(self.clone()));
+        }
+    }
+
+    /// Queues a close frame behind what is queued and ends the connection once it is out
+    /// (or after [`CLOSE_GRACE`]). Nothing is accepted after it.
+    pub fn close(self: &Arc<Self>, code: u16, reason: &str) {
+        let mut state = self.lock();
+        if state.closed || state.closing {
+            return;
+        }
+        state.closing = true;
+        let payload = websocket::close_payload(code, reason);
+        let frame = Pending {
+            head: Head::new(OP_CLOSE, payload.len()),
+            payload,
+            written: 0,
+            data: false,
+        };
+        self.enqueue(&mut state, frame);
+        // However the client behaves (it may not read at all), the connection ends.
+        let out = self.clone();
+        self.home.spawn(async move {
+            tokio::time::sleep(2 * CLOSE_GRACE).await;
+            out.abort();
+        });
+    }
+
+    /// The connection is lost (or the session ended without a close): drop what is
+    /// queued and shut the socket.
+    pub fn abort(&self) {
+        let mut state = self.lock();
+        if !state.closed {
+            state.closed = true;
+            self.discard(&mut state);
+            let _ = socket2::SockRef::from(&*self.stream).shutdown(Shutdown::Both);
+        }
+    }
+
+    fn discard(&self, state: &mut State) {
+        let m = metrics();
+        for frame in state.queue.drain(..) {
+            if frame.data {
+                m.outbound_queued_frames.dec();
+                m.outbound_queued_bytes.sub(frame.payload.len() as i64);
+            }
+        }
+        state.bytes = 0;
+    }
+
+    /// Frames and data bytes waiting, for the slow-consumer log line.
+    pub fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.queue.len(), state.bytes)
+    }
+
+    /// Writes as much of the backlog as the socket takes. `Ok(true)`: the queue is empty
+    /// (and the writer flag is cleared, under the same lock); `Ok(false)`: the socket is
+    /// full.
+    fn write_backlog(&self) -> io::Result<bool> {
+        let mut state = self.lock();
+        loop {
+            if state.queue.is_empty() {
+                state.writer = false;
+                return Ok(true);
+            }
+            let mut slices = Vec::with_capacity(2 * FRAMES_PER_WRITE);
+            for frame in state.queue.iter().take(FRAMES_PER_WRITE) {
+                frame.slices(&mut slices);
+            }
+            let mut n = match self.stream.try_write_vectored(&slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            drop(slices);
+            let m = metrics();
+            while let Some(front) = state.queue.front_mut() {
+                let left = front.len() - front.written;
+                if n < left {
+                    front.written += n;
+                    break;
+                }
+                n -= left;
+                let done = state.queue.pop_front().expect("front exists");
+                if done.data {
+                    state.bytes -= done.payload.len();
+                    m.outbound_queued_frames.dec();
+                    m.outbound_queued_bytes.sub(done.payload.len() as i64);
+                }
+            }
+        }
+    }
+}
+
+/// The writer task: runs while there is a backlog, on the connection's home thread.
+async fn drain(out: Arc<Outbound>) {
+    let drained = async {
+        loop {
+            match out.write_backlog() {
+                Ok(true) => return Ok(()),
+                Ok(false) => out.stream.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    if drained.await.is_err() {
+        out.abort();
+    } else if out.lock().closing {
+        finish_close(&out).await;
+    }
+}
+
+/// The close frame is out: half-close, wait briefly for the client's side, then shut.
+async fn finish_close(out: &Outbound) {
+    let _ = socket2::SockRef::from(&*out.stream).shutdown(Shutdown::Write);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        let mut scratch = [0u8; 256];
+        loop {
+            out.stream.readable().await?;
+            match out.stream.try_read(&mut scratch) {
+                Ok(0) => return Ok::<_, io::Error>(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    out.abort();
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let m = metrics();
+        for frame in state.queue.drain(..).filter(|f| f.data) {
+            m.outbound_queued_frames.dec();
+            m.outbound_queued_bytes.sub(frame.payload.len() as i64);
+        }
+        OPEN_SOCKETS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A session as a room sees it: its socket's write half and where to send the order to
+/// close (through the session actor, which stops with it).
 pub struct SessionPeer {
-    pub queue: OutboundQueue,
+    pub out: Arc<Outbound>,
     pub outbox: Recipient<CloseSession>,
 }
 
 impl Peer for SessionPeer {
     fn push(&self, frame: Bytes) -> Result<(), PeerError> {
-        Ok(self.queue.push(frame)?)
+        Ok(self.out.push(frame)?)
     }
 
     fn close(&self, code: u16, reason: String) {
@@ -123,60 +367,6 @@ impl Peer for SessionPeer {
     }
 
     fn depth(&self) -> (usize, usize) {
-        self.queue.depth()
+        self.out.depth()
     }
-}
-
-/// Drains the outbound queue into the socket.
-pub(super) async fn write_loop(
-    mut socket: actix_ws::Session,
-    mut queue: mpsc::Receiver<Outgoing>,
-    mut close: oneshot::Receiver<CloseReason>,
-    queued_bytes: Arc<AtomicUsize>,
-) {
-    let m = metrics();
-    let sent_bytes = m.bytes_out.with_label_values(&["ws"]);
-    let dequeued = |frame: &Outgoing| {
-        if let Outgoing::Binary(frame) = frame {
-            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-            m.outbound_queued_frames.dec();
-            m.outbound_queued_bytes.sub(frame.len() as i64);
-        }
-    };
-    // Both waits watch `close`, so a writer stuck on a client that stopped reading still
-    // gets the order to close.
-    let reason = loop {
-        let frame = tokio::select! {
-            biased;
-            reason = &mut close => break reason.ok(),
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => break None,
-            },
-        };
-        dequeued(&frame);
-        let sent = tokio::select! {
-            biased;
-            reason = &mut close => break reason.ok(),
-            sent = async {
-                match frame {
-                    Outgoing::Binary(frame) => {
-                        sent_bytes.inc_by(frame.len() as u64);
-                        socket.binary(frame).await
-                    }
-                    Outgoing::Ping => socket.ping(b"").await,
-                    Outgoing::Pong(payload) => socket.pong(&payload).await,
-                }
-            } => sent,
-        };
-        if sent.is_err() {
-            break None;
-        }
-    };
-    // What was never sent leaves the queue gauges; nothing can be queued after `close`.
-    queue.close();
-    while let Ok(frame) = queue.try_recv() {
-        dequeued(&frame);
-    }
-    let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(reason)).await;
 }
