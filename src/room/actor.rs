@@ -71,10 +71,12 @@ pub struct Room {
     /// Size of the encoded document, estimated: the last snapshot (or the loaded log)
     /// plus every update accepted since. Checked against `max_doc_bytes`.
     doc_bytes: usize,
-    /// The full state (Yjs update v1) and its JSON form, each with the seq it was encoded
-    /// at: reads between writes (joins, `/state`, `/json`, snapshots for SSE and polls)
-    /// share one encoding instead of each walking the whole document.
-    state_cache: Option<(u64, Bytes)>,
+    /// The full state and its JSON form, each with the seq it was encoded at: reads
+    /// between writes (joins, `/state`, `/json`, snapshots for SSE and polls) share one
+    /// encoding instead of each walking the whole document. The state is kept as the
+    /// y-websocket sync step 2 that carries it (and the length of that message's header),
+    /// so that a storm of joiners shares one buffer too.
+    state_cache: Option<(u64, Bytes, usize)>,
     json_cache: Option<(u64, serde_json::Value)>,
     /// How the flusher reaches this room (set when the actor starts).
     flush_notify: Option<FlushNotify>,
@@ -154,17 +156,24 @@ impl Room {
 
     /// The whole document as a Yjs update v1, encoded once per seq.
     fn full_state(&mut self) -> Bytes {
+        let (message, header) = self.full_state_message();
+        message.slice(header..)
+    }
+
+    /// The whole document as a sync step 2 message, and its header's length.
+    fn full_state_message(&mut self) -> (Bytes, usize) {
         match &self.state_cache {
-            Some((seq, state)) if *seq == self.seq => state.clone(),
+            Some((seq, message, header)) if *seq == self.seq => (message.clone(), *header),
             _ => {
                 metrics().state_encodes.inc();
-                let state = Bytes::from(
-                    self.doc()
-                        .transact()
-                        .encode_state_as_update_v1(&StateVector::default()),
-                );
-                self.state_cache = Some((self.seq, state.clone()));
-                state
+                let state = self
+                    .doc()
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default());
+                let message = protocol::encode_sync_step2(&state);
+                let header = message.len() - state.len();
+                self.state_cache = Some((self.seq, message.clone(), header));
+                (message, header)
             }
         }
     }
@@ -522,7 +531,7 @@ impl Handler<FromClient> for Room {
                 ClientMessage::SyncStep1(sv) => {
                     // A new client (empty state vector) gets the shared full state.
                     let step2 = if sv.is_empty() {
-                        protocol::encode_sync_step2(&self.full_state())
+                        self.full_state_message().0
                     } else {
                         let diff = self.doc().transact().encode_state_as_update_v1(&sv);
                         protocol::encode_sync_step2(&diff)
@@ -612,7 +621,7 @@ impl Handler<GetInfo> for Room {
         self.touch();
         // From what is at hand, never by encoding the document for a metadata read.
         let size = match &self.state_cache {
-            Some((seq, state)) if *seq == self.seq => state.len(),
+            Some((seq, message, header)) if *seq == self.seq => message.len() - header,
             _ => self.doc_bytes,
         };
         let awareness = self.presence.len();

@@ -132,8 +132,9 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends one y-websocket message as a binary frame. One frame larger than the byte
-    /// bound is still taken when nothing else is queued (a big document's first sync).
+    /// Sends one y-websocket message as a binary frame. The byte bound applies to what
+    /// waits behind the frame being written, so one frame larger than the bound is taken
+    /// when nothing else waits (a big document's first sync).
     pub fn push(self: &Arc<Self>, message: Bytes) -> Result<(), QueueError> {
         self.send(OP_BINARY, message, true)
     }
@@ -162,9 +163,18 @@ impl Outbound {
         if state.queue.is_empty() {
             return self.write_now(state, frame);
         }
+        // The frame being written does not count against what may queue behind it: a
+        // document's first sync can be larger than the bound (and is one buffer shared
+        // by every joiner), and updates that arrive meanwhile must still fit.
+        let front = state
+            .queue
+            .front()
+            .filter(|f| f.data)
+            .map_or(0, |f| f.payload.len());
+        let behind = state.bytes - front;
         let len = frame.payload.len();
         if state.queue.len() >= self.max_frames
-            || (data && state.bytes > 0 && state.bytes + len > self.max_bytes)
+            || (data && behind > 0 && behind + len > self.max_bytes)
         {
             return Err(QueueError::Full);
         }

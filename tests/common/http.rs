@@ -70,16 +70,17 @@ pub struct RawClient {
 impl RawClient {
     /// Opens `/ws/{room}` and reads the 101 answer; nothing more is read after it.
     pub fn connect(server: &TestServer, room: &str) -> RawClient {
+        RawClient::connect_with(server, room, &[])
+    }
+
+    /// Opens `/ws/{room}` sending `early` in the same write as the handshake (a client
+    /// that does not wait for the 101), and reads the 101 answer.
+    pub fn connect_with(server: &TestServer, room: &str, early: &[u8]) -> RawClient {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-        write!(
-            stream,
-            "GET /ws/{room} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n",
-            server.addr
-        )
-        .unwrap();
+        let mut request = handshake(server, room).into_bytes();
+        request.extend_from_slice(early);
+        stream.write_all(&request).unwrap();
         let head = read_head(&mut stream);
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         RawClient { stream }
@@ -88,23 +89,80 @@ impl RawClient {
     /// Sends one masked binary frame (clients must mask).
     pub fn send_binary(&mut self, payload: &[u8]) {
         use std::io::Write;
-        let mut frame = vec![0x82];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= u16::MAX as usize => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = masked_frame(true, 0x2, payload);
         self.stream.write_all(&frame).unwrap();
     }
+
+    /// Sends `bytes` as they are (frames built with [`masked_frame`], or anything else).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one server frame: (opcode, payload). Server frames are never masked.
+    pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        self.stream.set_read_timeout(Some(super::PATIENCE)).unwrap();
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head).unwrap();
+        assert_eq!(head[0] & 0x80, 0x80, "server frames are final");
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7F {
+            126 => {
+                let mut be = [0u8; 2];
+                self.stream.read_exact(&mut be).unwrap();
+                u16::from_be_bytes(be) as usize
+            }
+            127 => {
+                let mut be = [0u8; 8];
+                self.stream.read_exact(&mut be).unwrap();
+                u64::from_be_bytes(be) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).unwrap();
+        (head[0] & 0x0F, payload)
+    }
+
+    /// Reads frames until a close frame; returns its code.
+    pub fn read_close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.read_frame();
+            if opcode == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+/// A masked client frame: FIN bit, opcode, payload.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The handshake of `/ws/{room}`, as a browser sends it.
+pub fn handshake(server: &TestServer, room: &str) -> String {
+    format!(
+        "GET /ws/{room} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
 }
 
 /// Reads an HTTP response head (up to the blank line) from a raw stream, byte by byte.
