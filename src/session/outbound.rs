@@ -76,16 +76,16 @@ impl Pending {
         self.head.as_slice().len() + self.payload.len()
     }
 
-    /// The unwritten parts, as up to two slices.
-    fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
+    /// The unwritten parts as up to two slices, put at `out[0..]`; returns how many.
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let head = self.head.as_slice();
         if self.written < head.len() {
-            out.push(IoSlice::new(&head[self.written..]));
-            if !self.payload.is_empty() {
-                out.push(IoSlice::new(&self.payload));
-            }
+            out[0] = IoSlice::new(&head[self.written..]);
+            out[1] = IoSlice::new(&self.payload);
+            2
         } else {
-            out.push(IoSlice::new(&self.payload[self.written - head.len()..]));
+            out[0] = IoSlice::new(&self.payload[self.written - head.len()..]);
+            1
         }
     }
 }
@@ -189,9 +189,9 @@ impl Outbound {
         mut state: MutexGuard<'_, State>,
         mut frame: Pending,
     ) -> Result<(), QueueError> {
-        let mut slices = Vec::with_capacity(2);
-        frame.slices(&mut slices);
-        match self.stream.try_write_vectored(&slices) {
+        let mut slices = [IoSlice::new(&[]); 2];
+        let n = frame.slices(&mut slices);
+        match self.stream.try_write_vectored(&slices[..n]) {
             Ok(n) if n == frame.len() => return Ok(()),
             Ok(n) => frame.written = n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -282,16 +282,16 @@ impl Outbound {
                 state.writer = false;
                 return Ok(true);
             }
-            let mut slices = Vec::with_capacity(2 * FRAMES_PER_WRITE);
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            let mut used = 0;
             for frame in state.queue.iter().take(FRAMES_PER_WRITE) {
-                frame.slices(&mut slices);
+                used += frame.slices(&mut slices[used..]);
             }
-            let mut n = match self.stream.try_write_vectored(&slices) {
+            let mut n = match self.stream.try_write_vectored(&slices[..used]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             };
-            drop(slices);
             let m = metrics();
             while let Some(front) = state.queue.front_mut() {
                 let left = front.len() - front.written;
