@@ -40,6 +40,10 @@ pub struct Settings {
     /// Awareness entries (presence, cursors) not renewed for this long are removed.
     /// Yjs clients renew theirs every 15 s.
     pub awareness_timeout_ms: u64,
+    /// Presence renewals (moving cursors) are merged and sent once per tick: the latest
+    /// state of every client that changed, as one update shared by every receiver. A
+    /// client's first state and removals go out at once. 0: relay every update at once.
+    pub awareness_tick_ms: u64,
     /// Largest presence state (its JSON) a client may announce; larger ones are refused.
     pub awareness_max_state_bytes: usize,
     /// Most entries in one awareness update; a frame with more is refused whole.
@@ -165,6 +169,7 @@ impl Default for Settings {
             flush_interval_ms: 5,
             room_idle_ms: 30_000,
             awareness_timeout_ms: 30_000,
+            awareness_tick_ms: 30,
             awareness_max_state_bytes: 64 * 1024,
             awareness_max_entries: 100,
             awareness_max_clients: 16,
@@ -233,6 +238,10 @@ pub struct Overrides {
     /// Remove presence not renewed for this long [default: 30000]
     #[arg(long)]
     pub awareness_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Send presence renewals merged, once per this many ms; 0: at once [default: 30]
+    #[arg(long)]
+    pub awareness_tick_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Largest presence state in bytes [default: 65536]
     #[arg(long)]
@@ -490,6 +499,7 @@ impl Settings {
     /// nothing) or refuse everything (limits, rates). It is allowed where it means
     /// something: `flush_interval_ms` (flush at once), `room_idle_ms` (unload at once),
     /// `sse_retry_ms` (reconnect at once), `poll_max_wait_ms` (no long polling),
+    /// `awareness_tick_ms` (relay presence at once),
     /// `room_threads` and `http_workers` (one per CPU).
     fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
@@ -650,6 +660,9 @@ impl Settings {
             .min(self.outbound_queue_bytes / 2)
     }
 
+    pub fn awareness_tick(&self) -> Duration {
+        Duration::from_millis(self.awareness_tick_ms)
+    }
     pub fn awareness_timeout(&self) -> Duration {
         Duration::from_millis(self.awareness_timeout_ms)
     }

@@ -90,6 +90,11 @@ impl Server {
                     .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
+                    // A client that closes its side is gone: end its response at once.
+                    // An SSE stream or a held long poll would otherwise only notice on
+                    // its next write (up to two heartbeats), holding its connection
+                    // slot, its room and its presence meanwhile.
+                    .h1_allow_half_closed(false)
                     // Small frames must leave at once: with Nagle on, an update written
                     // while the previous one is unacknowledged waits for the peer's
                     // delayed ACK (~40 ms). Sessions keep the setting.

@@ -61,6 +61,8 @@ pub struct Room {
     doc: Doc,
     /// Who is here (awareness), under the rules of [`presence`].
     presence: Presence,
+    /// A presence tick is scheduled (renewals wait for it).
+    presence_tick_due: bool,
     /// Seq of the newest accepted update (appended, maybe not yet durable).
     seq: u64,
     /// The durable seq — the only seq shown outside (ARCHITECTURE.md, contract 1) — with
@@ -133,6 +135,7 @@ impl Room {
             name,
             doc: Doc::new(),
             presence: Presence::new(presence::Limits::from_settings(&deps.settings)),
+            presence_tick_due: false,
             seq: 0,
             durability: Durability::default(),
             snapshot_seq: 0,
@@ -205,7 +208,7 @@ impl Room {
     fn forget_sessions(&mut self, sessions: Vec<SessionId>) {
         for session in sessions {
             if let Some(removed) = self.presence.remove_session(session) {
-                self.broadcast_awareness(&removed);
+                self.broadcast_awareness(removed);
             }
         }
     }
@@ -310,8 +313,16 @@ impl Room {
         }
     }
 
-    fn apply_awareness(&mut self, origin: SessionId, update: AwarenessUpdate) {
-        let applied = self.presence.apply(origin, update, Instant::now());
+    fn apply_awareness(
+        &mut self,
+        origin: SessionId,
+        update: AwarenessUpdate,
+        ctx: &mut Context<Self>,
+    ) {
+        let tick = self.deps.settings.awareness_tick();
+        let applied = self
+            .presence
+            .apply(origin, update, Instant::now(), !tick.is_zero());
         if let Some((id, why)) = applied.refused.first() {
             let m = metrics();
             for (_, refusal) in &applied.refused {
@@ -327,15 +338,27 @@ impl Room {
             );
         }
         // Everyone, the sender included: a lone y-websocket client counts the echo of its
-        // own renewals as a sign of life.
+        // own renewals as a sign of life (it reconnects after 30 s without a message).
         if let Some(changes) = applied.changes {
-            self.broadcast_awareness(&changes);
+            self.broadcast_awareness(changes);
+        }
+        if applied.deferred && !self.presence_tick_due {
+            self.presence_tick_due = true;
+            ctx.run_later(tick, |room, _| {
+                room.presence_tick_due = false;
+                if let Some(merged) = room.presence.take_dirty() {
+                    room.broadcast_awareness(merged);
+                }
+            });
         }
     }
 
     /// Sends presence changes to every session and SSE stream.
-    fn broadcast_awareness(&mut self, changes: &AwarenessUpdate) {
-        self.broadcast(&protocol::encode_awareness(changes), None);
+    fn broadcast_awareness(&mut self, changes: AwarenessUpdate) {
+        let frame = protocol::encode_awareness(&changes);
+        let changes = Arc::new(changes);
+        let dropped = self.fanout.broadcast_presence(&frame, &changes);
+        self.forget_sessions(dropped);
         if !self.streams.is_empty() {
             let event = protocol::sse::event("awareness", None, &changes.encode_v1());
             self.publish(LiveEvent::Awareness { event });
@@ -417,7 +440,7 @@ impl Room {
                 self.name,
                 expired.clients.len()
             );
-            self.broadcast_awareness(&expired);
+            self.broadcast_awareness(expired);
         }
         self.streams.prune_closed();
         // Long polls that timed out leave their waiter behind.
@@ -576,7 +599,7 @@ impl Handler<FromClient> for Room {
                         }
                     }
                 }
-                ClientMessage::Awareness(update) => self.apply_awareness(session, update),
+                ClientMessage::Awareness(update) => self.apply_awareness(session, update, ctx),
                 ClientMessage::QueryAwareness => {
                     let states = self.presence.full().unwrap_or(AwarenessUpdate {
                         clients: Default::default(),

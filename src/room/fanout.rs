@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use log::warn;
+use yrs::sync::AwarenessUpdate;
 
 use super::messages::SessionId;
 use crate::metrics::metrics;
@@ -29,6 +30,12 @@ pub enum PeerError {
 pub trait Peer: Send + Sync {
     /// Queues one encoded frame without waiting.
     fn push(&self, frame: Bytes) -> Result<(), PeerError>;
+    /// Queues presence: `frame` is `update` encoded. A peer that cannot send it at once
+    /// may merge it with presence still waiting (each client's latest state wins), so
+    /// that presence alone never fills its queue.
+    fn push_presence(&self, frame: Bytes, _update: &Arc<AwarenessUpdate>) -> Result<(), PeerError> {
+        self.push(frame)
+    }
     /// Tells the peer to close with a WebSocket close code.
     fn close(&self, code: u16, reason: String);
     /// Frames and bytes waiting, for the slow-consumer log line.
@@ -136,6 +143,28 @@ impl Fanout {
                     Ok(()) => sent += 1,
                     Err(e) => unreachable.push((*id, e)),
                 }
+            }
+        }
+        let m = metrics();
+        m.fanout_frames.inc_by(sent);
+        m.ws_bytes_out.inc_by(sent * frame.len() as u64);
+        self.drop_unreachable(unreachable)
+    }
+
+    /// Sends presence (`frame` is `update` encoded, one buffer for all) to every member.
+    /// Returns the sessions dropped.
+    #[must_use]
+    pub fn broadcast_presence(
+        &mut self,
+        frame: &Bytes,
+        update: &Arc<AwarenessUpdate>,
+    ) -> Vec<SessionId> {
+        let mut sent = 0;
+        let mut unreachable = Vec::new();
+        for (id, member) in &self.members {
+            match member.peer.push_presence(frame.clone(), update) {
+                Ok(()) => sent += 1,
+                Err(e) => unreachable.push((*id, e)),
             }
         }
         let m = metrics();

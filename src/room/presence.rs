@@ -18,11 +18,18 @@
 //!   the full presence a joiner receives always fits its outbound queue.
 //!
 //! Refused entries are dropped, not punished: the session stays, the rest of its frame
-//! applies. The wire format is y-protocols' awareness update, so stock clients see
+//! applies.
+//!
+//! Merging: with `coalesce` on (`awareness_tick_ms` > 0), a renewal of a state everyone
+//! already knows (a moving cursor) is not sent at once: its client is marked dirty, and
+//! once per tick the room sends the latest states of every dirty client as one
+//! multi-entry update ([`Presence::take_dirty`]), encoded once for all receivers. A
+//! client's first state and every removal go out at once. A room of N moving cursors thus
+//! costs each receiver one frame per tick instead of N per cursor move. The wire format is y-protocols' awareness update, so stock clients see
 //! ordinary awareness: removals go out as `null` with the next clock, as `y-protocols`'
 //! `removeAwarenessStates` sends them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,11 +95,14 @@ impl Refusal {
     }
 }
 
-/// What one client update did: the changes to send everyone (`None` if nothing changed)
-/// and what was refused.
+/// What one client update did: the changes to send everyone at once (`None` if nothing
+/// must go out now), whether renewals now wait for the next tick, and what was refused.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub changes: Option<AwarenessUpdate>,
+    /// Renewals were marked dirty: the room must send [`Presence::take_dirty`] within a
+    /// tick.
+    pub deferred: bool,
     pub refused: Vec<(u64, Refusal)>,
 }
 
@@ -116,6 +126,8 @@ pub struct Presence {
     owned: HashMap<SessionId, Vec<u64>>,
     /// Sum of the states' costs.
     bytes: usize,
+    /// Clients whose renewed state waits for the next tick.
+    dirty: HashSet<u64>,
     limits: Limits,
 }
 
@@ -125,6 +137,7 @@ impl Presence {
             states: HashMap::new(),
             owned: HashMap::new(),
             bytes: 0,
+            dirty: HashSet::new(),
             limits,
         }
     }
@@ -139,7 +152,14 @@ impl Presence {
     }
 
     /// Applies a client's awareness update from session `owner` under the rules above.
-    pub fn apply(&mut self, owner: SessionId, update: AwarenessUpdate, now: Instant) -> Applied {
+    /// With `coalesce`, renewals of known states are deferred to the next tick.
+    pub fn apply(
+        &mut self,
+        owner: SessionId,
+        update: AwarenessUpdate,
+        now: Instant,
+        coalesce: bool,
+    ) -> Applied {
         let mut applied = Applied::default();
         if update.clients.len() > self.limits.max_entries {
             applied.refused = update
@@ -151,7 +171,12 @@ impl Presence {
         }
         let mut changes = HashMap::new();
         for (id, entry) in update.clients {
+            let known = self.states.contains_key(&id.get());
             match self.apply_entry(owner, id.get(), entry, now) {
+                Ok(Some(change)) if coalesce && known && &*change.json != "null" => {
+                    self.dirty.insert(id.get());
+                    applied.deferred = true;
+                }
                 Ok(Some(change)) => {
                     changes.insert(id, change);
                 }
@@ -223,8 +248,27 @@ impl Presence {
         Ok(Some(entry))
     }
 
+    /// The latest states of the clients renewed since the last call, as one update; and
+    /// `None` when there are none (removed clients' removals went out already).
+    pub fn take_dirty(&mut self) -> Option<AwarenessUpdate> {
+        let clients: HashMap<_, _> = self
+            .dirty
+            .drain()
+            .filter_map(|id| {
+                let state = self.states.get(&id)?;
+                let entry = AwarenessUpdateEntry {
+                    clock: state.clock,
+                    json: state.json.clone(),
+                };
+                Some((ClientID::new(id), entry))
+            })
+            .collect();
+        (!clients.is_empty()).then_some(AwarenessUpdate { clients })
+    }
+
     /// Deletes `id`'s state; returns the removal to announce (`null` at the next clock).
     fn forget(&mut self, id: u64) -> Option<(ClientID, AwarenessUpdateEntry)> {
+        self.dirty.remove(&id);
         let state = self.states.remove(&id)?;
         self.bytes -= state.cost();
         if let Some(ids) = self.owned.get_mut(&state.owner) {
@@ -312,12 +356,12 @@ mod tests {
     fn valid_states_are_kept_and_relayed() {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
-        let applied = p.apply(1, update(&[(10, 1, r#"{"name":"a"}"#)]), now);
+        let applied = p.apply(1, update(&[(10, 1, r#"{"name":"a"}"#)]), now, false);
         assert!(applied.refused.is_empty());
         assert_eq!(applied.changes.unwrap().clients.len(), 1);
         assert_eq!(p.len(), 1);
         // An older or equal clock changes nothing.
-        let applied = p.apply(1, update(&[(10, 1, r#"{"name":"b"}"#)]), now);
+        let applied = p.apply(1, update(&[(10, 1, r#"{"name":"b"}"#)]), now, false);
         assert!(applied.changes.is_none());
     }
 
@@ -326,7 +370,7 @@ mod tests {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
         let big = format!("\"{}\"", "x".repeat(200));
-        let applied = p.apply(1, update(&[(10, 1, "{not json"), (11, 1, &big)]), now);
+        let applied = p.apply(1, update(&[(10, 1, "{not json"), (11, 1, &big)]), now, false);
         let mut got = refusals(&applied);
         got.sort_by_key(|r| r.label());
         assert_eq!(got, vec![Refusal::NotJson, Refusal::TooLarge]);
@@ -338,10 +382,10 @@ mod tests {
     fn a_client_id_belongs_to_the_session_that_announced_it() {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
-        p.apply(1, update(&[(10, 1, "{}")]), now);
-        let applied = p.apply(2, update(&[(10, 5, r#"{"evil":1}"#)]), now);
+        p.apply(1, update(&[(10, 1, "{}")]), now, false);
+        let applied = p.apply(2, update(&[(10, 5, r#"{"evil":1}"#)]), now, false);
         assert_eq!(refusals(&applied), vec![Refusal::NotOwner]);
-        let applied = p.apply(2, update(&[(10, 6, "null")]), now);
+        let applied = p.apply(2, update(&[(10, 6, "null")]), now, false);
         assert_eq!(refusals(&applied), vec![Refusal::NotOwner]);
         assert_eq!(p.len(), 1);
         // The owner leaving removes it, announced as null at the next clock.
@@ -356,13 +400,13 @@ mod tests {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
         for id in 0..10_000u64 {
-            let applied = p.apply(1, update(&[(id, 3, "null")]), now);
+            let applied = p.apply(1, update(&[(id, 3, "null")]), now, false);
             assert!(applied.changes.is_none());
         }
         assert!(p.is_empty());
         assert!(p.states.capacity() < 100, "no tombstones kept");
-        p.apply(1, update(&[(7, 1, "{}")]), now);
-        p.apply(1, update(&[(7, 2, "null")]), now);
+        p.apply(1, update(&[(7, 1, "{}")]), now, false);
+        p.apply(1, update(&[(7, 2, "null")]), now, false);
         assert!(p.is_empty() && p.owned.is_empty() && p.bytes == 0);
     }
 
@@ -370,18 +414,18 @@ mod tests {
     fn sessions_and_rooms_are_capped() {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
-        let applied = p.apply(1, update(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]), now);
+        let applied = p.apply(1, update(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]), now, false);
         assert_eq!(refusals(&applied), vec![Refusal::SessionFull]);
         let too_many = update(&[(4, 1, "{}"), (5, 1, "{}"), (6, 1, "{}"), (7, 1, "{}")]);
         assert_eq!(
-            refusals(&p.apply(2, too_many, now)),
+            refusals(&p.apply(2, too_many, now, false)),
             vec![Refusal::TooManyEntries; 4]
         );
         // 1000 bytes: 2 states of ~80 + 32 each per session; sessions fill the room.
         let state = format!("\"{}\"", "y".repeat(78));
         let mut refused_room = 0;
         for session in 10..20 {
-            let applied = p.apply(session, update(&[(session * 100, 1, &state)]), now);
+            let applied = p.apply(session, update(&[(session * 100, 1, &state)]), now, false);
             refused_room += refusals(&applied)
                 .iter()
                 .filter(|r| **r == Refusal::RoomFull)
@@ -402,13 +446,41 @@ mod tests {
     fn stale_states_expire() {
         let mut p = Presence::new(LIMITS);
         let start = Instant::now();
-        p.apply(1, update(&[(10, 1, "{}")]), start);
-        p.apply(2, update(&[(20, 1, "{}")]), start + Duration::from_secs(20));
+        p.apply(1, update(&[(10, 1, "{}")]), start, false);
+        p.apply(2, update(&[(20, 1, "{}")]), start + Duration::from_secs(20), false);
         let expired = p
             .expire(Duration::from_secs(30), start + Duration::from_secs(31))
             .unwrap();
         assert_eq!(expired.clients.len(), 1);
         assert!(expired.clients.contains_key(&ClientID::new(10)));
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn renewals_wait_for_the_tick_and_go_out_merged_with_the_latest_state() {
+        let mut p = Presence::new(LIMITS);
+        let now = Instant::now();
+        // A first state goes out at once, even when coalescing.
+        let applied = p.apply(1, update(&[(10, 1, r#"{"x":0}"#)]), now, true);
+        assert!(applied.changes.is_some() && !applied.deferred);
+        p.apply(2, update(&[(20, 1, r#"{"x":0}"#)]), now, true);
+        // Renewals are deferred; the latest of each client wins.
+        for x in 1..=5 {
+            let json = format!(r#"{{"x":{x}}}"#);
+            let applied = p.apply(1, update(&[(10, 1 + x, &json)]), now, true);
+            assert!(applied.changes.is_none() && applied.deferred);
+        }
+        p.apply(2, update(&[(20, 2, r#"{"x":9}"#)]), now, true);
+        let merged = p.take_dirty().unwrap();
+        assert_eq!(merged.clients.len(), 2);
+        assert_eq!(&*merged.clients[&ClientID::new(10)].json, r#"{"x":5}"#);
+        assert_eq!(merged.clients[&ClientID::new(10)].clock, 6);
+        assert_eq!(&*merged.clients[&ClientID::new(20)].json, r#"{"x":9}"#);
+        assert!(p.take_dirty().is_none(), "nothing twice");
+        // A removal goes out at once, and a pending renewal of that client is dropped.
+        p.apply(1, update(&[(10, 7, r#"{"x":6}"#)]), now, true);
+        let applied = p.apply(1, update(&[(10, 8, "null")]), now, true);
+        assert_eq!(&*applied.changes.unwrap().clients[&ClientID::new(10)].json, "null");
+        assert!(p.take_dirty().is_none());
     }
 }

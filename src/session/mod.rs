@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
@@ -30,6 +30,7 @@ use actix::{
 use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
 use tokio::net::TcpStream;
+use yrs::sync::AwarenessUpdate;
 
 use crate::auth::{Access, Grant, Sub};
 use crate::config::Settings;
@@ -79,6 +80,12 @@ pub struct WsSession {
     /// The token's `sub`, for the session's log lines.
     subject: Option<String>,
     rate: TokenBucket,
+    /// The same share for frames of presence alone, which are merged beyond it (never
+    /// closed for).
+    awareness_rate: TokenBucket,
+    /// Presence waiting for the share to allow it, merged (latest state per client).
+    held_awareness: Option<AwarenessUpdate>,
+    awareness_flush_due: bool,
     /// The same over inbound bytes: many frames are cheap, many large ones are not.
     byte_rate: TokenBucket,
     /// Holds this connection's admission slot and gauge until the session ends.
@@ -111,6 +118,9 @@ impl WsSession {
                 closed: false,
                 last_heard: Instant::now(),
                 rate: TokenBucket::new(settings.session_rate, settings.session_burst),
+                awareness_rate: TokenBucket::new(settings.session_rate, settings.session_burst),
+                held_awareness: None,
+                awareness_flush_due: false,
                 byte_rate: TokenBucket::new(
                     settings.session_bytes_rate,
                     settings.session_bytes_burst,
@@ -152,17 +162,31 @@ impl WsSession {
     /// Takes a frame's tokens from the rate buckets (one frame, `bytes` bytes); closes the
     /// session when either is empty.
     fn within_rate(&mut self, bytes: usize, ctx: &mut Context<Self>) -> bool {
-        let s = &self.settings;
-        let over = if !self.rate.take() {
-            format!("{} frames/s (burst {})", s.session_rate, s.session_burst)
-        } else if !self.byte_rate.take_n(bytes) {
-            format!(
-                "{} bytes/s (burst {})",
-                s.session_bytes_rate, s.session_bytes_burst
-            )
-        } else {
+        self.within_byte_rate(bytes, ctx) && self.within_frame_rate(ctx)
+    }
+
+    fn within_frame_rate(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.rate.take() {
             return true;
-        };
+        }
+        let s = &self.settings;
+        let over = format!("{} frames/s (burst {})", s.session_rate, s.session_burst);
+        self.over_rate(&over, ctx)
+    }
+
+    fn within_byte_rate(&mut self, bytes: usize, ctx: &mut Context<Self>) -> bool {
+        if self.byte_rate.take_n(bytes) {
+            return true;
+        }
+        let s = &self.settings;
+        let over = format!(
+            "{} bytes/s (burst {})",
+            s.session_bytes_rate, s.session_bytes_burst
+        );
+        self.over_rate(&over, ctx)
+    }
+
+    fn over_rate(&mut self, over: &str, ctx: &mut Context<Self>) -> bool {
         warn!(
             "session {} in room {:?}: over {over}, closing",
             self.id, self.room_name
@@ -171,41 +195,15 @@ impl WsSession {
         false
     }
 
+    /// A frame: its bytes always count; a frame of presence alone never counts against
+    /// the frame rate (a cursor sent on every pointer event must not cost a disconnect):
+    /// beyond the session's share it is merged instead (see [`WsSession::on_awareness`]).
     fn on_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        if !self.within_rate(frame.len(), ctx) {
+        if !self.within_byte_rate(frame.len(), ctx) {
             return;
         }
-        match protocol::decode_frame(&frame) {
-            Ok(mut messages) => {
-                let dropped = if self.access < Access::Write {
-                    self.drop_writes(&mut messages)
-                } else {
-                    0
-                };
-                if messages.is_empty() && dropped == 0 {
-                    return;
-                }
-                if let Some(room) = &self.room {
-                    let from_client = FromClient {
-                        session: self.id,
-                        messages,
-                        dropped,
-                        bytes: frame.len(),
-                    };
-                    // `wait`: no further frame is read from this socket until the room has
-                    // taken this one, so a client that writes faster than its room works
-                    // is held back by TCP instead of queueing in the room's mailbox.
-                    ctx.wait(
-                        room.send(from_client)
-                            .into_actor(self)
-                            .map(|taken, act, ctx| {
-                                if taken.is_err() {
-                                    act.room_gone(ctx);
-                                }
-                            }),
-                    );
-                }
-            }
+        let mut messages = match protocol::decode_frame(&frame) {
+            Ok(messages) => messages,
             Err(e) => {
                 warn!(
                     "session {} in room {:?}: malformed frame ({} bytes): {e}",
@@ -214,7 +212,83 @@ impl WsSession {
                     frame.len()
                 );
                 self.close(ctx, close::INVALID_DATA, &e.to_string());
+                return;
             }
+        };
+        if let [ClientMessage::Awareness(_)] = messages.as_slice() {
+            if let Some(ClientMessage::Awareness(update)) = messages.pop() {
+                self.on_awareness(update, frame.len(), ctx);
+            }
+            return;
+        }
+        if !self.within_frame_rate(ctx) {
+            return;
+        }
+        let dropped = if self.access < Access::Write {
+            self.drop_writes(&mut messages)
+        } else {
+            0
+        };
+        if messages.is_empty() && dropped == 0 {
+            return;
+        }
+        self.forward(messages, dropped, frame.len(), ctx);
+    }
+
+    /// Sends messages to the room. `wait`: no further frame is read from this socket
+    /// until the room has taken them, so a client that writes faster than its room works
+    /// is held back by TCP instead of queueing in the room's mailbox.
+    fn forward(
+        &mut self,
+        messages: Vec<ClientMessage>,
+        dropped: usize,
+        bytes: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(room) = &self.room else { return };
+        let from_client = FromClient {
+            session: self.id,
+            messages,
+            dropped,
+            bytes,
+        };
+        ctx.wait(
+            room.send(from_client)
+                .into_actor(self)
+                .map(|taken, act, ctx| {
+                    if taken.is_err() {
+                        act.room_gone(ctx);
+                    }
+                }),
+        );
+    }
+
+    /// Presence within the session's share (the frame rate's bucket, counted apart) goes
+    /// to the room at once; beyond it, updates are merged here — each client's latest
+    /// state wins — and the merge goes when the share allows, so a fast cursor costs
+    /// neither a disconnect nor the room's CPU, and its last state always arrives.
+    fn on_awareness(&mut self, update: AwarenessUpdate, bytes: usize, ctx: &mut Context<Self>) {
+        let update = match self.held_awareness.take() {
+            Some(mut held) => {
+                merge_awareness(&mut held, update, self.settings.awareness_max_entries);
+                held
+            }
+            None => update,
+        };
+        if !self.awareness_flush_due && self.awareness_rate.take() {
+            self.forward(vec![ClientMessage::Awareness(update)], 0, bytes, ctx);
+            return;
+        }
+        self.held_awareness = Some(update);
+        if !self.awareness_flush_due {
+            self.awareness_flush_due = true;
+            let wait = Duration::from_secs_f64(1.0 / self.settings.session_rate.max(1) as f64);
+            ctx.run_later(wait, |act, ctx| {
+                act.awareness_flush_due = false;
+                if let Some(held) = act.held_awareness.take() {
+                    act.on_awareness(held, 0, ctx);
+                }
+            });
         }
     }
 
@@ -395,5 +469,20 @@ impl Handler<CloseSession> for WsSession {
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
         self.close(ctx, msg.code, &msg.reason);
+    }
+}
+
+/// Merges `newer` into `held`: per client, the entry with the later clock wins (at the
+/// same clock the newer one, so that a removal is never lost). At most `max_entries`
+/// clients are held (the room refuses larger updates anyway): the merge never grows.
+fn merge_awareness(held: &mut AwarenessUpdate, newer: AwarenessUpdate, max_entries: usize) {
+    for (client, entry) in newer.clients {
+        match held.clients.get(&client) {
+            Some(old) if old.clock > entry.clock => {}
+            None if held.clients.len() >= max_entries => {}
+            _ => {
+                held.clients.insert(client, entry);
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@
 //! An idle connection holds no buffer at all: the queue is empty and the writer task
 //! does not exist.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,9 +26,13 @@ use actix::Recipient;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+use yrs::ClientID;
+use yrs::sync::AwarenessUpdate;
+use yrs::sync::awareness::AwarenessUpdateEntry;
 
 use crate::config::Settings;
 use crate::metrics::metrics;
+use crate::protocol;
 use crate::protocol::websocket::{self, Head, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
 use crate::room::fanout::{Peer, PeerError};
 use crate::room::messages::CloseSession;
@@ -93,6 +97,10 @@ impl Pending {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Pending>,
+    /// Presence that arrived while frames were waiting, merged (each client's latest
+    /// state): sent as one frame when the queue empties. Bounded by the room's presence,
+    /// never by how long the client does not read.
+    presence: HashMap<ClientID, AwarenessUpdateEntry>,
     /// Data bytes queued.
     bytes: usize,
     /// A writer task is draining the queue (it alone writes while the queue is not empty).
@@ -137,6 +145,29 @@ impl Outbound {
     /// when nothing else waits (a big document's first sync).
     pub fn push(self: &Arc<Self>, message: Bytes) -> Result<(), QueueError> {
         self.send(OP_BINARY, message, true)
+    }
+
+    /// Sends presence (`message` is `update` encoded): at once when nothing waits,
+    /// else merged into the presence that waits for the queue to empty.
+    pub fn push_presence(
+        self: &Arc<Self>,
+        message: Bytes,
+        update: &AwarenessUpdate,
+    ) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        if state.queue.is_empty() || state.closed || state.closing {
+            drop(state);
+            return self.push(message);
+        }
+        for (client, entry) in &update.clients {
+            match state.presence.get(client) {
+                Some(held) if held.clock > entry.clock => {}
+                _ => {
+                    state.presence.insert(*client, entry.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The heartbeat: a ping behind whatever is queued, so it never overtakes an update.
@@ -256,6 +287,7 @@ impl Outbound {
     }
 
     fn discard(&self, state: &mut State) {
+        state.presence = HashMap::new();
         let m = metrics();
         for frame in state.queue.drain(..) {
             if frame.data {
@@ -278,6 +310,21 @@ impl Outbound {
     fn write_backlog(&self) -> io::Result<bool> {
         let mut state = self.lock();
         loop {
+            if state.queue.is_empty() && !state.presence.is_empty() {
+                let clients = std::mem::take(&mut state.presence);
+                let payload = protocol::encode_awareness(&AwarenessUpdate { clients });
+                let frame = Pending {
+                    head: Head::new(OP_BINARY, payload.len()),
+                    payload,
+                    written: 0,
+                    data: true,
+                };
+                state.bytes += frame.payload.len();
+                let m = metrics();
+                m.outbound_queued_frames.inc();
+                m.outbound_queued_bytes.add(frame.payload.len() as i64);
+                state.queue.push_back(frame);
+            }
             if state.queue.is_empty() {
                 state.writer = false;
                 return Ok(true);
@@ -370,6 +417,10 @@ pub struct SessionPeer {
 impl Peer for SessionPeer {
     fn push(&self, frame: Bytes) -> Result<(), PeerError> {
         Ok(self.out.push(frame)?)
+    }
+
+    fn push_presence(&self, frame: Bytes, update: &Arc<AwarenessUpdate>) -> Result<(), PeerError> {
+        Ok(self.out.push_presence(frame, update)?)
     }
 
     fn close(&self, code: u16, reason: String) {
