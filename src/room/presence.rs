@@ -370,7 +370,12 @@ mod tests {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
         let big = format!("\"{}\"", "x".repeat(200));
-        let applied = p.apply(1, update(&[(10, 1, "{not json"), (11, 1, &big)]), now, false);
+        let applied = p.apply(
+            1,
+            update(&[(10, 1, "{not json"), (11, 1, &big)]),
+            now,
+            false,
+        );
         let mut got = refusals(&applied);
         got.sort_by_key(|r| r.label());
         assert_eq!(got, vec![Refusal::NotJson, Refusal::TooLarge]);
@@ -414,7 +419,12 @@ mod tests {
     fn sessions_and_rooms_are_capped() {
         let mut p = Presence::new(LIMITS);
         let now = Instant::now();
-        let applied = p.apply(1, update(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]), now, false);
+        let applied = p.apply(
+            1,
+            update(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]),
+            now,
+            false,
+        );
         assert_eq!(refusals(&applied), vec![Refusal::SessionFull]);
         let too_many = update(&[(4, 1, "{}"), (5, 1, "{}"), (6, 1, "{}"), (7, 1, "{}")]);
         assert_eq!(
@@ -447,7 +457,12 @@ mod tests {
         let mut p = Presence::new(LIMITS);
         let start = Instant::now();
         p.apply(1, update(&[(10, 1, "{}")]), start, false);
-        p.apply(2, update(&[(20, 1, "{}")]), start + Duration::from_secs(20), false);
+        p.apply(
+            2,
+            update(&[(20, 1, "{}")]),
+            start + Duration::from_secs(20),
+            false,
+        );
         let expired = p
             .expire(Duration::from_secs(30), start + Duration::from_secs(31))
             .unwrap();
@@ -480,7 +495,10 @@ mod tests {
         // A removal goes out at once, and a pending renewal of that client is dropped.
         p.apply(1, update(&[(10, 7, r#"{"x":6}"#)]), now, true);
         let applied = p.apply(1, update(&[(10, 8, "null")]), now, true);
-        assert_eq!(&*applied.changes.unwrap().clients[&ClientID::new(10)].json, "null");
+        assert_eq!(
+            &*applied.changes.unwrap().clients[&ClientID::new(10)].json,
+            "null"
+        );
         assert!(p.take_dirty().is_none());
     }
 }
