@@ -94,9 +94,10 @@ fn read_frame(stream: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)
 #[actix_rt::test]
 async fn a_reader_that_stops_reading_is_not_closed_for_presence_and_gets_every_latest_state() {
     let dir = tempdir();
-    // A 256 KiB outbound queue; 20 cursors × 40 moves of 2 KB states send ~1.6 MB of
-    // presence to a reader that reads nothing: relayed frame by frame, its queue would
-    // overflow and close it with 4008.
+    // A 256 KiB outbound queue; 20 cursors × 60 moves of 6 KB states send ~7 MB of
+    // presence to a reader that reads nothing, more than the kernel's buffers take (up
+    // to 4 MB here): relayed frame by frame, its queue would overflow and close it with
+    // 4008.
     let server = TestServer::start(
         dir.path(),
         &[
@@ -123,23 +124,22 @@ async fn a_reader_that_stops_reading_is_not_closed_for_presence_and_gets_every_l
         mover.until("synced", |c| c.synced).await;
         movers.push(mover);
     }
-    let pad = "p".repeat(2000);
-    for round in 0..40 {
+    let pad = "p".repeat(6000);
+    for round in 0..60 {
         for mover in &mut movers {
             mover
                 .set_awareness(&format!(r#"{{"round":{round},"pad":"{pad}"}}"#))
                 .await;
         }
-        // Let the movers' own incoming frames through now and then.
-        if round % 10 == 9 {
-            for mover in &mut movers {
-                mover.drain_for(Duration::from_millis(5)).await;
-            }
+        // One round per tick or so (pacing only; nothing asserts on time), so that the
+        // rounds go out as separate merged frames; the movers read theirs meanwhile.
+        for mover in &mut movers {
+            mover.drain_for(Duration::from_millis(2)).await;
         }
     }
     let finals: HashMap<u64, String> = movers
         .iter()
-        .map(|m| (m.client_id(), format!(r#"{{"round":39,"pad":"{pad}"}}"#)))
+        .map(|m| (m.client_id(), format!(r#"{{"round":59,"pad":"{pad}"}}"#)))
         .collect();
     // Someone who reads sees every final state (so the room has sent them all).
     let mut reader = YClient::connect(&server, "stall").await;
@@ -208,7 +208,11 @@ async fn an_sse_reader_that_goes_away_is_noticed_without_waiting_for_a_heartbeat
         assert!(Instant::now() < deadline, "the streams never counted");
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(streams);
+    // The readers close their side (a FIN, as a closed tab sends once it has read
+    // everything); their sockets stay open here, so that no reset tells the server.
+    for stream in &streams {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
     while server
         .metric("collabd_connections{transport=\"sse\"}")
         .await

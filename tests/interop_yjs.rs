@@ -27,6 +27,11 @@ fn stock_yjs_clients_converge_share_awareness_and_survive_a_restart() {
 }
 
 #[test]
+fn stock_clients_see_merged_presence_and_removals() {
+    run_node("presence.mjs");
+}
+
+#[test]
 fn a_real_eventsource_resumes_with_last_event_id_after_the_stream_drops() {
     run_node("eventsource.mjs");
 }

@@ -1,0 +1,58 @@
+// Stock y-websocket clients with collabd's merged presence (awareness_tick_ms): cursors
+// moved as fast as the clients can set them reach everyone with each client's latest
+// state, and a client that leaves is removed for everyone.
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+import { startServer, tempDataDir, until, assertEqual, run } from './harness.mjs'
+
+const ROOM = 'interop/board'
+
+function client (port, name) {
+  const doc = new Y.Doc()
+  const provider = new WebsocketProvider(`ws://127.0.0.1:${port}/ws`, ROOM, doc, {
+    WebSocketPolyfill: WebSocket,
+    disableBc: true,
+    maxBackoffTime: 300
+  })
+  provider.awareness.setLocalStateField('user', { name })
+  let changes = 0
+  provider.awareness.on('change', () => { changes++ })
+  return { name, provider, changes: () => changes }
+}
+
+const cursorOf = (c, other) => {
+  const state = c.provider.awareness.getStates().get(other.provider.awareness.clientID)
+  return state && state.cursor ? state.cursor.x : undefined
+}
+
+run('stock clients see merged presence and removals', async () => {
+  const server = await startServer(tempDataDir())
+  const clients = ['ann', 'bob', 'cy', 'dee'].map(n => client(server.port, n))
+  await until('all synced', () => clients.every(c => c.provider.synced))
+  await until('everyone sees everyone', () =>
+    clients.every(c => c.provider.awareness.getStates().size === clients.length))
+
+  const MOVES = 300
+  for (let x = 0; x < MOVES; x++) {
+    for (const c of clients) c.provider.awareness.setLocalStateField('cursor', { x })
+    if (x % 50 === 0) await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  await until('every client sees every final cursor', () =>
+    clients.every(c => clients.every(o => cursorOf(c, o) === MOVES - 1)))
+  for (const c of clients) {
+    for (const o of clients) {
+      assertEqual(c.provider.awareness.getStates().get(o.provider.awareness.clientID).user.name,
+        o.name, `${c.name} sees ${o.name}'s name`)
+    }
+  }
+
+  const [ann, ...rest] = clients
+  ann.provider.destroy()
+  await until('ann is removed for everyone', () =>
+    rest.every(c => !c.provider.awareness.getStates().has(ann.provider.awareness.clientID)))
+  assertEqual(rest.map(c => c.provider.awareness.getStates().size), [3, 3, 3], 'three left')
+
+  for (const c of rest) c.provider.destroy()
+  await server.stop()
+})
