@@ -6,6 +6,12 @@
 //! seq, appends it to the store, asks the flusher to make it durable, and sends the
 //! encoded frame (one `Bytes`, shared) to every other session. [`Flushed`] later moves
 //! `durable_seq`, which is the only seq the outside world is shown.
+//!
+//! This file holds the room's state, its constructors and its message handlers; the
+//! handlers drive the room's halves in the child modules: `updates` (the update path),
+//! `members` (delivery, closing, presence), `durable` (showing a seq once durable) and
+//! `lifecycle` (snapshots, compaction, eviction, failure). The rules themselves live in
+//! the sans-IO parts of `room` (`core`, `presence`, `durability`, `fanout`, `live`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +24,11 @@ use bytes::Bytes;
 use log::{debug, error, warn};
 use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, ReadTxn, StateVector, Transact};
 
 use tokio::sync::oneshot;
 
 pub use super::core::Refused;
-use super::core::{self, Rejected};
 use super::durability::{Durability, Waiter};
 use super::fanout::Fanout;
 use super::live::Streams;
@@ -31,11 +36,14 @@ use super::load;
 use super::messages::RoomStopped;
 use super::messages::{
     ApplyUpdate, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join,
-    Leave, LiveEvent, SessionId, Shutdown, Subscribe, Subscribed, WaitDurable,
+    Leave, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::presence::{self, Presence};
 
+mod durable;
 mod lifecycle;
+mod members;
+mod updates;
 use crate::config::Settings;
 use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;
@@ -179,283 +187,6 @@ impl Room {
                 (message, header)
             }
         }
-    }
-
-    fn send_to(&mut self, session: SessionId, frame: Bytes) {
-        let dropped = self.fanout.send_to(session, frame);
-        self.forget_sessions(dropped);
-    }
-
-    /// Sends `frame` (one shared buffer) to every session but `except`.
-    fn broadcast(&mut self, frame: &Bytes, except: Option<SessionId>) {
-        let dropped = self.fanout.broadcast(frame, except);
-        self.forget_sessions(dropped);
-    }
-
-    fn close_session(&mut self, session: SessionId, code: u16, reason: String) {
-        if self.fanout.close(session, code, reason) {
-            self.forget_sessions(vec![session]);
-        }
-    }
-
-    fn remove_session(&mut self, session: SessionId) {
-        if self.fanout.remove(session) {
-            self.forget_sessions(vec![session]);
-        }
-    }
-
-    /// Sessions that left the room (closed, gone, slow): their presence goes too.
-    fn forget_sessions(&mut self, sessions: Vec<SessionId>) {
-        for session in sessions {
-            if let Some(removed) = self.presence.remove_session(session) {
-                self.broadcast_awareness(removed);
-            }
-        }
-    }
-
-    /// Applies one client update under the rules of [`core::apply`]; what changed the
-    /// document is logged and broadcast. `Err(MissingDependencies)` may follow a partial
-    /// apply: the part that applied is logged like any update, the rest is refused.
-    fn apply_update(
-        &mut self,
-        origin: Option<SessionId>,
-        update: Update,
-        wire_len: usize,
-        ctx: &mut Context<Self>,
-    ) -> Result<(), Refused> {
-        let refused = |why: Refused| {
-            metrics()
-                .updates_rejected
-                .with_label_values(&[why.label()])
-                .inc();
-            Err(why)
-        };
-        if self.failed {
-            return refused(Refused::Invalid("the room's store failed".into()));
-        }
-        let limit = self.deps.settings.max_doc_bytes;
-        // Refused before it is applied when even its encoded size does not fit: a
-        // client repeating such writes costs a comparison each, not a document reload.
-        if self.doc_bytes.saturating_add(wire_len) > limit {
-            return refused(Refused::TooLarge(limit));
-        }
-        let applied = match core::apply(self.doc(), update, self.doc_bytes, limit) {
-            Ok(applied) => applied,
-            Err(Rejected {
-                why,
-                document_dirty,
-            }) => {
-                if document_dirty {
-                    self.reload_document(&why.to_string());
-                }
-                return refused(why);
-            }
-        };
-        if let Some(diff) = applied.diff {
-            self.log_and_broadcast(origin, diff, ctx);
-        }
-        if applied.missing_dependencies {
-            return refused(Refused::MissingDependencies);
-        }
-        Ok(())
-    }
-
-    /// Gives an accepted change the next seq, appends it, and sends it to every peer.
-    fn log_and_broadcast(
-        &mut self,
-        origin: Option<SessionId>,
-        diff: Vec<u8>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.doc_bytes += diff.len();
-        self.seq += 1;
-        let started = Instant::now();
-        if let Err(e) = self.deps.store.append(&self.name, self.seq, &diff) {
-            self.fail(ctx, &e.to_string());
-            return;
-        }
-        let m = metrics();
-        m.oplog_append_seconds
-            .observe(started.elapsed().as_secs_f64());
-        m.updates_accepted.inc();
-        self.mark_dirty();
-        self.broadcast(&protocol::encode_update(&diff), origin);
-        self.durability.appended(self.seq, Bytes::from(diff));
-        if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
-            self.start_snapshot(ctx);
-        }
-    }
-
-    /// Asks the flusher to make everything appended so far durable; returns the number of
-    /// the flush that will cover it.
-    fn mark_dirty(&self) -> u64 {
-        let notify = self
-            .flush_notify
-            .as_ref()
-            .expect("the room's flush callback is set when it starts");
-        self.deps.flusher.mark(self.id, self.seq, notify)
-    }
-
-    /// Replaces the in-memory document with what the store holds (undoing `why`).
-    fn reload_document(&mut self, why: &str) {
-        match load::read(&*self.deps.store, &self.name) {
-            Ok(fresh) => {
-                self.doc = fresh.doc;
-                self.doc_bytes = fresh.doc_bytes;
-                self.state_cache = None;
-                self.json_cache = None;
-                warn!(
-                    "room {:?}: document reloaded from the store after {why}",
-                    self.name
-                );
-            }
-            Err(e) => error!("room {:?}: reload failed: {e}", self.name),
-        }
-    }
-
-    fn apply_awareness(
-        &mut self,
-        origin: SessionId,
-        update: AwarenessUpdate,
-        ctx: &mut Context<Self>,
-    ) {
-        let tick = self.deps.settings.awareness_tick();
-        let applied = self
-            .presence
-            .apply(origin, update, Instant::now(), !tick.is_zero());
-        if let Some((id, why)) = applied.refused.first() {
-            let m = metrics();
-            for (_, refusal) in &applied.refused {
-                m.awareness_refused
-                    .with_label_values(&[refusal.label()])
-                    .inc();
-            }
-            debug!(
-                "room {:?}: session {origin}: {} presence entries refused (client {id}: {})",
-                self.name,
-                applied.refused.len(),
-                why.label()
-            );
-        }
-        // Everyone, the sender included: a lone y-websocket client counts the echo of its
-        // own renewals as a sign of life (it reconnects after 30 s without a message).
-        if let Some(changes) = applied.changes {
-            self.broadcast_awareness(changes);
-        }
-        if applied.deferred && !self.presence_tick_due {
-            self.presence_tick_due = true;
-            ctx.run_later(tick, |room, _| {
-                room.presence_tick_due = false;
-                if let Some(merged) = room.presence.take_dirty() {
-                    room.broadcast_awareness(merged);
-                }
-            });
-        }
-    }
-
-    /// Sends presence changes to every session and SSE stream.
-    fn broadcast_awareness(&mut self, changes: AwarenessUpdate) {
-        let frame = protocol::encode_awareness(&changes);
-        let changes = Arc::new(changes);
-        let dropped = self.fanout.broadcast_presence(&frame, &changes);
-        self.forget_sessions(dropped);
-        if !self.streams.is_empty() {
-            let event = protocol::sse::event("awareness", None, &changes.encode_v1());
-            self.publish(LiveEvent::Awareness { event });
-        }
-    }
-
-    /// Asks `session` for everything we lack (sync step 1; y-websocket answers with step
-    /// 2). False if we asked already and it sent another incomplete update instead.
-    fn request_resync(&mut self, session: SessionId) -> bool {
-        let Some(member) = self.fanout.get_mut(session) else {
-            return true;
-        };
-        if member.resync_requested {
-            return false;
-        }
-        member.resync_requested = true;
-        debug!(
-            "room {:?}: session {session} sent an update with missing dependencies; re-syncing",
-            self.name
-        );
-        let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
-        self.send_to(session, step1);
-        true
-    }
-
-    /// Sends an event to every SSE stream; ends the streams that cannot take it.
-    fn publish(&mut self, event: LiveEvent) {
-        let budget = self.deps.settings.outbound_queue_bytes;
-        self.streams.publish(&self.name, event, budget);
-    }
-
-    /// Everything up to `seq` is durable (by flush number `flush`): publish it to SSE
-    /// streams, answer waiters, and compact once the latest snapshot is durable.
-    fn advance_durable(&mut self, seq: u64, flush: u64) {
-        if self.failed {
-            return;
-        }
-        let done = self.durability.advance(seq, flush);
-        if !self.streams.is_empty() {
-            for (seq, update) in done.published {
-                let event = protocol::sse::event("update", Some(seq), &update);
-                self.publish(LiveEvent::Update { seq, event });
-            }
-        }
-        for waiter in done.answered {
-            self.answer(waiter);
-        }
-        if let Some(snapshot_seq) = done.compact {
-            self.compact(snapshot_seq);
-        }
-    }
-
-    /// Tells `waiter` that what it waited for is durable, covered by the durable seq.
-    fn answer(&mut self, waiter: Waiter) {
-        let durable = self.durability.durable();
-        match waiter {
-            Waiter::Reply(reply) => {
-                let _ = reply.send(durable);
-            }
-            Waiter::Ack { session, token, ok } => {
-                self.send_to(session, protocol::encode_ack(token, durable, ok));
-            }
-        }
-    }
-
-    /// Registers `waiter` for `seq`, or answers it now if `seq` is durable already.
-    fn wait_for(&mut self, seq: u64, waiter: Waiter) {
-        if let Some(waiter) = self.durability.wait_for(seq, waiter) {
-            self.answer(waiter);
-        }
-    }
-
-    /// Expires awareness entries not renewed in time; stops the room when idle long enough.
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        let timeout = self.deps.settings.awareness_timeout();
-        if let Some(expired) = self.presence.expire(timeout, Instant::now()) {
-            debug!(
-                "room {:?}: {} awareness states expired",
-                self.name,
-                expired.clients.len()
-            );
-            self.broadcast_awareness(expired);
-        }
-        self.streams.prune_closed();
-        // Long polls that timed out leave their waiter behind.
-        self.durability.prune_abandoned();
-        let busy =
-            !self.fanout.is_empty() || !self.streams.is_empty() || self.durability.has_waiters();
-        if busy {
-            self.last_activity = Instant::now();
-        } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
-            self.evict(ctx);
-        }
-    }
-
-    fn touch(&mut self) {
-        self.last_activity = Instant::now();
     }
 }
 

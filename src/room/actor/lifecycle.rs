@@ -205,6 +205,33 @@ impl Room {
             Err(e) => error!("room {:?}: final flush failed: {e}", self.name),
         }
     }
+
+    /// Expires awareness entries not renewed in time; stops the room when idle long enough.
+    pub(super) fn tick(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.deps.settings.awareness_timeout();
+        if let Some(expired) = self.presence.expire(timeout, Instant::now()) {
+            debug!(
+                "room {:?}: {} awareness states expired",
+                self.name,
+                expired.clients.len()
+            );
+            self.broadcast_awareness(expired);
+        }
+        self.streams.prune_closed();
+        // Long polls that timed out leave their waiter behind.
+        self.durability.prune_abandoned();
+        let busy =
+            !self.fanout.is_empty() || !self.streams.is_empty() || self.durability.has_waiters();
+        if busy {
+            self.last_activity = Instant::now();
+        } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {
+            self.evict(ctx);
+        }
+    }
+
+    pub(super) fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
 }
 
 /// Encodes `doc` whole and stores it as the snapshot of `name` at `seq`; returns its

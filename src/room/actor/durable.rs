@@ -1,0 +1,57 @@
+//! How a seq becomes visible: the flusher reports a flush, the room moves its durable seq,
+//! publishes what is now durable to SSE streams and answers everyone waiting for it
+//! (POSTs, long polls, full-state readers, WebSocket acks). A child of `actor.rs`.
+
+use super::Room;
+use crate::protocol;
+use crate::room::durability::Waiter;
+use crate::room::messages::LiveEvent;
+
+impl Room {
+    /// Sends an event to every SSE stream; ends the streams that cannot take it.
+    pub(super) fn publish(&mut self, event: LiveEvent) {
+        let budget = self.deps.settings.outbound_queue_bytes;
+        self.streams.publish(&self.name, event, budget);
+    }
+
+    /// Everything up to `seq` is durable (by flush number `flush`): publish it to SSE
+    /// streams, answer waiters, and compact once the latest snapshot is durable.
+    pub(super) fn advance_durable(&mut self, seq: u64, flush: u64) {
+        if self.failed {
+            return;
+        }
+        let done = self.durability.advance(seq, flush);
+        if !self.streams.is_empty() {
+            for (seq, update) in done.published {
+                let event = protocol::sse::event("update", Some(seq), &update);
+                self.publish(LiveEvent::Update { seq, event });
+            }
+        }
+        for waiter in done.answered {
+            self.answer(waiter);
+        }
+        if let Some(snapshot_seq) = done.compact {
+            self.compact(snapshot_seq);
+        }
+    }
+
+    /// Tells `waiter` that what it waited for is durable, covered by the durable seq.
+    pub(super) fn answer(&mut self, waiter: Waiter) {
+        let durable = self.durability.durable();
+        match waiter {
+            Waiter::Reply(reply) => {
+                let _ = reply.send(durable);
+            }
+            Waiter::Ack { session, token, ok } => {
+                self.send_to(session, protocol::encode_ack(token, durable, ok));
+            }
+        }
+    }
+
+    /// Registers `waiter` for `seq`, or answers it now if `seq` is durable already.
+    pub(super) fn wait_for(&mut self, seq: u64, waiter: Waiter) {
+        if let Some(waiter) = self.durability.wait_for(seq, waiter) {
+            self.answer(waiter);
+        }
+    }
+}
