@@ -7,9 +7,11 @@
 //!
 //! Each setting is declared once, in the `settings!` invocation below: its name, type,
 //! default and doc. From that one declaration come the [`Settings`] field, its default,
-//! its flag in [`Overrides`] and the flag's `--help` text, and its place in
-//! [`Settings::NAMES`] (which decides what is a key). `collabd.example.toml` documents
-//! every setting too.
+//! its flag in [`Overrides`] and the flag's `--help` text, its place in
+//! [`Settings::NAMES`] (which decides what is a key), and its entry in
+//! `collabd.example.toml` ([`Settings::reference_toml`]) and in the README's configuration
+//! table ([`Settings::markdown_table`]). Tests check both files against the declarations;
+//! `UPDATE_DOCS=1 cargo test --lib config` rewrites them.
 //!
 //! Unknown keys in the file are an error. `COLLABD_*` variables that name no setting are
 //! ignored with one warning: orchestrators inject `<SERVICE>_PORT`-style variables
@@ -706,11 +708,62 @@ mod tests {
         assert_eq!(s.replay_window, Settings::default().replay_window);
     }
 
+    /// Checks that the part of the file at `path` (relative to the crate) between the
+    /// lines `markers` (or all of it) is `expected`; with `UPDATE_DOCS=1`, writes it.
+    fn check_generated(path: &str, markers: Option<(&str, &str)>, expected: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (before, actual, after) = match markers {
+            None => ("", text.as_str(), ""),
+            Some((begin, end)) => {
+                let start =
+                    text.find(&format!("{begin}\n")).expect("begin marker") + begin.len() + 1;
+                let stop = start + text[start..].find(&format!("{end}\n")).expect("end marker");
+                (&text[..start], &text[start..stop], &text[stop..])
+            }
+        };
+        if actual == expected {
+            return;
+        }
+        if std::env::var_os("UPDATE_DOCS").is_some_and(|v| v == "1") {
+            std::fs::write(&path, format!("{before}{expected}{after}")).unwrap();
+            return;
+        }
+        let line = actual
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, e)| a != e)
+            .unwrap_or(actual.lines().count().min(expected.lines().count()));
+        panic!(
+            "{} is not what the declarations in src/config.rs generate (first difference \
+             at line {} of the generated part):\n  file:      {:?}\n  generated: {:?}\n\
+             Edit the declarations, not the file, then run UPDATE_DOCS=1 cargo test --lib config",
+            path.display(),
+            line + 1,
+            actual.lines().nth(line).unwrap_or("<end>"),
+            expected.lines().nth(line).unwrap_or("<end>"),
+        );
+    }
+
     #[test]
     fn the_example_file_documents_exactly_the_defaults() {
+        check_generated("collabd.example.toml", None, &Settings::reference_toml());
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("collabd.example.toml");
         let from_file = Settings::load(Some(&example), &Overrides::default()).unwrap();
         assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_setting_as_declared() {
+        let table = Settings::markdown_table();
+        for name in Settings::NAMES {
+            assert!(table.contains(&format!("| `{name}` |")), "{name}");
+        }
+        check_generated(
+            "README.md",
+            Some((docs::TABLE_BEGIN, docs::TABLE_END)),
+            &table,
+        );
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! The text made from the settings' declarations: the flags' help.
+//! The text made from the settings' declarations: the flags' help, `collabd.example.toml`
+//! ([`Settings::reference_toml`]) and the README's configuration table
+//! ([`Settings::markdown_table`]).
+
+use std::fmt::Write as _;
 
 use serde::Serialize;
 
@@ -95,4 +99,64 @@ fn toml_from_json(value: &serde_json::Value) -> Option<String> {
             format!("{{ {} }}", fields.join(", "))
         }
     })
+}
+
+/// The start of `collabd.example.toml`, before the settings.
+const TOML_HEADER: &str = "\
+# collabd configuration. Copy to collabd.toml (read from the working directory) or pass
+# --config PATH. Every key can also be set as COLLABD_<KEY> in the environment
+# (e.g. COLLABD_BIND=0.0.0.0:1234) and, all but auth_secret, as a flag
+# (--bind 0.0.0.0:1234). Precedence: defaults < this file < environment < flags.
+# Values shown are the defaults; durations are in milliseconds.
+# An unknown key in this file is an error; COLLABD_* variables that name no setting
+# (e.g. COLLABD_PORT injected by an orchestrator) are ignored with a warning. Settings
+# are checked together at startup; a bad combination stops the server before it binds.
+#
+# Generated from the declarations in src/config.rs: edit them there, then run
+# UPDATE_DOCS=1 cargo test --lib config
+";
+
+/// The README's configuration table lies between these lines.
+#[cfg(test)]
+pub(super) const TABLE_BEGIN: &str = "<!-- settings table: generated from src/config.rs by UPDATE_DOCS=1 cargo test --lib config -->";
+#[cfg(test)]
+pub(super) const TABLE_END: &str = "<!-- end of settings table -->";
+
+impl Settings {
+    /// `collabd.example.toml`: every setting with its doc and default (settings unset by
+    /// default are shown commented out, with an example value).
+    pub fn reference_toml() -> String {
+        let mut out = String::from(TOML_HEADER);
+        for d in Settings::declared() {
+            out.push('\n');
+            for line in d.doc_lines() {
+                if line.is_empty() {
+                    out.push_str("#\n");
+                } else {
+                    writeln!(out, "# {line}").unwrap();
+                }
+            }
+            match (&d.default, &d.example) {
+                (Some(value), _) => writeln!(out, "{} = {value}", d.name),
+                (None, Some(example)) => writeln!(out, "# {} = {example}", d.name),
+                (None, None) => writeln!(out, "# {}: unset by default", d.name),
+            }
+            .unwrap();
+        }
+        out
+    }
+
+    /// The README's configuration table: every setting, its default and its summary.
+    pub fn markdown_table() -> String {
+        let cell = |text: &str| text.replace('|', "\\|");
+        let mut out = String::from("| key | default | what |\n|---|---|---|\n");
+        for d in Settings::declared() {
+            let default = match &d.default {
+                Some(value) => format!("`{}`", cell(value)),
+                None => "unset".into(),
+            };
+            writeln!(out, "| `{}` | {default} | {} |", d.name, cell(&d.summary())).unwrap();
+        }
+        out
+    }
 }
