@@ -2,8 +2,16 @@
 //!
 //! Precedence, lowest first: the defaults in [`Settings::default`], an optional TOML file
 //! (`collabd.toml` in the working directory, or `--config PATH`), environment variables
-//! `COLLABD_<FIELD>` (e.g. `COLLABD_BIND`, `COLLABD_FLUSH_INTERVAL_MS`), command-line flags.
-//! Every field is documented here and in `collabd.example.toml`.
+//! `COLLABD_<FIELD>` (e.g. `COLLABD_BIND`, `COLLABD_FLUSH_INTERVAL_MS`), command-line flags
+//! `--<field-with-dashes>` (every setting but `auth_secret`).
+//!
+//! Each setting is declared once, in the `settings!` invocation below: its name, type,
+//! default and doc. From that one declaration come the [`Settings`] field, its default,
+//! its flag in [`Overrides`] and the flag's `--help` text, its place in
+//! [`Settings::NAMES`] (which decides what is a key), and its entry in
+//! `collabd.example.toml` ([`Settings::reference_toml`]) and in the README's configuration
+//! table ([`Settings::markdown_table`]). Tests check both files against the declarations;
+//! `UPDATE_DOCS=1 cargo test --lib config` rewrites them.
 //!
 //! Unknown keys in the file are an error. `COLLABD_*` variables that name no setting are
 //! ignored with one warning: orchestrators inject `<SERVICE>_PORT`-style variables
@@ -18,139 +26,376 @@ use std::time::Duration;
 use config::Source as _;
 use serde::{Deserialize, Serialize};
 
-/// Everything the server can be told. Durations are whole milliseconds so that a value
-/// reads the same in TOML, in an environment variable and on the command line.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Settings {
-    /// Address to listen on; port 0 picks a free port (the log line `listening on` says which).
-    pub bind: String,
+mod docs;
+
+pub use docs::Declared;
+
+/// Declares every setting once. An entry is
+///
+/// ```text
+/// /// Summary: one sentence (the `-h` help and the README's table).
+/// ///
+/// /// More paragraphs (`--help`, `collabd.example.toml`, rustdoc).
+/// name: Type = default_expression;
+/// ```
+///
+/// An `Option` setting names a value for the example file instead of a default it does
+/// not have: `name: Option<T> = None, example value;`. Extra clap attributes for the
+/// flag go in `#[arg(...)]` before the name; `#[no_flag]` there gives the setting no flag
+/// at all (it can still be set in the file and the environment).
+///
+/// The entries are first normalized one by one (`@munch`), because what an entry turns
+/// into depends on its form (an `Option` setting's flag is `Option<T>`, not
+/// `Option<Option<T>>`), then everything is generated at once (`@emit`).
+macro_rules! settings {
+    (@emit $({
+        docs [$($doc:literal)*]
+        flag [$($flag:tt)*]
+        name [$name:ident]
+        ty [$ty:ty]
+        flag_ty [$flag_ty:ty]
+        default [$default:expr]
+        example [$($example:expr)?]
+    })*) => {
+        /// Everything the server can be told. Durations are whole milliseconds so that a
+        /// value reads the same in TOML, in an environment variable and on the command
+        /// line.
+        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings { $( $name: $default, )* }
+            }
+        }
+
+        /// Values given on the command line: one flag per setting (`--bind`, `--data-dir`,
+        /// …; none for `auth_secret`), documented on [`Settings`]; `None` leaves the lower
+        /// layers' value in place.
+        #[derive(Debug, Default, Clone, Serialize, clap::Args)]
+        pub struct Overrides {
+            $(
+                #[serde(skip_serializing_if = "Option::is_none")]
+                #[arg($($flag)*)]
+                #[arg(
+                    help = docs::flag_help(stringify!($name)),
+                    long_help = docs::flag_long_help(stringify!($name))
+                )]
+                pub $name: $flag_ty,
+            )*
+        }
+
+        impl Settings {
+            /// The name of every setting, in the order declared: the keys of the file,
+            /// `COLLABD_<NAME>` in the environment.
+            pub const NAMES: &[&str] = &[$( stringify!($name) ),*];
+
+            /// Every setting as declared, in order: name, doc, default.
+            pub fn declared() -> &'static [Declared] {
+                static DECLARED: std::sync::LazyLock<Vec<Declared>> =
+                    std::sync::LazyLock::new(|| {
+                        let defaults = Settings::default();
+                        vec![$(
+                            Declared {
+                                name: stringify!($name),
+                                doc: concat!($( $doc, "\n", )*),
+                                default: docs::toml_value(&defaults.$name),
+                                example: None $( .or(docs::toml_value(&$example)) )?,
+                            },
+                        )*]
+                    });
+                &DECLARED
+            }
+        }
+    };
+
+    (@munch [$($done:tt)*]) => {
+        settings!(@emit $($done)*);
+    };
+    // Without a flag.
+    (@munch [$($done:tt)*]
+        $(#[doc = $doc:literal])*
+        #[no_flag]
+        $name:ident : Option<$inner:ty> = $default:expr, example $example:expr;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch [$($done)* {
+            docs [$($doc)*] flag [skip] name [$name] ty [Option<$inner>]
+            flag_ty [Option<$inner>] default [$default] example [$example]
+        }] $($rest)*);
+    };
+    (@munch [$($done:tt)*]
+        $(#[doc = $doc:literal])*
+        #[no_flag]
+        $name:ident : $ty:ty = $default:expr;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch [$($done)* {
+            docs [$($doc)*] flag [skip] name [$name] ty [$ty]
+            flag_ty [Option<$ty>] default [$default] example []
+        }] $($rest)*);
+    };
+    // With a flag.
+    (@munch [$($done:tt)*]
+        $(#[doc = $doc:literal])*
+        $(#[arg($($arg:tt)*)])?
+        $name:ident : Option<$inner:ty> = $default:expr, example $example:expr;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch [$($done)* {
+            docs [$($doc)*] flag [long $(, $($arg)*)?] name [$name] ty [Option<$inner>]
+            flag_ty [Option<$inner>] default [$default] example [$example]
+        }] $($rest)*);
+    };
+    (@munch [$($done:tt)*]
+        $(#[doc = $doc:literal])*
+        $(#[arg($($arg:tt)*)])?
+        $name:ident : $ty:ty = $default:expr;
+        $($rest:tt)*
+    ) => {
+        settings!(@munch [$($done)* {
+            docs [$($doc)*] flag [long $(, $($arg)*)?] name [$name] ty [$ty]
+            flag_ty [Option<$ty>] default [$default] example []
+        }] $($rest)*);
+    };
+
+    ($($entries:tt)*) => {
+        settings!(@munch [] $($entries)*);
+    };
+}
+
+settings! {
+    /// Address to listen on.
+    ///
+    /// Port 0 picks a free port; the log line `listening on` names it.
+    bind: String = "127.0.0.1:1234".into();
+
     /// Directory of the sled database holding every room's op log and snapshots.
-    pub data_dir: PathBuf,
-    /// Largest WebSocket frame (and HTTP body) accepted, in bytes. Large documents sync in
-    /// one frame, so this must exceed the biggest document a client may send at once.
-    pub max_frame_bytes: usize,
-    /// Group commit: how long the flusher waits after the first unflushed append before it
-    /// makes everything appended so far durable with one flush. 0: flush as soon as
-    /// anything is appended (no batching).
-    pub flush_interval_ms: u64,
-    /// A room with no sessions for this long is flushed and stopped; the next use reloads
-    /// it. 0: as soon as it is unused.
-    pub room_idle_ms: u64,
-    /// Awareness entries (presence, cursors) not renewed for this long are removed.
+    data_dir: PathBuf = PathBuf::from("./data");
+
+    /// Largest WebSocket frame (and HTTP body) accepted, in bytes; a larger frame closes
+    /// its session with 1009, a larger body gets 413.
+    ///
+    /// A client's first sync sends its whole document in one frame, so this must exceed
+    /// the biggest document a client may send at once.
+    max_frame_bytes: usize = 16 * 1024 * 1024;
+
+    /// Group commit: at most one flush (fsync) per this many milliseconds.
+    ///
+    /// The flusher waits this long after the first unflushed append, then makes
+    /// everything appended so far durable with one flush. A seq is shown to clients only
+    /// once durable. 0: flush as soon as anything is appended (no batching).
+    flush_interval_ms: u64 = 5;
+
+    /// A room with no sessions for this many milliseconds is flushed and unloaded.
+    ///
+    /// The next use reloads it. 0: as soon as it is unused.
+    room_idle_ms: u64 = 30_000;
+
+    /// Awareness entries (presence, cursors) not renewed for this many milliseconds are
+    /// removed.
+    ///
     /// Yjs clients renew theirs every 15 s.
-    pub awareness_timeout_ms: u64,
-    /// Presence renewals (moving cursors) are merged and sent once per tick: the latest
-    /// state of every client that changed, as one update shared by every receiver. A
-    /// client's first state and removals go out at once. 0: relay every update at once.
-    pub awareness_tick_ms: u64,
-    /// Largest presence state (its JSON) a client may announce; larger ones are refused.
-    pub awareness_max_state_bytes: usize,
+    awareness_timeout_ms: u64 = 30_000;
+
+    /// Presence renewals (moving cursors) are merged and sent once per this many
+    /// milliseconds; 0 relays every update at once.
+    ///
+    /// Each tick the room sends the latest state of every client that changed, as one
+    /// update shared by every receiver. A client's first state and removals go out at once.
+    awareness_tick_ms: u64 = 30;
+
+    /// Largest presence state (its JSON, in bytes) a client may announce; larger ones are
+    /// refused.
+    awareness_max_state_bytes: usize = 64 * 1024;
+
     /// Most entries in one awareness update; a frame with more is refused whole.
-    pub awareness_max_entries: usize,
-    /// Most client ids one session may announce (a tab is one; more are refused).
-    pub awareness_max_clients: usize,
-    /// Most bytes a room's presence states may add up to (each counts its JSON plus 32).
-    /// The budget used is at most half of `outbound_queue_bytes`, so that the full
-    /// presence a joiner receives always fits its outbound queue.
-    pub awareness_max_room_bytes: usize,
+    awareness_max_entries: usize = 100;
+
+    /// Most presence client ids one session may announce (a tab is one; more are
+    /// refused).
+    awareness_max_clients: usize = 16;
+
+    /// Most bytes a room's presence states may add up to (each counts its JSON plus 32),
+    /// capped at half of `outbound_queue_bytes`.
+    ///
+    /// The cap keeps the full presence a joiner receives within its outbound queue.
+    awareness_max_room_bytes: usize = 4 * 1024 * 1024;
+
     /// A room writes a snapshot of its full state after this many logged updates.
-    pub snapshot_every: u64,
-    /// How many of the most recent updates stay in the log after a snapshot (the replay
-    /// window that reconnecting clients are served from); older records are deleted.
-    /// At least `snapshot_every`.
-    pub replay_window: u64,
-    /// WebSocket ping interval.
-    pub heartbeat_interval_ms: u64,
-    /// A WebSocket session that sends nothing (not even a pong) for this long is closed.
-    /// Longer than `heartbeat_interval_ms`.
-    pub client_timeout_ms: u64,
-    /// Most messages a WebSocket session may have queued for sending; a session that falls
-    /// further behind is closed with code 4008 ("slow consumer") and re-syncs on reconnect.
-    pub outbound_queue_messages: usize,
-    /// Comment heartbeat interval on SSE streams (keeps proxies from closing them).
-    pub sse_heartbeat_ms: u64,
-    /// The `retry:` hint sent to EventSource clients: how soon to reconnect (0: at once).
-    pub sse_retry_ms: u64,
-    /// Events an SSE stream may have queued; a stream that falls further behind is ended
-    /// and the client resumes from its Last-Event-ID.
-    pub sse_queue_events: usize,
-    /// Longest a long poll is held (`wait` is capped to this; 0: no long polling, every
-    /// poll is answered at once).
-    pub poll_max_wait_ms: u64,
+    snapshot_every: u64 = 1_000;
+
+    /// Updates kept in the log after a snapshot; at least `snapshot_every`.
+    ///
+    /// The most recent updates stay (the replay window that reconnecting clients are
+    /// served from); older records are deleted.
+    replay_window: u64 = 10_000;
+
+    /// WebSocket ping interval, in milliseconds.
+    heartbeat_interval_ms: u64 = 15_000;
+
+    /// A WebSocket session that sends nothing (not even a pong) for this many
+    /// milliseconds is closed with 4000; longer than `heartbeat_interval_ms`.
+    client_timeout_ms: u64 = 30_000;
+
+    /// Frames a WebSocket session may have queued for sending before it is closed with
+    /// 4008 ("slow consumer").
+    ///
+    /// Its client re-syncs when it reconnects.
+    outbound_queue_messages: usize = 4_096;
+
+    /// Interval of the comment heartbeat on SSE streams, in milliseconds (keeps proxies
+    /// from closing idle streams).
+    sse_heartbeat_ms: u64 = 15_000;
+
+    /// The `retry:` hint sent to EventSource clients: how soon to reconnect, in
+    /// milliseconds (0: at once).
+    sse_retry_ms: u64 = 1_000;
+
+    /// Events an SSE stream may have queued before it is ended.
+    ///
+    /// Its client then resumes from its Last-Event-ID.
+    sse_queue_events: usize = 4_096;
+
+    /// Longest a long poll is held, in milliseconds (0: no long polling).
+    ///
+    /// A poll's `wait` is capped to this; with 0 every poll is answered at once.
+    poll_max_wait_ms: u64 = 30_000;
+
     /// Most updates in one poll answer; the client continues from the last seq it got.
-    pub poll_batch_limit: usize,
-    /// Threads that run room actors; 0 means one per CPU. At most [`MAX_THREADS`].
-    pub room_threads: usize,
-    /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU. At most
-    /// [`MAX_THREADS`].
-    pub http_workers: usize,
-    /// Bytes a WebSocket session may have queued for sending (with
-    /// `outbound_queue_messages`, whichever is reached first); one frame larger than this
-    /// is still sent when nothing else is queued. At least the largest update a client
-    /// may send (`max_frame_bytes`, or `max_doc_bytes` if smaller), so that every
+    poll_batch_limit: usize = 1_000;
+
+    /// Threads that run room actors; 0 means one per CPU; at most 1024.
+    room_threads: usize = 0;
+
+    /// Threads that run HTTP and WebSocket sessions; 0 means one per CPU; at most 1024.
+    http_workers: usize = 0;
+
+    /// Bytes a WebSocket session or an SSE stream may have queued for sending before it is
+    /// closed as a slow consumer; at least `max_frame_bytes` (or `max_doc_bytes`, if
+    /// smaller).
+    ///
+    /// Whichever of this and `outbound_queue_messages` is reached first counts. One frame
+    /// larger than this (a big document's first sync) is still sent when nothing else is
+    /// queued. The lower bound is the largest update a client may send, so that every
     /// accepted update can be queued for the other sessions.
-    pub outbound_queue_bytes: usize,
+    outbound_queue_bytes: usize = 16 * 1024 * 1024;
+
     /// Long-lived connections (WebSocket sessions, SSE streams and held long polls) the
-    /// server holds at once; beyond that new ones get 503 with `Retry-After`.
-    pub max_connections: usize,
-    /// The same limit for one room.
-    pub max_connections_per_room: usize,
-    /// The same limit for one client IP address (the TCP peer; proxies are not trusted;
-    /// IPv6 clients are counted per /64, the block one host typically holds).
-    pub max_connections_per_ip: usize,
-    /// Admission token bucket: new long-lived connections accepted per second, sustained…
-    pub admission_rate: u32,
-    /// …and in a burst. A reconnect storm beyond this gets 503 + `Retry-After` and spreads
-    /// itself out instead of melting the server.
-    pub admission_burst: u32,
-    /// Each client's own share of admission (IPv4 address, IPv6 /64), sustained per
-    /// second… Checked before the server-wide bucket, so one address that keeps being
-    /// refused spends none of the tokens everyone else needs.
-    pub admission_rate_per_ip: u32,
-    /// …and in a burst.
-    pub admission_burst_per_ip: u32,
-    /// Plain HTTP requests to `/rooms/…` (metadata, state, polls, POST) per client
-    /// (IPv4 address, IPv6 /64) per second, sustained… Beyond: 429 with `Retry-After`.
-    pub http_rate_per_ip: u32,
-    /// …and in a burst.
-    pub http_burst_per_ip: u32,
-    /// Rooms loaded in memory at once. A request that needs one more (a write, a
-    /// WebSocket or SSE join, a long poll, a read of a stored room) gets 503 with
-    /// `Retry-After`; reading a room that does not exist loads nothing.
-    pub max_rooms: usize,
-    /// Per-session message-rate limit (token bucket over inbound frames): sustained…
-    pub session_rate: u32,
-    /// …and burst. A session that exhausts it is closed with 1008 ("rate limit").
-    pub session_burst: u32,
-    /// Per-session byte-rate limit (token bucket over inbound bytes): sustained bytes per
-    /// second…
-    pub session_bytes_rate: u32,
-    /// …and burst (at least `max_frame_bytes`, so that one largest frame always fits). A
-    /// session that exhausts it is closed with 1008 ("rate limit").
-    pub session_bytes_burst: u32,
-    /// Largest document a room may grow to, in bytes of its encoded state (estimated as
-    /// the last snapshot plus the updates since). Writes that would exceed it are refused;
-    /// the room stays readable.
-    pub max_doc_bytes: usize,
-    /// HS256 secret for access tokens (JWT). Unset: every room is open to everyone (the
-    /// server warns at startup). Set it in the file or as `COLLABD_AUTH_SECRET`, never as a
-    /// flag (flags are visible in `ps`).
-    pub auth_secret: Option<String>,
-    /// Browser origins allowed on every route — WebSocket, SSE, polling, state, writes —
-    /// (exact match of the `Origin` header, e.g. `https://app.example.com`); a request
-    /// from another origin gets 403 `origin_not_allowed`, listed origins get CORS
-    /// answers. Empty: any origin (CORS with `*`). Requests without an `Origin` header
-    /// (non-browser clients) are not affected. An origin has no
-    /// path, not even a trailing `/`.
-    pub allowed_origins: Vec<String>,
-    /// With it set, a token is accepted only if its `aud` claim (a string or an array of
-    /// strings) contains this value. Unset: `aud` is not checked, and a token may carry one
-    /// or not. Needs `auth_secret`.
-    pub token_audience: Option<String>,
-    /// With it set, a token is accepted only if its `iss` claim is this value. Unset: `iss`
-    /// is not checked. Needs `auth_secret`.
-    pub token_issuer: Option<String>,
+    /// server holds at once; beyond it new ones get 503 with `Retry-After`.
+    max_connections: usize = 20_000;
+
+    /// Long-lived connections one room holds at once; beyond it new ones get 503 with
+    /// `Retry-After`.
+    max_connections_per_room: usize = 5_000;
+
+    /// Long-lived connections one client IP address (the TCP peer's; IPv6 per /64) holds
+    /// at once; beyond it new ones get 503 with `Retry-After`.
+    ///
+    /// Proxy headers are not trusted. IPv6 clients are counted per /64, the block one host
+    /// typically holds.
+    max_connections_per_ip: usize = 500;
+
+    /// New long-lived connections admitted per second, sustained (the server's token
+    /// bucket).
+    ///
+    /// A reconnect storm beyond `admission_rate` and `admission_burst` gets 503 with
+    /// `Retry-After` and spreads itself out instead of melting the server.
+    admission_rate: u32 = 1_000;
+
+    /// New long-lived connections admitted in a burst (the server's token bucket).
+    admission_burst: u32 = 1_000;
+
+    /// New long-lived connections admitted per second from one client (IPv4 address,
+    /// IPv6 /64), sustained.
+    ///
+    /// Each client's bucket is checked before the server's, so that an address that keeps
+    /// being refused spends none of the tokens everyone else needs.
+    admission_rate_per_ip: u32 = 100;
+
+    /// New long-lived connections admitted in a burst from one client (IPv4 address, IPv6
+    /// /64).
+    admission_burst_per_ip: u32 = 200;
+
+    /// Plain HTTP requests to `/rooms/…` per second from one client (IPv4 address, IPv6
+    /// /64), sustained; beyond the burst, 429 with `Retry-After`.
+    ///
+    /// Metadata, state, polls and POSTs count; checked before the access token.
+    http_rate_per_ip: u32 = 200;
+
+    /// Plain HTTP requests to `/rooms/…` in a burst from one client (IPv4 address, IPv6
+    /// /64).
+    http_burst_per_ip: u32 = 400;
+
+    /// Rooms loaded in memory at once; a request that needs one more gets 503 with
+    /// `Retry-After`.
+    ///
+    /// A write, a WebSocket or SSE join, a long poll and a read of a stored room need
+    /// their room loaded; reading a room that does not exist loads nothing.
+    max_rooms: usize = 10_000;
+
+    /// Inbound frames per second per WebSocket session, sustained (a token bucket).
+    ///
+    /// A session that exhausts `session_burst` is closed with 1008 ("rate limit").
+    session_rate: u32 = 200;
+
+    /// Inbound frames per WebSocket session in a burst; beyond it the session is closed
+    /// with 1008 ("rate limit").
+    session_burst: u32 = 2_000;
+
+    /// Inbound bytes per second per WebSocket session, sustained (a token bucket).
+    ///
+    /// A session that exhausts `session_bytes_burst` is closed with 1008 ("rate limit").
+    session_bytes_rate: u32 = 1024 * 1024;
+
+    /// Inbound bytes per WebSocket session in a burst, at least `max_frame_bytes` (so
+    /// that one largest frame always fits); beyond it the session is closed with 1008.
+    session_bytes_burst: u32 = 32 * 1024 * 1024;
+
+    /// Largest document a room may grow to, in bytes of its encoded state; writes past it
+    /// are refused, the room stays readable.
+    ///
+    /// The size is estimated as the last snapshot plus the updates since. A refused
+    /// WebSocket write gets y-protocols' permission-denied message, a POST 413
+    /// `document_too_large`.
+    max_doc_bytes: usize = 64 * 1024 * 1024;
+
+    /// HS256 secret for access tokens (JWT), at least 16 bytes, from the file or
+    /// `COLLABD_AUTH_SECRET` only; unset, every room is open to everyone.
+    ///
+    /// Unset, the server warns at startup. There is no `--auth-secret`: flags are visible
+    /// in `ps`.
+    #[no_flag]
+    auth_secret: Option<String> = None, example "change-me-to-32-random-bytes.....";
+
+    /// Browser origins allowed on every route (403 `origin_not_allowed` for others), as
+    /// `scheme://host[:port]`; empty: any origin (CORS with `*`).
+    ///
+    /// WebSocket, SSE, polling, state and writes alike; listed origins get CORS answers.
+    /// An origin is `scheme://host[:port]` (an exact match of the `Origin` header, e.g.
+    /// `https://app.example.com`), without a path, not even a trailing `/`. Requests
+    /// without an `Origin` header (non-browser clients) are not affected. Several:
+    /// `COLLABD_ALLOWED_ORIGINS=https://a.example,https://b.example` or
+    /// `--allowed-origins https://a.example,https://b.example`.
+    #[arg(value_delimiter = ',')]
+    allowed_origins: Vec<String> = Vec::new();
+
+    /// When set, a token is accepted only if its `aud` claim (a string or an array of
+    /// strings) contains this value (else 401 `token_wrong_audience`).
+    ///
+    /// Unset: `aud` is not checked, and a token may carry one or not. Needs
+    /// `auth_secret`.
+    token_audience: Option<String> = None, example "collabd";
+
+    /// When set, a token is accepted only if its `iss` claim is this value (else 401
+    /// `token_wrong_issuer`).
+    ///
+    /// Unset: `iss` is not checked, and a token may carry one or not. Needs
+    /// `auth_secret`.
+    token_issuer: Option<String> = None, example "https://login.example.com";
 }
 
 /// Most threads `room_threads` and `http_workers` may ask for; more is taken for a typo
@@ -159,230 +404,6 @@ pub const MAX_THREADS: usize = 1024;
 
 /// Most frames or events a queue may be bounded to (tokio's channels cannot count more).
 pub const MAX_QUEUE_LEN: usize = tokio::sync::Semaphore::MAX_PERMITS;
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            bind: "127.0.0.1:1234".into(),
-            data_dir: PathBuf::from("./data"),
-            max_frame_bytes: 16 * 1024 * 1024,
-            flush_interval_ms: 5,
-            room_idle_ms: 30_000,
-            awareness_timeout_ms: 30_000,
-            awareness_tick_ms: 30,
-            awareness_max_state_bytes: 64 * 1024,
-            awareness_max_entries: 100,
-            awareness_max_clients: 16,
-            awareness_max_room_bytes: 4 * 1024 * 1024,
-            snapshot_every: 1_000,
-            replay_window: 10_000,
-            heartbeat_interval_ms: 15_000,
-            client_timeout_ms: 30_000,
-            outbound_queue_messages: 4_096,
-            sse_heartbeat_ms: 15_000,
-            sse_retry_ms: 1_000,
-            sse_queue_events: 4_096,
-            poll_max_wait_ms: 30_000,
-            poll_batch_limit: 1_000,
-            room_threads: 0,
-            http_workers: 0,
-            outbound_queue_bytes: 16 * 1024 * 1024,
-            max_connections: 20_000,
-            max_connections_per_room: 5_000,
-            max_connections_per_ip: 500,
-            admission_rate: 1_000,
-            admission_burst: 1_000,
-            admission_rate_per_ip: 100,
-            admission_burst_per_ip: 200,
-            http_rate_per_ip: 200,
-            http_burst_per_ip: 400,
-            max_rooms: 10_000,
-            session_rate: 200,
-            session_burst: 2_000,
-            session_bytes_rate: 1024 * 1024,
-            session_bytes_burst: 32 * 1024 * 1024,
-            max_doc_bytes: 64 * 1024 * 1024,
-            auth_secret: None,
-            allowed_origins: Vec::new(),
-            token_audience: None,
-            token_issuer: None,
-        }
-    }
-}
-
-/// Values given on the command line (`--bind`, `--data-dir`, … one flag per setting);
-/// `None` leaves the lower layers' value in place.
-#[derive(Debug, Default, Clone, Serialize, clap::Args)]
-pub struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Address to listen on [default: 127.0.0.1:1234]
-    #[arg(long)]
-    pub bind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Data directory (sled) [default: ./data]
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Largest WebSocket frame accepted [default: 16777216]
-    #[arg(long)]
-    pub max_frame_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Group commit interval [default: 5]
-    #[arg(long)]
-    pub flush_interval_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Unload a room this long after its last session left [default: 30000]
-    #[arg(long)]
-    pub room_idle_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Remove presence not renewed for this long [default: 30000]
-    #[arg(long)]
-    pub awareness_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Send presence renewals merged, once per this many ms; 0: at once [default: 30]
-    #[arg(long)]
-    pub awareness_tick_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Largest presence state in bytes [default: 65536]
-    #[arg(long)]
-    pub awareness_max_state_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most entries per awareness update [default: 100]
-    #[arg(long)]
-    pub awareness_max_entries: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most presence client ids per session [default: 16]
-    #[arg(long)]
-    pub awareness_max_clients: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most bytes of presence per room (capped at half of outbound_queue_bytes) [default: 4194304]
-    #[arg(long)]
-    pub awareness_max_room_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Updates between snapshots [default: 1000]
-    #[arg(long)]
-    pub snapshot_every: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Updates kept in the log after a snapshot [default: 10000]
-    #[arg(long)]
-    pub replay_window: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// WebSocket ping interval [default: 15000]
-    #[arg(long)]
-    pub heartbeat_interval_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Close WebSocket sessions silent this long [default: 30000]
-    #[arg(long)]
-    pub client_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Frames queued per session before "slow consumer" [default: 4096]
-    #[arg(long)]
-    pub outbound_queue_messages: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// SSE comment heartbeat interval [default: 15000]
-    #[arg(long)]
-    pub sse_heartbeat_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// The retry hint sent to EventSource clients [default: 1000]
-    #[arg(long)]
-    pub sse_retry_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Events queued per SSE stream before it is ended [default: 4096]
-    #[arg(long)]
-    pub sse_queue_events: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Longest a long poll is held [default: 30000]
-    #[arg(long)]
-    pub poll_max_wait_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most updates in one poll answer [default: 1000]
-    #[arg(long)]
-    pub poll_batch_limit: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Threads for room actors, 0 = one per CPU [default: 0]
-    #[arg(long)]
-    pub room_threads: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// HTTP worker threads, 0 = one per CPU [default: 0]
-    #[arg(long)]
-    pub http_workers: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Bytes queued per session before "slow consumer" [default: 16777216]
-    #[arg(long)]
-    pub outbound_queue_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most WebSocket + SSE connections [default: 20000]
-    #[arg(long)]
-    pub max_connections: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most connections in one room [default: 5000]
-    #[arg(long)]
-    pub max_connections_per_room: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most connections from one IP [default: 500]
-    #[arg(long)]
-    pub max_connections_per_ip: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// New connections admitted per second [default: 1000]
-    #[arg(long)]
-    pub admission_rate: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// New connections admitted in a burst [default: 1000]
-    #[arg(long)]
-    pub admission_burst: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// New connections admitted per second from one IP (IPv6: one /64) [default: 100]
-    #[arg(long)]
-    pub admission_rate_per_ip: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// New connections admitted in a burst from one IP [default: 200]
-    #[arg(long)]
-    pub admission_burst_per_ip: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Plain HTTP requests per second from one IP (IPv6: one /64) [default: 200]
-    #[arg(long)]
-    pub http_rate_per_ip: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Plain HTTP requests in a burst from one IP [default: 400]
-    #[arg(long)]
-    pub http_burst_per_ip: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Most rooms loaded in memory at once [default: 10000]
-    #[arg(long)]
-    pub max_rooms: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Inbound frames per second per session, sustained [default: 200]
-    #[arg(long)]
-    pub session_rate: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Inbound frames per session in a burst [default: 2000]
-    #[arg(long)]
-    pub session_burst: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Inbound bytes per second per session, sustained [default: 1048576]
-    #[arg(long)]
-    pub session_bytes_rate: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Inbound bytes per session in a burst, at least max_frame_bytes [default: 33554432]
-    #[arg(long)]
-    pub session_bytes_burst: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Largest document per room, in bytes [default: 67108864]
-    #[arg(long)]
-    pub max_doc_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Browser origins allowed on every route, comma-separated [default: any]
-    #[arg(long, value_delimiter = ',')]
-    pub allowed_origins: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Tokens must name this audience in `aud` [default: not checked]
-    #[arg(long)]
-    pub token_audience: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Tokens must name this issuer in `iss` [default: not checked]
-    #[arg(long)]
-    pub token_issuer: Option<String>,
-}
 
 /// Why the settings could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -401,8 +422,7 @@ const ENV_PREFIX: &str = "COLLABD";
 
 /// Whether `key` names a field of [`Settings`].
 fn is_setting(key: &str) -> bool {
-    let fields = serde_json::to_value(Settings::default()).expect("settings serialize");
-    fields.as_object().is_some_and(|f| f.contains_key(key))
+    Settings::NAMES.contains(&key)
 }
 
 /// Splits the `COLLABD_*` variables of `env` into those that name a setting (matched
@@ -699,11 +719,85 @@ mod tests {
         assert_eq!(s.replay_window, Settings::default().replay_window);
     }
 
+    /// Checks that the part of the file at `path` (relative to the crate) between the
+    /// lines `markers` (or all of it) is `expected`; with `UPDATE_DOCS=1`, writes it.
+    fn check_generated(path: &str, markers: Option<(&str, &str)>, expected: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (before, actual, after) = match markers {
+            None => ("", text.as_str(), ""),
+            Some((begin, end)) => {
+                let start =
+                    text.find(&format!("{begin}\n")).expect("begin marker") + begin.len() + 1;
+                let stop = start + text[start..].find(&format!("{end}\n")).expect("end marker");
+                (&text[..start], &text[start..stop], &text[stop..])
+            }
+        };
+        if actual == expected {
+            return;
+        }
+        if std::env::var_os("UPDATE_DOCS").is_some_and(|v| v == "1") {
+            std::fs::write(&path, format!("{before}{expected}{after}")).unwrap();
+            return;
+        }
+        let line = actual
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, e)| a != e)
+            .unwrap_or(actual.lines().count().min(expected.lines().count()));
+        panic!(
+            "{} is not what the declarations in src/config.rs generate (first difference \
+             at line {} of the generated part):\n  file:      {:?}\n  generated: {:?}\n\
+             Edit the declarations, not the file, then run UPDATE_DOCS=1 cargo test --lib config",
+            path.display(),
+            line + 1,
+            actual.lines().nth(line).unwrap_or("<end>"),
+            expected.lines().nth(line).unwrap_or("<end>"),
+        );
+    }
+
     #[test]
     fn the_example_file_documents_exactly_the_defaults() {
+        check_generated("collabd.example.toml", None, &Settings::reference_toml());
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("collabd.example.toml");
         let from_file = Settings::load(Some(&example), &Overrides::default()).unwrap();
         assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_setting_as_declared() {
+        let table = Settings::markdown_table();
+        for name in Settings::NAMES {
+            assert!(table.contains(&format!("| `{name}` |")), "{name}");
+        }
+        check_generated(
+            "README.md",
+            Some((docs::TABLE_BEGIN, docs::TABLE_END)),
+            &table,
+        );
+    }
+
+    #[test]
+    fn every_setting_is_documented_and_has_a_flag_but_the_secret() {
+        let command = <Overrides as clap::Args>::augment_args(clap::Command::new("collabd"));
+        command.clone().debug_assert();
+        let flags: Vec<&str> = command
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        let expected: Vec<&str> = Settings::NAMES
+            .iter()
+            .copied()
+            .filter(|&name| name != "auth_secret")
+            .collect();
+        assert_eq!(flags, expected);
+        for d in Settings::declared() {
+            let summary = d.summary();
+            assert!(summary.ends_with('.'), "{}: {summary:?}", d.name);
+            assert!(d.default.is_some() || d.example.is_some(), "{}", d.name);
+        }
+        let fields = serde_json::to_value(Settings::default()).unwrap();
+        assert_eq!(fields.as_object().unwrap().len(), Settings::NAMES.len());
     }
 
     #[test]
