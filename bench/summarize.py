@@ -3,8 +3,15 @@ import json
 import sys
 
 out, names = sys.argv[1], sys.argv[2:]
-print("| scenario | server | connections | sent | lost | deliveries/s | p50 µs | p99 µs | max µs | RSS/conn | converged |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def num(value, fmt):
+    return "" if value is None else format(value, fmt)
+
+
+print("| scenario | server | connections | sent | lost | deliveries/s | p50 µs | p99 µs | max µs "
+      "| RSS/conn | converged | server CPU % | server CPU µs/delivery | generator CPU % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name in names:
     for server in ("collabd", "reference"):
         try:
@@ -22,4 +29,7 @@ for name in names:
               f"{r['deliveries_lost']} | {r['deliveries_per_sec']:.0f} | {r['latency_us_p50']} | "
               f"{r['latency_us_p99']} | {r['latency_us_max']} | "
               f"{'' if rss is None else f'{rss / 1024:.1f} KiB'} | "
-              f"{r['rooms_converged']}/{r['rooms']} |")
+              f"{r['rooms_converged']}/{r['rooms']} | "
+              f"{num(r.get('server_cpu_percent') if r['updates_sent'] else None, '.1f')} | "
+              f"{num(r.get('server_cpu_us_per_delivery'), '.1f')} | "
+              f"{num(r.get('generator_cpu_percent') if r['updates_sent'] else None, '.1f')} |")
