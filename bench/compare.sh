@@ -38,9 +38,19 @@ declare -A SCENARIOS=(
   [saturation]="--rooms 1 --clients 200 --writers 4 --rate 5 --duration 5 --search --search-step 1.5"
   [rooms]="--rooms 100 --clients 10 --writers 1 --rate 5 --duration 10"
   [idle5k]="--rooms 100 --clients 50 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
+  [joiners]="--joiners 200 --doc-mb 20"
   [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
 )
-ORDER=(floor fanout fanout100 fanout400 saturation rooms idle5k idle19k)
+# Extra collabd flags for one scenario. joiners: a 20 MiB sync step 2 is larger than the
+# default outbound_queue_bytes (16 MiB); the queue takes one oversized frame only when it
+# is empty, so a joiner whose queue still holds the server's own sync step 1 would be
+# dropped as a slow consumer. The 20 MiB document itself fits the defaults (updates of
+# 4 MiB < max_frame_bytes 16 MiB, 20 MiB < max_doc_bytes 64 MiB and the 32 MiB
+# session_bytes_burst). The reference server has no such limits.
+declare -A COLLABD_EXTRA=(
+  [joiners]="--outbound-queue-bytes 67108864"
+)
+ORDER=(floor fanout fanout100 fanout400 saturation rooms joiners idle5k idle19k)
 [ $# -gt 0 ] && ORDER=("$@")
 
 wait_port() {
@@ -52,12 +62,13 @@ wait_port() {
 }
 
 run() { # server scenario
-  local server=$1 name=$2 url pid data
+  local server=$1 name=$2 url pid data=""
   case $server in
     collabd)
       data=$(mktemp -d)
+      # shellcheck disable=SC2086
       RUST_LOG=warn taskset -c "$SERVER_CPU" target/release/collabd --bind 0.0.0.0:1234 --data-dir "$data" \
-        "${COLLABD_FLAGS[@]}" 2>>"$OUT/collabd.log" &
+        "${COLLABD_FLAGS[@]}" ${COLLABD_EXTRA[$name]:-} 2>>"$OUT/collabd.log" &
       pid=$!; url=ws://127.0.0.1:1234/ws; wait_port 1234 ;;
     reference)
       HOST=0.0.0.0 PORT=1235 taskset -c "$SERVER_CPU" node bench/reference/node_modules/@y/websocket-server/src/server.js \
@@ -65,7 +76,8 @@ run() { # server scenario
       pid=$!; url=ws://127.0.0.1:1235; wait_port 1235 ;;
   esac
   # shellcheck disable=SC2086
-  taskset -c "$BENCH_CPU" $BENCH --url "$url" --pid "$pid" --clk-tck "$CLK_TCK" --json ${SCENARIOS[$name]} > "$OUT/$name-$server.json"
+  taskset -c "$BENCH_CPU" $BENCH --url "$url" --pid "$pid" --clk-tck "$CLK_TCK" --json ${SCENARIOS[$name]} > "$OUT/$name-$server.json" ||
+    echo "== $name: $server: the generator failed (exit $?), see $OUT/$name-$server.json" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
   [ -n "${data:-}" ] && rm -rf "$data"
   sleep 1

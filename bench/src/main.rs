@@ -14,6 +14,8 @@
 //! when the server stops reading, or the generator runs out of CPU), and reports the
 //! highest sustained deliveries/s.
 
+mod joiners;
+
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
@@ -102,6 +104,18 @@ struct Args {
     search_step: f64,
     #[arg(long, default_value_t = 50.0)]
     p99_limit_ms: f64,
+    /// Joiners scenario (instead of writers): build a document of `--doc-mb` MiB in one
+    /// room with one writer, then open this many connections at once; each sends sync
+    /// step 1 with an empty state vector and times reading its whole sync step 2 (see
+    /// joiners.rs). The rooms/clients/writers/rate flags do not apply.
+    #[arg(long, default_value_t = 0)]
+    joiners: usize,
+    /// Size of the joiners' document (string content), MiB.
+    #[arg(long, default_value_t = 20.0)]
+    doc_mb: f64,
+    /// Largest update the joiners' writer sends, MiB (below the server's frame limit).
+    #[arg(long, default_value_t = 4.0)]
+    doc_chunk_mb: f64,
     /// Print one JSON object per round instead of lines for people.
     #[arg(long)]
     json: bool,
@@ -710,6 +724,22 @@ fn main() {
     now_nanos();
     actix_rt::System::new().block_on(async move {
         let tag = format!("{:x}", now_nanos() ^ u64::from(std::process::id()) << 20);
+        if args.joiners > 0 {
+            match joiners::run(args.clone(), &tag).await {
+                Ok(report) if args.json => {
+                    println!("{}", serde_json::to_string(&report).expect("serializable"))
+                }
+                Ok(report) => println!("{report:#?}"),
+                Err(e) => {
+                    eprintln!("joiners: {e}");
+                    if args.json {
+                        println!("{}", serde_json::json!({ "scenario": "joiners", "error": e }));
+                    }
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
         let mut rate = args.rate;
         let mut best: Option<Report> = None;
         for n in 0.. {
