@@ -3,6 +3,11 @@
 # (@y/websocket-server 0.1.1 with yjs 13.6.33), on this machine, one after another, each
 # scenario against a fresh server process. Figures go to $OUT (JSON lines per run) and a
 # Markdown table to stdout. Usage: bench/compare.sh [scenario ...]
+#
+# The server runs pinned to core $SERVER_CPU (default 0) and the load generator to core
+# $BENCH_CPU (default 1), with `taskset`, so that the generator does not take CPU from
+# the server (collabd then sizes its worker and room thread pools to the one core it may
+# use). The generator samples the server's CPU time from /proc/PID/stat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/bench-results}
@@ -12,6 +17,9 @@ cargo build --release --quiet -p collabd-bench
 (cd bench/reference && npm ci --silent --no-audit --no-fund)
 
 BENCH=target/release/collabd-bench
+SERVER_CPU=${SERVER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+CLK_TCK=$(getconf CLK_TCK)
 # The load generator is one client IP opening thousands of connections at full speed,
 # so collabd's per-IP, per-room and admission limits are lifted for it. Both servers
 # listen on 0.0.0.0 so that the idle scenarios can spread connections over the
@@ -25,12 +33,24 @@ COLLABD_FLAGS=(--max-connections 20000 --max-connections-per-room 20000
 declare -A SCENARIOS=(
   [floor]="--rooms 1 --clients 2 --writers 1 --rate 50 --duration 10 --apply"
   [fanout]="--rooms 1 --clients 200 --writers 1 --rate 20 --duration 10"
+  [fanout100]="--rooms 1 --clients 200 --writers 1 --rate 100 --duration 10"
+  [fanout400]="--rooms 1 --clients 200 --writers 1 --rate 400 --duration 10"
   [saturation]="--rooms 1 --clients 200 --writers 4 --rate 5 --duration 5 --search --search-step 1.5"
   [rooms]="--rooms 100 --clients 10 --writers 1 --rate 5 --duration 10"
   [idle5k]="--rooms 100 --clients 50 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
+  [joiners]="--joiners 200 --doc-mb 20"
   [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
 )
-ORDER=(floor fanout saturation rooms idle5k idle19k)
+# Extra collabd flags for one scenario. joiners: a 20 MiB sync step 2 is larger than the
+# default outbound_queue_bytes (16 MiB); the queue takes one oversized frame only when it
+# is empty, so a joiner whose queue still holds the server's own sync step 1 would be
+# dropped as a slow consumer. The 20 MiB document itself fits the defaults (updates of
+# 4 MiB < max_frame_bytes 16 MiB, 20 MiB < max_doc_bytes 64 MiB and the 32 MiB
+# session_bytes_burst). The reference server has no such limits.
+declare -A COLLABD_EXTRA=(
+  [joiners]="--outbound-queue-bytes 67108864"
+)
+ORDER=(floor fanout fanout100 fanout400 saturation rooms joiners idle5k idle19k)
 [ $# -gt 0 ] && ORDER=("$@")
 
 wait_port() {
@@ -42,20 +62,22 @@ wait_port() {
 }
 
 run() { # server scenario
-  local server=$1 name=$2 url pid data
+  local server=$1 name=$2 url pid data=""
   case $server in
     collabd)
       data=$(mktemp -d)
-      RUST_LOG=warn target/release/collabd --bind 0.0.0.0:1234 --data-dir "$data" \
-        "${COLLABD_FLAGS[@]}" 2>>"$OUT/collabd.log" &
+      # shellcheck disable=SC2086
+      RUST_LOG=warn taskset -c "$SERVER_CPU" target/release/collabd --bind 0.0.0.0:1234 --data-dir "$data" \
+        "${COLLABD_FLAGS[@]}" ${COLLABD_EXTRA[$name]:-} 2>>"$OUT/collabd.log" &
       pid=$!; url=ws://127.0.0.1:1234/ws; wait_port 1234 ;;
     reference)
-      HOST=0.0.0.0 PORT=1235 node bench/reference/node_modules/@y/websocket-server/src/server.js \
+      HOST=0.0.0.0 PORT=1235 taskset -c "$SERVER_CPU" node bench/reference/node_modules/@y/websocket-server/src/server.js \
         >>"$OUT/reference.log" 2>&1 &
       pid=$!; url=ws://127.0.0.1:1235; wait_port 1235 ;;
   esac
   # shellcheck disable=SC2086
-  $BENCH --url "$url" --pid "$pid" --json ${SCENARIOS[$name]} > "$OUT/$name-$server.json"
+  taskset -c "$BENCH_CPU" $BENCH --url "$url" --pid "$pid" --clk-tck "$CLK_TCK" --json ${SCENARIOS[$name]} > "$OUT/$name-$server.json" ||
+    echo "== $name: $server: the generator failed (exit $?), see $OUT/$name-$server.json" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
   [ -n "${data:-}" ] && rm -rf "$data"
   sleep 1
@@ -63,7 +85,7 @@ run() { # server scenario
 
 for name in "${ORDER[@]}"; do
   for server in collabd reference; do
-    echo "== $name: $server ($BENCH ${SCENARIOS[$name]})" >&2
+    echo "== $name: $server (taskset -c $BENCH_CPU $BENCH ${SCENARIOS[$name]}; server on core $SERVER_CPU)" >&2
     run "$server" "$name"
   done
 done

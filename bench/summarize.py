@@ -1,18 +1,36 @@
-"""Prints a Markdown table of bench/compare.sh results: one row per scenario and server."""
+"""Prints Markdown tables of bench/compare.sh results: one row per scenario and server
+(the joiners scenario has its own table)."""
 import json
 import sys
 
 out, names = sys.argv[1], sys.argv[2:]
-print("| scenario | server | connections | sent | lost | deliveries/s | p50 µs | p99 µs | max µs | RSS/conn | converged |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def num(value, fmt):
+    return "" if value is None else format(value, fmt)
+
+
+print("| scenario | server | connections | sent | lost | deliveries/s | p50 µs | p99 µs | max µs "
+      "| RSS/conn | converged | server CPU % | server CPU µs/delivery | generator CPU % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def results(name, server):
+    try:
+        return [json.loads(l) for l in open(f"{out}/{name}-{server}.json") if l.strip()]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+joins = []
 for name in names:
     for server in ("collabd", "reference"):
-        try:
-            lines = [json.loads(l) for l in open(f"{out}/{name}-{server}.json") if l.strip()]
-        except FileNotFoundError:
-            continue
+        lines = results(name, server)
         r = lines[-1].get("search_result", lines[-1]) if lines else None
         if r is None:
+            continue
+        if r.get("scenario") == "joiners":
+            joins.append((name, server, r))
             continue
         search = "search_result" in lines[-1]
         rss = None if search else r.get("server_rss_per_connection_bytes")
@@ -22,4 +40,28 @@ for name in names:
               f"{r['deliveries_lost']} | {r['deliveries_per_sec']:.0f} | {r['latency_us_p50']} | "
               f"{r['latency_us_p99']} | {r['latency_us_max']} | "
               f"{'' if rss is None else f'{rss / 1024:.1f} KiB'} | "
-              f"{r['rooms_converged']}/{r['rooms']} |")
+              f"{r['rooms_converged']}/{r['rooms']} | "
+              f"{num(r.get('server_cpu_percent') if r['updates_sent'] else None, '.1f')} | "
+              f"{num(r.get('server_cpu_us_per_delivery'), '.1f')} | "
+              f"{num(r.get('generator_cpu_percent') if r['updates_sent'] else None, '.1f')} |")
+
+if joins:
+    print()
+    print("| scenario | server | document | step 2 bytes | joiners synced | all synced ms | p50 ms "
+          "| p90 ms | first ms | one joiner alone ms | server CPU s | server CPU % "
+          "| generator CPU % | server RSS after | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, server, r in joins:
+        if "error" in r:
+            print(f"| {name} | {server} |" + " |" * 12 + f" {r['error']} |")
+            continue
+        rss = r.get("server_rss_after_bytes")
+        print(f"| {name} | {server} | {r['doc_content_bytes'] / 1048576:.0f} MiB in "
+              f"{r['doc_updates']} updates | {r['step2_bytes']:,} | "
+              f"{r['joiners_ok']}/{r['joiners']} | {r['all_synced_ms']:.0f} | "
+              f"{r['joined_ms_p50']:.0f} | {r['joined_ms_p90']:.0f} | {r['joined_ms_min']:.0f} | "
+              f"{r['single_join_ms']:.0f} | {num(r.get('server_cpu_seconds'), '.2f')} | "
+              f"{num(r.get('server_cpu_percent'), '.1f')} | "
+              f"{num(r.get('generator_cpu_percent'), '.1f')} | "
+              f"{'' if rss is None else f'{rss / 1048576:.0f} MiB'} | "
+              f"{r.get('first_error') or ''} |")

@@ -14,6 +14,8 @@
 //! when the server stops reading, or the generator runs out of CPU), and reports the
 //! highest sustained deliveries/s.
 
+mod joiners;
+
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
@@ -73,9 +75,13 @@ struct Args {
     /// on Linux, which prefers even ports), so many connections need several.
     #[arg(long, default_value_t = 1)]
     dest_ips: u8,
-    /// Server process id, to sample its RSS from /proc.
+    /// Server process id, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pid: Option<u32>,
+    /// Clock ticks per second of /proc/PID/stat's utime and stime (`getconf CLK_TCK`;
+    /// 100 on every Linux this runs on; bench/compare.sh passes the real value).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
     /// Apply every received update to the client's yrs document (like a real client) and
     /// compare state vectors at the end. Costs the load generator CPU.
     #[arg(long)]
@@ -98,6 +104,18 @@ struct Args {
     search_step: f64,
     #[arg(long, default_value_t = 50.0)]
     p99_limit_ms: f64,
+    /// Joiners scenario (instead of writers): build a document of `--doc-mb` MiB in one
+    /// room with one writer, then open this many connections at once; each sends sync
+    /// step 1 with an empty state vector and times reading its whole sync step 2 (see
+    /// joiners.rs). The rooms/clients/writers/rate flags do not apply.
+    #[arg(long, default_value_t = 0)]
+    joiners: usize,
+    /// Size of the joiners' document (string content), MiB.
+    #[arg(long, default_value_t = 20.0)]
+    doc_mb: f64,
+    /// Largest update the joiners' writer sends, MiB (below the server's frame limit).
+    #[arg(long, default_value_t = 4.0)]
+    doc_chunk_mb: f64,
     /// Print one JSON object per round instead of lines for people.
     #[arg(long)]
     json: bool,
@@ -379,6 +397,62 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in clock ticks: fields
+/// 14 and 15 of /proc/PID/stat (counted after the `(comm)` field, which may hold spaces).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the comm: state (field 3) … utime is field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time of the server (given `--pid`) and of the generator itself over a window.
+struct CpuWindow {
+    at: Instant,
+    server: Option<u64>,
+    generator: Option<u64>,
+}
+
+#[derive(Serialize, Debug, Default)]
+struct CpuFigures {
+    /// Wall time of the measured window.
+    cpu_window_s: f64,
+    server_cpu_seconds: Option<f64>,
+    /// CPU time / wall time × 100 (a pinned server is at most 100).
+    server_cpu_percent: Option<f64>,
+    generator_cpu_percent: Option<f64>,
+}
+
+impl CpuWindow {
+    fn start(args: &Args) -> CpuWindow {
+        CpuWindow {
+            at: Instant::now(),
+            server: args.pid.and_then(cpu_ticks),
+            generator: cpu_ticks(std::process::id()),
+        }
+    }
+
+    fn stop(&self, args: &Args) -> CpuFigures {
+        let wall = self.at.elapsed().as_secs_f64();
+        let tck = args.clk_tck.max(1) as f64;
+        let seconds = |before: Option<u64>, after: Option<u64>| {
+            before
+                .zip(after)
+                .map(|(b, a)| a.saturating_sub(b) as f64 / tck)
+        };
+        let server = seconds(self.server, args.pid.and_then(cpu_ticks));
+        let generator = seconds(self.generator, cpu_ticks(std::process::id()));
+        CpuFigures {
+            cpu_window_s: wall,
+            server_cpu_seconds: server,
+            server_cpu_percent: server.map(|s| s / wall * 100.0),
+            generator_cpu_percent: generator.map(|s| s / wall * 100.0),
+        }
+    }
+}
+
 /// One round's figures.
 #[derive(Serialize, Debug)]
 struct Report {
@@ -408,6 +482,12 @@ struct Report {
     state_vectors_equal: Option<bool>,
     client_errors: usize,
     first_error: Option<String>,
+    /// Server and generator CPU from the start of writing until the last delivery
+    /// arrived (or the drain time ran out), from /proc/PID/stat.
+    #[serde(flatten)]
+    cpu: CpuFigures,
+    /// Server CPU time in that window / deliveries received, in µs.
+    server_cpu_us_per_delivery: Option<f64>,
 }
 
 fn set_phase(shared: &Shared, phase: Phase) {
@@ -496,6 +576,7 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
     actix_rt::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let connected_rss = args.pid.and_then(rss_bytes);
 
+    let cpu_window = CpuWindow::start(&args);
     set_phase(&shared, Phase::Writing);
     let writing_from = now_nanos();
     actix_rt::time::sleep(Duration::from_secs_f64(args.duration)).await;
@@ -513,6 +594,7 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
     while shared.received.get() < expected() && Instant::now() < drain_until {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
+    let cpu = cpu_window.stop(&args);
     set_phase(&shared, Phase::Done);
     let finish_by = Instant::now() + Duration::from_secs(10);
     while shared.finished.get() < total && Instant::now() < finish_by {
@@ -571,6 +653,11 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
         state_vectors_equal: svs_equal,
         client_errors: errors.len(),
         first_error: errors.first().cloned(),
+        server_cpu_us_per_delivery: cpu
+            .server_cpu_seconds
+            .filter(|_| received > 0)
+            .map(|s| s * 1e6 / received as f64),
+        cpu,
     }
 }
 
@@ -609,6 +696,14 @@ fn print_human(r: &Report) {
             r.server_rss_per_connection_bytes.unwrap_or(0)
         );
     }
+    if let Some(cpu) = r.cpu.server_cpu_percent {
+        println!(
+            "  server CPU: {cpu:.1}% of one core over {:.1} s, {:.1} µs per delivery; generator CPU {:.1}%",
+            r.cpu.cpu_window_s,
+            r.server_cpu_us_per_delivery.unwrap_or(0.0),
+            r.cpu.generator_cpu_percent.unwrap_or(0.0)
+        );
+    }
     println!(
         "  converged rooms: {}/{}{}",
         r.rooms_converged,
@@ -629,6 +724,22 @@ fn main() {
     now_nanos();
     actix_rt::System::new().block_on(async move {
         let tag = format!("{:x}", now_nanos() ^ u64::from(std::process::id()) << 20);
+        if args.joiners > 0 {
+            match joiners::run(args.clone(), &tag).await {
+                Ok(report) if args.json => {
+                    println!("{}", serde_json::to_string(&report).expect("serializable"))
+                }
+                Ok(report) => println!("{report:#?}"),
+                Err(e) => {
+                    eprintln!("joiners: {e}");
+                    if args.json {
+                        println!("{}", serde_json::json!({ "scenario": "joiners", "error": e }));
+                    }
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
         let mut rate = args.rate;
         let mut best: Option<Report> = None;
         for n in 0.. {
