@@ -41,15 +41,11 @@ declare -A SCENARIOS=(
   [joiners]="--joiners 200 --doc-mb 20"
   [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
 )
-# Extra collabd flags for one scenario. joiners: a 20 MiB sync step 2 is larger than the
-# default outbound_queue_bytes (16 MiB); the queue takes one oversized frame only when it
-# is empty, so a joiner whose queue still holds the server's own sync step 1 would be
-# dropped as a slow consumer. The 20 MiB document itself fits the defaults (updates of
-# 4 MiB < max_frame_bytes 16 MiB, 20 MiB < max_doc_bytes 64 MiB and the 32 MiB
-# session_bytes_burst). The reference server has no such limits.
-declare -A COLLABD_EXTRA=(
-  [joiners]="--outbound-queue-bytes 67108864"
-)
+# Extra collabd flags for one scenario (none today: the joiners' 20 MiB sync step 2 is
+# larger than the default outbound_queue_bytes of 16 MiB, which bounds only what waits
+# behind the frame being written; the document itself fits the defaults: updates of
+# 4 MiB < max_frame_bytes, 20 MiB < max_doc_bytes, the 32 MiB session_bytes_burst).
+declare -A COLLABD_EXTRA=()
 ORDER=(floor fanout fanout100 fanout400 saturation rooms joiners idle5k idle19k)
 [ $# -gt 0 ] && ORDER=("$@")
 
