@@ -123,7 +123,14 @@ async fn the_auth_matrix_refuses_and_changes_nothing() {
         assert_eq!(body["error"], code, "POST with {what}");
     }
     // Reads: every GET endpoint and SSE refuse the first four, accept a read token.
-    for path in ["", "/state", "/json", "/updates?since=0", "/events"] {
+    for path in [
+        "",
+        "/state",
+        "/json",
+        "/updates?since=0",
+        "/events",
+        "/awareness",
+    ] {
         let path = format!("/rooms/{room}{path}");
         for (what, bearer, want) in [
             ("no token", None, 401),
@@ -202,12 +209,12 @@ async fn the_auth_matrix_refuses_and_changes_nothing() {
     let text = doc.get_or_insert_text("t");
     assert_eq!(text.get_string(&doc.transact()), "kept!");
     assert_eq!(seq, 2, "only the two authorised writes were logged");
-    // 5 POSTs, 5 GET paths × 4 tokens, 4 WebSocket upgrades.
+    // 5 POSTs, 6 GET paths × 4 tokens, 4 WebSocket upgrades.
     assert_eq!(
         server
             .metric("collabd_connections_refused_total{reason=\"auth\"}")
             .await,
-        29.0
+        33.0
     );
     assert_eq!(
         server

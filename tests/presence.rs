@@ -215,3 +215,162 @@ async fn a_joiner_is_not_locked_out_by_a_full_room() {
         .await;
     assert!(joiner.closed.is_none());
 }
+
+/// A bare y-protocols awareness update (what `encodeAwarenessUpdate` makes), for HTTP.
+fn bare(list: &[(u64, u32, &str)]) -> Vec<u8> {
+    use yrs::updates::encoder::Encode;
+    let clients: HashMap<_, _> = list
+        .iter()
+        .map(|(id, clock, json)| {
+            let entry = AwarenessUpdateEntry {
+                clock: *clock,
+                json: Arc::from(*json),
+            };
+            (yrs::ClientID::new(*id), entry)
+        })
+        .collect();
+    AwarenessUpdate { clients }.encode_v1()
+}
+
+/// `POST /rooms/{room}/awareness` with `body` as presence session `session`.
+async fn post_presence(
+    server: &TestServer,
+    room: &str,
+    session: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let mut req = awc::Client::new().post(server.url(&format!("/rooms/{room}/awareness")));
+    if let Some(session) = session {
+        req = req.insert_header(("X-Presence-Session", session));
+    }
+    let mut res = req.send_body(body).await.unwrap();
+    let body = res.body().await.unwrap();
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&body).unwrap(),
+    )
+}
+
+/// `GET /rooms/{room}/awareness`, decoded: client id → JSON state.
+async fn get_presence(server: &TestServer, room: &str) -> HashMap<u64, String> {
+    let mut res = awc::Client::new()
+        .get(server.url(&format!("/rooms/{room}/awareness")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body = res.body().await.unwrap();
+    collabd::protocol::decode_awareness(&body)
+        .unwrap()
+        .clients
+        .into_iter()
+        .map(|(id, e)| (id.get(), e.json.to_string()))
+        .collect()
+}
+
+/// Presence over HTTP, for the SSE and polling transports: a posted state reaches
+/// WebSocket sessions and SSE streams and is read back; its owner is the presence
+/// session that posted it first; a `null` removes it for everyone; a state posted once
+/// and never renewed expires like any other.
+#[actix_rt::test]
+async fn presence_posted_over_http_reaches_everyone_and_follows_the_same_rules() {
+    let dir = tempdir();
+    let server = TestServer::start(dir.path(), &["--awareness-timeout-ms", "1500"]);
+    let tab = "tab-0123456789abcdef";
+    let mut ws = YClient::connect(&server, "http-presence").await;
+    ws.until("synced", |c| c.synced).await;
+    let mut sse = common::SseClient::connect(&server, "http-presence", None).await;
+    assert!(get_presence(&server, "http-presence").await.is_empty());
+
+    // Posted: everyone sees it, and GET reads it back.
+    let (status, body) = post_presence(
+        &server,
+        "http-presence",
+        Some(tab),
+        bare(&[(7001, 1, r#"{"user":"http"}"#)]),
+    )
+    .await;
+    assert_eq!((status, &body["refused"]), (200, &serde_json::json!([])));
+    ws.until("the posted state", |c| {
+        c.awareness_state(7001).as_deref() == Some(r#"{"user":"http"}"#)
+    })
+    .await;
+    loop {
+        let event = sse.next().await;
+        if event.kind == "awareness" {
+            break;
+        }
+    }
+    assert_eq!(
+        get_presence(&server, "http-presence")
+            .await
+            .get(&7001)
+            .map(String::as_str),
+        Some(r#"{"user":"http"}"#)
+    );
+
+    // The same client id from another presence session, or a state that is not JSON:
+    // refused and listed, nothing changes.
+    let (status, body) = post_presence(
+        &server,
+        "http-presence",
+        Some("someone-else-0123456789"),
+        bare(&[(7001, 9, r#"{"user":"evil"}"#)]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["refused"][0]["reason"], "not_owner");
+    let (_, body) = post_presence(
+        &server,
+        "http-presence",
+        Some(tab),
+        bare(&[(7002, 1, "{not json")]),
+    )
+    .await;
+    assert_eq!(body["refused"][0]["reason"], "not_json");
+    // No presence session, a short one, or a body that is not an awareness update: 400.
+    let (status, body) =
+        post_presence(&server, "http-presence", None, bare(&[(7003, 1, "{}")])).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("presence_session_required"))
+    );
+    let (status, _) = post_presence(
+        &server,
+        "http-presence",
+        Some("short"),
+        bare(&[(7003, 1, "{}")]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = post_presence(&server, "http-presence", Some(tab), vec![5, 1]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_awareness"))
+    );
+
+    // A null from its owner removes it for everyone.
+    post_presence(
+        &server,
+        "http-presence",
+        Some(tab),
+        bare(&[(7001, 2, "null")]),
+    )
+    .await;
+    ws.until("the removal", |c| c.awareness_state(7001).is_none())
+        .await;
+    assert!(get_presence(&server, "http-presence").await.is_empty());
+
+    // Posted once and never renewed: it expires, and the removal reaches everyone.
+    post_presence(
+        &server,
+        "http-presence",
+        Some(tab),
+        bare(&[(7004, 1, "{}")]),
+    )
+    .await;
+    ws.until("the new state", |c| c.awareness_state(7004).is_some())
+        .await;
+    ws.until("its expiry", |c| c.awareness_state(7004).is_none())
+        .await;
+}

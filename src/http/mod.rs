@@ -4,6 +4,7 @@
 pub mod access;
 pub mod cors;
 pub mod error;
+pub mod presence;
 pub mod rooms;
 pub mod sse;
 pub mod upgrade;
@@ -132,7 +133,7 @@ async fn websocket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     Ok(response)
 }
 
-/// `GET /rooms/{room}[/state|/json|/events|/updates]`. Suffixes are matched on the raw
+/// `GET /rooms/{room}[/state|/json|/events|/updates|/awareness]`. Suffixes are matched on the raw
 /// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
 /// Reads of a room that does not exist answer for an empty room and create nothing.
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -159,28 +160,36 @@ async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     if let Some(raw) = tail.strip_suffix("/updates") {
         return rooms::poll(req.clone(), state.clone(), readable(raw)?).await;
     }
+    if let Some(raw) = tail.strip_suffix("/awareness") {
+        return presence::get(state.clone(), readable(raw)?).await;
+    }
     rooms::info(state.clone(), readable(tail)?).await
 }
 
-/// `POST /rooms/{room}/updates`.
+/// `POST /rooms/{room}/updates` and `POST /rooms/{room}/awareness`.
 async fn post_room(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     access::limit_request(&req, &state)?;
-    match raw_tail(&req, "/rooms/").strip_suffix("/updates") {
-        Some(raw) => {
-            let name = room_name(raw)?;
-            access::authorize(&req, &state, &name, Access::Write)?;
-            rooms::post_update(req.clone(), payload, state, name).await
-        }
-        None => Err(ApiError::new(
-            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "POST goes to /rooms/{room}/updates",
-        )),
+    let tail = raw_tail(&req, "/rooms/");
+    if let Some(raw) = tail.strip_suffix("/updates") {
+        let name = room_name(raw)?;
+        access::authorize(&req, &state, &name, Access::Write)?;
+        return rooms::post_update(req.clone(), payload, state, name).await;
     }
+    if let Some(raw) = tail.strip_suffix("/awareness") {
+        // Presence needs read access only, as over WebSocket.
+        let name = room_name(raw)?;
+        access::authorize(&req, &state, &name, Access::Read)?;
+        return presence::post(req.clone(), payload, state, name).await;
+    }
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "POST goes to /rooms/{room}/updates or /rooms/{room}/awareness",
+    ))
 }
 
 #[cfg(test)]

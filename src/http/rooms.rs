@@ -222,7 +222,7 @@ pub async fn post_update(
 /// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer
 /// grows with what arrives, never with what `Content-Length` promises: a client that
 /// declares 16 MiB and sends 10 bytes costs 10 bytes, however long it holds on.
-async fn read_body(
+pub(super) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

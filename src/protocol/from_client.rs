@@ -110,7 +110,7 @@ fn contain<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, Strin
 
 /// Parses an awareness update by hand so that client ids and clocks are range-checked
 /// before yrs sees them.
-pub(super) fn decode_awareness(bytes: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
+pub fn decode_awareness(bytes: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
     let bad = |m: &str| ProtocolError::BadAwareness(m.to_string());
     let mut r = Reader::new(bytes);
     let count = r.var()?;

@@ -33,7 +33,8 @@ pub mod sse;
 pub mod websocket;
 
 pub use from_client::{
-    ClientMessage, decode_frame, decode_update, encode_ack_request, encode_query_awareness,
+    ClientMessage, decode_awareness, decode_frame, decode_update, encode_ack_request,
+    encode_query_awareness,
 };
 pub use from_server::{
     ServerMessage, ServerMessages, decode_server_frame, encode_ack, encode_permission_denied,

@@ -35,8 +35,8 @@ use super::live::Streams;
 use super::load;
 use super::messages::RoomStopped;
 use super::messages::{
-    ApplyUpdate, DocState, Flushed, FromClient, GetDurableSeq, GetInfo, GetJson, GetState, Join,
-    Leave, Shutdown, Subscribe, Subscribed, WaitDurable,
+    ApplyUpdate, DocState, Flushed, FromClient, GetAwareness, GetDurableSeq, GetInfo, GetJson,
+    GetState, Join, Leave, PostAwareness, Shutdown, Subscribe, Subscribed, WaitDurable,
 };
 use super::presence::{self, Presence};
 
@@ -330,7 +330,9 @@ impl Handler<FromClient> for Room {
                         }
                     }
                 }
-                ClientMessage::Awareness(update) => self.apply_awareness(session, update, ctx),
+                ClientMessage::Awareness(update) => {
+                    self.apply_awareness(session, update, ctx);
+                }
                 ClientMessage::QueryAwareness => {
                     let states = self.presence.full().unwrap_or(AwarenessUpdate {
                         clients: Default::default(),
@@ -494,5 +496,23 @@ impl Handler<GetJson> for Room {
         let json = super::doc_json::to_json(self.doc());
         self.json_cache = Some((self.seq, json.clone()));
         MessageResult(json)
+    }
+}
+
+impl Handler<PostAwareness> for Room {
+    type Result = MessageResult<PostAwareness>;
+
+    fn handle(&mut self, msg: PostAwareness, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        MessageResult(self.apply_awareness(msg.owner, msg.update, ctx))
+    }
+}
+
+impl Handler<GetAwareness> for Room {
+    type Result = Option<Bytes>;
+
+    fn handle(&mut self, _msg: GetAwareness, _ctx: &mut Context<Self>) -> Option<Bytes> {
+        self.touch();
+        self.presence.full().map(|u| Bytes::from(u.encode_v1()))
     }
 }

@@ -118,6 +118,22 @@ pub struct Subscribed {
     pub awareness: Option<Bytes>,
 }
 
+/// Presence posted over HTTP (`POST /rooms/{room}/awareness`) by `owner`, a presence
+/// session of its own (see `http::rooms::presence_owner`), under the same rules as a
+/// WebSocket session's. Answers what was refused: (client id, reason).
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<(u64, crate::room::presence::Refusal)>")]
+pub struct PostAwareness {
+    pub owner: SessionId,
+    pub update: yrs::sync::AwarenessUpdate,
+}
+
+/// Every present state as one awareness update (`GET /rooms/{room}/awareness`), or
+/// `None` when nobody is present.
+#[derive(Message, Clone)]
+#[rtype(result = "Option<Bytes>")]
+pub struct GetAwareness;
+
 /// The room's durable seq, for polling.
 #[derive(Message, Clone)]
 #[rtype(result = "u64")]

@@ -15,6 +15,7 @@ use super::Room;
 use crate::metrics::metrics;
 use crate::protocol;
 use crate::room::messages::{LiveEvent, SessionId};
+use crate::room::presence;
 
 impl Room {
     pub(super) fn send_to(&mut self, session: SessionId, frame: Bytes) {
@@ -54,7 +55,7 @@ impl Room {
         origin: SessionId,
         update: AwarenessUpdate,
         ctx: &mut Context<Self>,
-    ) {
+    ) -> Vec<(u64, presence::Refusal)> {
         let tick = self.deps.settings.awareness_tick();
         let applied = self
             .presence
@@ -87,6 +88,7 @@ impl Room {
                 }
             });
         }
+        applied.refused
     }
 
     /// Sends presence changes to every session and SSE stream.
