@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use collabd::protocol::{self, ServerMessage};
@@ -69,28 +69,6 @@ async fn a_cursor_far_above_the_session_rate_is_never_closed_and_its_last_state_
     assert_eq!(flooder.until_closed().await, Some(1008));
 }
 
-/// Reads one server frame from a raw socket: (opcode, payload).
-fn read_frame(stream: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head)?;
-    let len = match head[1] & 0x7F {
-        126 => {
-            let mut be = [0u8; 2];
-            stream.read_exact(&mut be)?;
-            u16::from_be_bytes(be) as usize
-        }
-        127 => {
-            let mut be = [0u8; 8];
-            stream.read_exact(&mut be)?;
-            u64::from_be_bytes(be) as usize
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload)?;
-    Ok((head[0] & 0x0F, payload))
-}
-
 #[actix_rt::test]
 async fn a_reader_that_stops_reading_is_not_closed_for_presence_and_gets_every_latest_state() {
     let dir = tempdir();
@@ -111,11 +89,11 @@ async fn a_reader_that_stops_reading_is_not_closed_for_presence_and_gets_every_l
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&server.addr.into()).unwrap();
-    let mut stalled: std::net::TcpStream = socket.into();
-    stalled
-        .write_all(handshake(&server, "stall").as_bytes())
-        .unwrap();
-    let head = read_head(&mut stalled);
+    let mut stalled = RawClient {
+        stream: socket.into(),
+    };
+    stalled.send_raw(handshake(&server, "stall").as_bytes());
+    let head = read_head(&mut stalled.stream);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
     let mut movers = Vec::new();
@@ -152,7 +130,6 @@ async fn a_reader_that_stops_reading_is_not_closed_for_presence_and_gets_every_l
         .await;
 
     // The stalled reader now reads: no close frame, and it ends with every latest state.
-    stalled.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut latest: HashMap<u64, (u32, String)> = HashMap::new();
     let deadline = Instant::now() + PATIENCE;
     while !finals
@@ -163,7 +140,7 @@ async fn a_reader_that_stops_reading_is_not_closed_for_presence_and_gets_every_l
             Instant::now() < deadline,
             "the stalled reader never caught up"
         );
-        let (opcode, payload) = read_frame(&mut stalled).unwrap();
+        let (opcode, payload) = stalled.read_frame();
         assert_ne!(opcode, 0x8, "the stalled reader was closed");
         if opcode != 0x2 {
             continue;

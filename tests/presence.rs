@@ -20,7 +20,7 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 /// An awareness update with the given (client id, clock, JSON) entries.
-fn entries(list: &[(u64, u32, &str)]) -> Vec<u8> {
+fn update(list: &[(u64, u32, &str)]) -> AwarenessUpdate {
     let clients: HashMap<_, _> = list
         .iter()
         .map(|(id, clock, json)| {
@@ -31,7 +31,12 @@ fn entries(list: &[(u64, u32, &str)]) -> Vec<u8> {
             (yrs::ClientID::new(*id), entry)
         })
         .collect();
-    awareness_frame(&AwarenessUpdate { clients })
+    AwarenessUpdate { clients }
+}
+
+/// The same as a y-websocket awareness message (a WebSocket frame).
+fn entries(list: &[(u64, u32, &str)]) -> Vec<u8> {
+    awareness_frame(&update(list))
 }
 
 async fn present(server: &TestServer, room: &str, query: &str) -> u64 {
@@ -219,17 +224,7 @@ async fn a_joiner_is_not_locked_out_by_a_full_room() {
 /// A bare y-protocols awareness update (what `encodeAwarenessUpdate` makes), for HTTP.
 fn bare(list: &[(u64, u32, &str)]) -> Vec<u8> {
     use yrs::updates::encoder::Encode;
-    let clients: HashMap<_, _> = list
-        .iter()
-        .map(|(id, clock, json)| {
-            let entry = AwarenessUpdateEntry {
-                clock: *clock,
-                json: Arc::from(*json),
-            };
-            (yrs::ClientID::new(*id), entry)
-        })
-        .collect();
-    AwarenessUpdate { clients }.encode_v1()
+    update(list).encode_v1()
 }
 
 /// `POST /rooms/{room}/awareness` with `body` as presence session `session`.

@@ -45,6 +45,18 @@ async fn text_of(server: &TestServer, room: &str) -> String {
     t.get_string(&doc.transact())
 }
 
+/// Waits until the room's stored text is `want`.
+async fn until_text(server: &TestServer, room: &str, want: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while text_of(server, room).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{room} never held {want:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_frame_behind_the_handshake_and_a_frame_cut_into_single_bytes_are_both_read() {
     let dir = tempdir();
@@ -64,14 +76,7 @@ async fn a_frame_behind_the_handshake_and_a_frame_cut_into_single_bytes_are_both
     for byte in &frame {
         client.send_raw(std::slice::from_ref(byte));
     }
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while text_of(&server, "bytes").await != "one byte at a time" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the update never arrived"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_text(&server, "bytes", "one byte at a time").await;
 }
 
 #[actix_rt::test]
@@ -94,14 +99,7 @@ async fn fragmented_messages_are_joined_and_pings_between_fragments_are_answered
             break;
         }
     }
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while text_of(&server, "fragments").await != "in three fragments" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the update never arrived"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_text(&server, "fragments", "in three fragments").await;
 }
 
 #[actix_rt::test]
@@ -121,14 +119,7 @@ async fn an_oversized_frame_is_refused_from_its_header_alone() {
     // The room is intact for everyone else.
     let mut other = RawClient::connect(&server, "big");
     other.send_binary(&text_update("still here"));
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while text_of(&server, "big").await != "still here" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the room stopped taking updates"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_text(&server, "big", "still here").await;
 }
 
 #[actix_rt::test]
