@@ -267,11 +267,14 @@ impl Outbound {
             data: false,
         };
         self.enqueue(&mut state, frame);
-        // However the client behaves (it may not read at all), the connection ends.
-        let out = self.clone();
+        // However the client behaves (it may not read at all), the connection ends. A
+        // weak reference: a connection that ends sooner is not kept alive by this.
+        let out = Arc::downgrade(self);
         self.home.spawn(async move {
             tokio::time::sleep(2 * CLOSE_GRACE).await;
-            out.abort();
+            if let Some(out) = out.upgrade() {
+                out.abort();
+            }
         });
     }
 
