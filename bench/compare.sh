@@ -27,8 +27,10 @@ CLK_TCK=$(getconf CLK_TCK)
 # towards one address).
 COLLABD_FLAGS=(--max-connections 20000 --max-connections-per-room 20000
   --max-connections-per-ip 20000 --admission-rate 100000 --admission-burst 100000
-  --session-rate 100000 --session-burst 100000
   --admission-rate-per-ip 100000 --admission-burst-per-ip 100000)
+# Writers in the fan-out scenarios send faster than one session's default share;
+# cursor500 keeps the default share (200 frames/s): presence must never cost a close.
+SESSION_LIFT=(--session-rate 100000 --session-burst 100000)
 
 declare -A SCENARIOS=(
   [floor]="--rooms 1 --clients 2 --writers 1 --rate 50 --duration 10 --apply"
@@ -39,6 +41,10 @@ declare -A SCENARIOS=(
   [rooms]="--rooms 100 --clients 10 --writers 1 --rate 5 --duration 10"
   [idle5k]="--rooms 100 --clients 50 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
   [joiners]="--joiners 200 --doc-mb 20"
+  [cursors50]="--rooms 1 --clients 50 --awareness-senders 50 --awareness-rate 30 --duration 10 --drain 1 --settle 1 --connect-rate 500"
+  [cursors200]="--rooms 1 --clients 200 --awareness-senders 20 --awareness-rate 30 --duration 10 --drain 1 --settle 1 --connect-rate 500"
+  [cursors1000rooms]="--rooms 1000 --clients 5 --awareness-senders 5 --awareness-rate 30 --duration 10 --drain 2 --settle 2 --connect-rate 2000"
+  [cursor500]="--rooms 1 --clients 2 --awareness-senders 1 --awareness-rate 500 --duration 60 --drain 1 --settle 1"
   [idle19k]="--rooms 100 --clients 195 --writers 0 --duration 0 --drain 0 --settle 5 --connect-rate 2000 --dest-ips 4"
 )
 # Extra collabd flags for one scenario (none today: the joiners' 20 MiB sync step 2 is
@@ -64,7 +70,8 @@ run() { # server scenario
       data=$(mktemp -d)
       # shellcheck disable=SC2086
       RUST_LOG=warn taskset -c "$SERVER_CPU" target/release/collabd --bind 0.0.0.0:1234 --data-dir "$data" \
-        "${COLLABD_FLAGS[@]}" ${COLLABD_EXTRA[$name]:-} 2>>"$OUT/collabd.log" &
+        "${COLLABD_FLAGS[@]}" $([ "$name" = cursor500 ] || echo "${SESSION_LIFT[@]}") \
+        ${COLLABD_EXTRA[$name]:-} 2>>"$OUT/collabd.log" &
       pid=$!; url=ws://127.0.0.1:1234/ws; wait_port 1234 ;;
     reference)
       HOST=0.0.0.0 PORT=1235 taskset -c "$SERVER_CPU" node bench/reference/node_modules/@y/websocket-server/src/server.js \

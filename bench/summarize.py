@@ -23,6 +23,7 @@ def results(name, server):
 
 
 joins = []
+cursors = []
 for name in names:
     for server in ("collabd", "reference"):
         lines = results(name, server)
@@ -31,6 +32,9 @@ for name in names:
             continue
         if r.get("scenario") == "joiners":
             joins.append((name, server, r))
+            continue
+        if r.get("scenario") == "cursors":
+            cursors.append((name, server, r))
             continue
         search = "search_result" in lines[-1]
         rss = None if search else r.get("server_rss_per_connection_bytes")
@@ -65,3 +69,20 @@ if joins:
               f"{num(r.get('generator_cpu_percent'), '.1f')} | "
               f"{'' if rss is None else f'{rss / 1048576:.0f} MiB'} | "
               f"{r.get('first_error') or ''} |")
+
+if cursors:
+    print()
+    print("| scenario | server | rooms × clients (senders) | states sent | frames received "
+          "| p50 ms | p99 ms | max ms | last states held | closed | server CPU % "
+          "| server CPU µs per (state × receiver) | generator CPU % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, server, r in cursors:
+        closed = ", ".join(f"{k}: {v}" for k, v in r["closed"].items()) or "none"
+        print(f"| {name} | {server} | {r['rooms']} × {r['clients_per_room']} "
+              f"({r['senders_per_room']} at {r['rate_per_sender']:.0f} Hz) | {r['states_sent']:,} | "
+              f"{r['frames_received']:,} | {r['latency_us_p50'] / 1000:.1f} | "
+              f"{r['latency_us_p99'] / 1000:.1f} | {r['latency_us_max'] / 1000:.1f} | "
+              f"{r['final_states_ok']} | {closed} | "
+              f"{num(r.get('server_cpu_percent'), '.1f')} | "
+              f"{num(r.get('server_cpu_us_per_delivery'), '.2f')} | "
+              f"{num(r.get('generator_cpu_percent'), '.1f')} |")

@@ -28,7 +28,7 @@ use crate::{Args, CpuFigures, CpuWindow, now_nanos, rss_bytes};
 type Error = String;
 
 /// A WebSocket client connection over plain TCP, reading with a buffer it owns.
-struct RawWs {
+pub(crate) struct RawWs {
     io: BufReader<TcpStream>,
     /// Bytes left of the current frame's payload.
     remaining: u64,
@@ -43,7 +43,7 @@ const OP_PING: u8 = 9;
 const OP_PONG: u8 = 10;
 
 /// A client frame (clients must mask; the key is fixed, which servers accept).
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     let mut out = Vec::with_capacity(payload.len() + 14);
     out.push(0x80 | opcode);
@@ -65,7 +65,7 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 impl RawWs {
     /// TCP connect (TCP_NODELAY, as browsers) and the HTTP upgrade.
-    async fn connect(url: &str) -> Result<RawWs, Error> {
+    pub(crate) async fn connect(url: &str) -> Result<RawWs, Error> {
         let uri: awc::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
         let host = uri.host().ok_or("no host")?;
         let port = uri.port_u16().unwrap_or(80);
@@ -112,6 +112,19 @@ impl RawWs {
         })
     }
 
+    /// The connection's halves, with whatever was read past the handshake already in
+    /// front of the read half.
+    pub(crate) fn into_split(
+        self,
+    ) -> (
+        impl tokio::io::AsyncRead + Unpin,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let buffered = self.io.buffer().to_vec();
+        let (read, write) = self.io.into_inner().into_split();
+        (std::io::Cursor::new(buffered).chain(read), write)
+    }
+
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), Error> {
         self.io
             .get_mut()
@@ -122,6 +135,10 @@ impl RawWs {
 
     async fn send_binary(&mut self, payload: &[u8]) -> Result<(), Error> {
         self.send(OP_BINARY, payload).await
+    }
+
+    pub(crate) async fn send_binary_pub(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.send_binary(payload).await
     }
 
     fn read_err<T>(r: std::io::Result<T>) -> Result<T, Error> {

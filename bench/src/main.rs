@@ -14,6 +14,7 @@
 //! when the server stops reading, or the generator runs out of CPU), and reports the
 //! highest sustained deliveries/s.
 
+mod cursors;
 mod joiners;
 
 use std::cell::{Cell, RefCell};
@@ -116,6 +117,15 @@ struct Args {
     /// Largest update the joiners' writer sends, MiB (below the server's frame limit).
     #[arg(long, default_value_t = 4.0)]
     doc_chunk_mb: f64,
+    /// Cursors scenario (instead of writers): in each room, this many of the clients
+    /// announce a presence state `--awareness-rate` times a second; every client
+    /// measures the latency of others' states and ends checking it holds their last
+    /// state (see cursors.rs).
+    #[arg(long, default_value_t = 0)]
+    awareness_senders: usize,
+    /// Presence states per second per sender.
+    #[arg(long, default_value_t = 30.0)]
+    awareness_rate: f64,
     /// Print one JSON object per round instead of lines for people.
     #[arg(long)]
     json: bool,
@@ -724,6 +734,19 @@ fn main() {
     now_nanos();
     actix_rt::System::new().block_on(async move {
         let tag = format!("{:x}", now_nanos() ^ u64::from(std::process::id()) << 20);
+        if args.awareness_senders > 0 {
+            match cursors::run(args.clone(), &tag).await {
+                Ok(report) if args.json => {
+                    println!("{}", serde_json::to_string(&report).expect("serializable"))
+                }
+                Ok(report) => println!("{report:#?}"),
+                Err(e) => {
+                    eprintln!("cursors: {e}");
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
         if args.joiners > 0 {
             match joiners::run(args.clone(), &tag).await {
                 Ok(report) if args.json => {
