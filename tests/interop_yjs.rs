@@ -26,6 +26,12 @@ fn stock_yjs_clients_converge_share_awareness_and_survive_a_restart() {
     run_node("yjs_clients.mjs");
 }
 
+/// collabd's own provider (clients/js): every transport, fallback and back, restarts.
+#[test]
+fn the_js_provider_falls_back_converges_and_moves_back_up() {
+    run_node("provider.mjs");
+}
+
 #[test]
 fn stock_clients_see_merged_presence_and_removals() {
     run_node("presence.mjs");

@@ -1,0 +1,120 @@
+// collabd's own JS provider (clients/js) against the real server: every transport forced,
+// the fallback WebSocket → SSE → polling when the one above fails, the way back up when
+// WebSocket returns, edits across a server restart on every transport, and the backoff.
+import * as Y from 'yjs'
+import WebSocket from 'ws'
+import { EventSource } from 'eventsource'
+import { CollabdProvider, backoffDelay } from '../../clients/js/src/provider.js'
+import { startServer, tempDataDir, until, assertEqual, run } from './harness.mjs'
+
+const ROOM = 'provider/room'
+
+// A WebSocket that fails to connect while `blocked.ws` is set (a proxy that refuses the
+// upgrade); an EventSource likewise with `blocked.sse`.
+const blocked = { ws: false, sse: false }
+class FlakyWebSocket extends WebSocket {
+  constructor (url, ...rest) {
+    super(blocked.ws ? url.replace(/:\d+\//, ':9/') : url, ...rest)
+  }
+}
+class FlakyEventSource extends EventSource {
+  constructor (url, ...rest) {
+    super(blocked.sse ? url.replace(/:\d+\//, ':9/') : url, ...rest)
+  }
+}
+
+function provider (port, name, opts = {}) {
+  const doc = new Y.Doc()
+  const p = new CollabdProvider(`http://127.0.0.1:${port}`, ROOM, doc, {
+    WebSocketPolyfill: FlakyWebSocket,
+    EventSourcePolyfill: FlakyEventSource,
+    backoff: { minMs: 20, maxMs: 200 },
+    probeIntervalMs: 300,
+    pollWaitS: 2,
+    ...opts
+  })
+  p.awareness.setLocalStateField('user', { name })
+  return { name, doc, p, text: doc.getText('t') }
+}
+
+const sees = (a, b) => a.p.awareness.getStates().get(b.doc.clientID)?.user?.name === b.name
+
+async function serverText (port) {
+  const res = await fetch(`http://127.0.0.1:${port}/rooms/${encodeURIComponent(ROOM)}/state`)
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+  return doc.getText('t').toString()
+}
+
+async function backoffIsBounded () {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const cap = Math.min(1000, 10 * 2 ** attempt)
+    assertEqual(backoffDelay(attempt, { minMs: 10, maxMs: 1000 }, () => 0), 0, 'lowest')
+    const high = backoffDelay(attempt, { minMs: 10, maxMs: 1000 }, () => 0.999999)
+    assertEqual(high < cap && high >= cap - 1, true, `attempt ${attempt}: ${high} < ${cap}`)
+  }
+}
+
+async function everyTransportForced () {
+  const dataDir = tempDataDir()
+  let server = await startServer(dataDir)
+  const port = server.port
+  const clients = [
+    provider(port, 'ws', { transports: ['websocket'] }),
+    provider(port, 'sse', { transports: ['sse'] }),
+    provider(port, 'poll', { transports: ['polling'] })
+  ]
+  await until('all synced', () => clients.every(c => c.p.synced))
+  assertEqual(clients.map(c => c.p.transport), ['websocket', 'sse', 'polling'], 'transports')
+  clients.forEach((c, i) => c.text.insert(0, `${c.name}${i} `))
+  await until('converged', () => clients.every(c => c.text.length === clients[0].text.length &&
+    ['ws0', 'sse1', 'poll2'].every(w => c.text.toString().includes(w))))
+  await until('everyone sees everyone', () => clients.every(a => clients.every(b => sees(a, b))))
+
+  // The server restarts under edits: nothing is lost on any transport.
+  await server.stop()
+  clients.forEach(c => c.text.insert(c.text.length, ` offline-${c.name}`))
+  server = await startServer(dataDir, `127.0.0.1:${port}`)
+  await until('converged after the restart', () => clients.every(c =>
+    ['offline-ws', 'offline-sse', 'offline-poll'].every(w => c.text.toString().includes(w)) &&
+    c.text.toString() === clients[0].text.toString()))
+  await until('the server holds it all', async () =>
+    (await serverText(port)) === clients[0].text.toString())
+  clients.forEach(c => c.p.destroy())
+  await server.stop()
+}
+
+async function fallbackAndBack () {
+  const server = await startServer(tempDataDir())
+  const port = server.port
+  const reference = provider(port, 'ref', { transports: ['websocket'] })
+  blocked.ws = true
+  const onSse = provider(port, 'on-sse')
+  await until('falls back to SSE', () => onSse.p.transport === 'sse' && onSse.p.synced)
+  blocked.sse = true
+  const onPoll = provider(port, 'on-poll')
+  await until('falls back to polling', () => onPoll.p.transport === 'polling' && onPoll.p.synced)
+  onSse.text.insert(0, 'a')
+  onPoll.text.insert(0, 'b')
+  reference.text.insert(0, 'c')
+  const all = [reference, onSse, onPoll]
+  await until('converged across transports', () => all.every(c => c.text.length === 3 &&
+    c.text.toString() === reference.text.toString()))
+  await until('presence across transports', () => all.every(a => all.every(b => sees(a, b))))
+
+  blocked.ws = false
+  blocked.sse = false
+  await until('back on WebSocket', () =>
+    onSse.p.transport === 'websocket' && onPoll.p.transport === 'websocket' &&
+    onSse.p.synced && onPoll.p.synced)
+  onPoll.text.insert(0, 'd')
+  await until('still converging', () => all.every(c => c.text.toString().includes('d')))
+  all.forEach(c => c.p.destroy())
+  await server.stop()
+}
+
+run('the JS provider: backoff, every transport, restarts, fallback and back', async () => {
+  await backoffIsBounded()
+  await everyTransportForced()
+  await fallbackAndBack()
+})
