@@ -127,8 +127,7 @@ async fn reader(
                         continue;
                     };
                     for (id, entry) in update.clients {
-                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&entry.json)
-                        else {
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&entry.json) else {
                             continue;
                         };
                         let (Some(t), Some(n)) = (v["t"].as_u64(), v["n"].as_u64()) else {
