@@ -729,38 +729,41 @@ fn print_human(r: &Report) {
     }
 }
 
+/// Prints a one-shot scenario's report (JSON or for people); a failure exits with 1.
+fn report_once<R: Serialize + std::fmt::Debug>(
+    args: &Args,
+    scenario: &str,
+    result: Result<R, String>,
+) {
+    match result {
+        Ok(report) if args.json => {
+            println!("{}", serde_json::to_string(&report).expect("serializable"))
+        }
+        Ok(report) => println!("{report:#?}"),
+        Err(e) => {
+            eprintln!("{scenario}: {e}");
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "scenario": scenario, "error": e })
+                );
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args = Rc::new(Args::parse());
     now_nanos();
     actix_rt::System::new().block_on(async move {
         let tag = format!("{:x}", now_nanos() ^ u64::from(std::process::id()) << 20);
         if args.awareness_senders > 0 {
-            match cursors::run(args.clone(), &tag).await {
-                Ok(report) if args.json => {
-                    println!("{}", serde_json::to_string(&report).expect("serializable"))
-                }
-                Ok(report) => println!("{report:#?}"),
-                Err(e) => {
-                    eprintln!("cursors: {e}");
-                    std::process::exit(1);
-                }
-            }
+            report_once(&args, "cursors", cursors::run(args.clone(), &tag).await);
             return;
         }
         if args.joiners > 0 {
-            match joiners::run(args.clone(), &tag).await {
-                Ok(report) if args.json => {
-                    println!("{}", serde_json::to_string(&report).expect("serializable"))
-                }
-                Ok(report) => println!("{report:#?}"),
-                Err(e) => {
-                    eprintln!("joiners: {e}");
-                    if args.json {
-                        println!("{}", serde_json::json!({ "scenario": "joiners", "error": e }));
-                    }
-                    std::process::exit(1);
-                }
-            }
+            report_once(&args, "joiners", joiners::run(args.clone(), &tag).await);
             return;
         }
         let mut rate = args.rate;

@@ -76,3 +76,20 @@ export function run (name, body) {
     process.exit(1)
   })
 }
+
+// A stock y-websocket client (WebsocketProvider, unchanged) on `room`, announcing `name`.
+// disableBc: clients in one process must not sync around the server.
+export async function yWebsocketClient (port, room, name) {
+  const Y = await import('yjs')
+  const { WebsocketProvider } = await import('y-websocket')
+  const { default: WebSocket } = await import('ws')
+  const doc = new Y.Doc()
+  const provider = new WebsocketProvider(`ws://127.0.0.1:${port}/ws`, room, doc, {
+    WebSocketPolyfill: WebSocket,
+    disableBc: true,
+    maxBackoffTime: 300
+  })
+  provider.awareness.setLocalStateField('user', { name })
+  return { name, doc, provider }
+}
+

@@ -1,25 +1,9 @@
 // Stock y-websocket clients with collabd's merged presence (awareness_tick_ms): cursors
 // moved as fast as the clients can set them reach everyone with each client's latest
 // state, and a client that leaves is removed for everyone.
-import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
-import WebSocket from 'ws'
-import { startServer, tempDataDir, until, assertEqual, run } from './harness.mjs'
+import { startServer, tempDataDir, until, assertEqual, run, yWebsocketClient } from './harness.mjs'
 
 const ROOM = 'interop/board'
-
-function client (port, name) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(`ws://127.0.0.1:${port}/ws`, ROOM, doc, {
-    WebSocketPolyfill: WebSocket,
-    disableBc: true,
-    maxBackoffTime: 300
-  })
-  provider.awareness.setLocalStateField('user', { name })
-  let changes = 0
-  provider.awareness.on('change', () => { changes++ })
-  return { name, provider, changes: () => changes }
-}
 
 const cursorOf = (c, other) => {
   const state = c.provider.awareness.getStates().get(other.provider.awareness.clientID)
@@ -28,7 +12,7 @@ const cursorOf = (c, other) => {
 
 run('stock clients see merged presence and removals', async () => {
   const server = await startServer(tempDataDir())
-  const clients = ['ann', 'bob', 'cy', 'dee'].map(n => client(server.port, n))
+  const clients = await Promise.all(['ann', 'bob', 'cy', 'dee'].map(n => yWebsocketClient(server.port, ROOM, n)))
   await until('all synced', () => clients.every(c => c.provider.synced))
   await until('everyone sees everyone', () =>
     clients.every(c => c.provider.awareness.getStates().size === clients.length))

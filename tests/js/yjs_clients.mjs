@@ -2,22 +2,13 @@
 // three clients converge on Y.Text and Y.Map edits, see each other's awareness, survive a
 // server restart, and merge the edits they made while the server was down.
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
-import WebSocket from 'ws'
-import { startServer, tempDataDir, until, assertEqual, run } from './harness.mjs'
+import { startServer, tempDataDir, until, assertEqual, run, yWebsocketClient } from './harness.mjs'
 
 const ROOM = 'interop/doc-1'
 
-function client (port, name) {
-  const doc = new Y.Doc()
-  // disableBc: clients in one process must not sync around the server.
-  const provider = new WebsocketProvider(`ws://127.0.0.1:${port}/ws`, ROOM, doc, {
-    WebSocketPolyfill: WebSocket,
-    disableBc: true,
-    maxBackoffTime: 300
-  })
-  provider.awareness.setLocalStateField('user', { name })
-  return { name, doc, provider, text: doc.getText('text'), map: doc.getMap('map') }
+async function client (port, name) {
+  const c = await yWebsocketClient(port, ROOM, name)
+  return { ...c, text: c.doc.getText('text'), map: c.doc.getMap('map') }
 }
 
 // Map keys sorted: Y.Map's key order depends on the order a client learned them.
@@ -45,7 +36,7 @@ run('stock Yjs clients interoperate with collabd', async () => {
   const dataDir = tempDataDir()
   let server = await startServer(dataDir)
   const port = server.port
-  const clients = ['ann', 'bob', 'cy'].map(n => client(port, n))
+  const clients = await Promise.all(['ann', 'bob', 'cy'].map(n => client(port, n)))
   const [ann, bob, cy] = clients
   await until('all synced', () => clients.every(c => c.provider.synced))
 
