@@ -43,7 +43,10 @@ fn resume_point(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+/// A comment for proxies and people, and a `ping` event for EventSource clients, which
+/// never see comments: a client that hears nothing for two heartbeats knows its stream is
+/// dead (collabd's JS provider reconnects then).
+const HEARTBEAT: &[u8] = b": heartbeat\nevent: ping\ndata: \n\n";
 
 /// Far enough for "never" and still a valid timer deadline.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -86,7 +86,8 @@ impl SseClient {
                         self.heartbeats += 1;
                     }
                 }
-                if is_event {
+                // The heartbeat's `ping` event (for EventSource clients) counts with it.
+                if is_event && event.kind != "ping" {
                     return event;
                 }
             }

@@ -38,6 +38,7 @@ export function startServer (dataDir, bind = '127.0.0.1:0', extraArgs = []) {
         clearTimeout(timer)
         resolve({
           port: Number(m[1]),
+          pid: child.pid,
           logs,
           // SIGTERM and wait for a clean exit.
           stop: () => new Promise((resolve, reject) => {

@@ -1,6 +1,7 @@
 // collabd's own JS provider (clients/js) against the real server: every transport forced,
 // the fallback WebSocket → SSE → polling when the one above fails, the way back up when
-// WebSocket returns, edits across a server restart on every transport, and the backoff.
+// WebSocket returns, edits across a server restart on every transport, a silent SSE
+// stream noticed by its heartbeat timeout, and the backoff.
 import * as Y from 'yjs'
 import WebSocket from 'ws'
 import { EventSource } from 'eventsource'
@@ -113,8 +114,28 @@ async function fallbackAndBack () {
   await server.stop()
 }
 
+// A stream that goes silent (the server frozen: no heartbeat `ping`) is noticed by the
+// provider's SSE timeout, which reconnects once the server answers again.
+async function silentSseIsNoticed () {
+  const server = await startServer(tempDataDir(), '127.0.0.1:0', ['--sse-heartbeat-ms', '100'])
+  const c = provider(server.port, 'sse-hb', { transports: ['sse'], sseTimeoutMs: 800 })
+  await until('synced', () => c.p.synced)
+  let lost = false
+  c.p.on('status', ({ status }) => { if (status === 'disconnected') lost = true })
+  process.kill(server.pid, 'SIGSTOP')
+  try {
+    await until('the silent stream is noticed', () => lost)
+  } finally {
+    process.kill(server.pid, 'SIGCONT')
+  }
+  await until('reconnected', () => c.p.status === 'connected' && c.p.synced)
+  c.p.destroy()
+  await server.stop()
+}
+
 run('the JS provider: backoff, every transport, restarts, fallback and back', async () => {
   await backoffIsBounded()
+  await silentSseIsNoticed()
   await everyTransportForced()
   await fallbackAndBack()
 })

@@ -56,6 +56,7 @@ export class CollabdProvider extends Observable {
     this.backoff = { minMs: 100, maxMs: 10000, ...(opts.backoff || {}) }
     this.probeIntervalMs = opts.probeIntervalMs ?? 30000
     this.messageTimeoutMs = opts.messageTimeoutMs ?? 30000
+    this.sseTimeoutMs = opts.sseTimeoutMs ?? 35000
     this.pollWaitS = opts.pollWaitS ?? 25
     this.failuresBeforeFallback = opts.failuresBeforeFallback ?? 2
     this.WebSocket = opts.WebSocketPolyfill || globalThis.WebSocket
@@ -450,6 +451,7 @@ class SseTransport extends HttpTransport {
       this._opened()
     }
     const onDoc = e => {
+      this._touch()
       this._apply(e.data)
       const seq = Number(e.lastEventId)
       if (seq > p.seq) p.seq = seq
@@ -458,20 +460,29 @@ class SseTransport extends HttpTransport {
     es.addEventListener('snapshot', onDoc)
     es.addEventListener('update', onDoc)
     es.addEventListener('awareness', e => {
+      this._touch()
       awarenessProtocol.applyAwarenessUpdate(p.awareness, fromBase64(e.data), p)
     })
+    // The server's heartbeat: a stream silent for sseTimeoutMs is dead.
+    es.addEventListener('ping', () => this._touch())
+    this._touch()
     // The provider reconnects itself (with ?since=), not EventSource.
     es.onerror = () => this._fail()
+  }
+
+  _touch () {
+    clearTimeout(this.deadline)
+    this.deadline = setTimeout(() => this._fail(), this.p.sseTimeoutMs)
   }
 
   stop () {
     this.stopped = true
     this._stopHttp()
-    if (this.es) this.es.close()
   }
 
   _stopHttp () {
     super._stopHttp()
+    clearTimeout(this.deadline)
     if (this.es) this.es.close()
   }
 }
