@@ -61,8 +61,24 @@ impl TestServer {
         TestServer::start_under(&tracer, data_dir, args, &[])
     }
 
+    /// Starts on `addr` (e.g. the address of a server that was killed: a restart that
+    /// clients reconnect to).
+    pub fn start_at(addr: std::net::SocketAddr, data_dir: &Path, args: &[&str]) -> TestServer {
+        TestServer::start_bound(&[], &addr.to_string(), data_dir, args, &[])
+    }
+
     fn start_under(
         wrapper: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        TestServer::start_bound(wrapper, "127.0.0.1:0", data_dir, args, env)
+    }
+
+    fn start_bound(
+        wrapper: &[&str],
+        bind: &str,
         data_dir: &Path,
         args: &[&str],
         env: &[(&str, &str)],
@@ -77,7 +93,7 @@ impl TestServer {
             }
         };
         let mut child = command
-            .args(["--bind", "127.0.0.1:0", "--data-dir"])
+            .args(["--bind", bind, "--data-dir"])
             .arg(data_dir)
             .args(args)
             .envs(env.iter().copied())
