@@ -44,23 +44,12 @@ const OP_PONG: u8 = 10;
 
 /// A client frame (clients must mask; the key is fixed, which servers accept).
 pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&KEY);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
-    out
+    collabd::protocol::websocket::encode_client_frame(
+        true,
+        opcode,
+        payload,
+        [0x37, 0xfa, 0x21, 0x3d],
+    )
 }
 
 impl RawWs {

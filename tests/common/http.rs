@@ -137,22 +137,12 @@ impl RawClient {
 
 /// A masked client frame: FIN bit, opcode, payload.
 pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![(u8::from(fin) << 7) | opcode];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    collabd::protocol::websocket::encode_client_frame(
+        fin,
+        opcode,
+        payload,
+        [0x12, 0x34, 0x56, 0x78],
+    )
 }
 
 /// The handshake of `/ws/{room}`, as a browser sends it.
