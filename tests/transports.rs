@@ -27,7 +27,8 @@ fn apply_event(doc: &Doc, event: &SseEvent) -> u64 {
 #[actix_rt::test]
 async fn sse_resumes_from_last_event_id_with_every_missed_update_exactly_once() {
     let dir = tempdir();
-    let server = TestServer::start(dir.path(), &[]);
+    // Replay in pages of 7, so that the resume below spans several.
+    let server = TestServer::start(dir.path(), &["--poll-batch-limit", "7"]);
     let room = "sse/resume";
     let mut ws = YClient::connect(&server, room).await;
     ws.until("synced", |c| c.synced).await;
@@ -54,6 +55,7 @@ async fn sse_resumes_from_last_event_id_with_every_missed_update_exactly_once() 
         assert_eq!(id, last + 1, "ids must arrive in seq order without gaps");
         last = id;
     }
+    assert_eq!(sse.synced, [0], "synced follows the snapshot, once");
 
     // The reader goes away; writing continues.
     drop(sse);
@@ -80,6 +82,11 @@ async fn sse_resumes_from_last_event_id_with_every_missed_update_exactly_once() 
     post_update(&server, room, poster.append("t", "live")).await;
     let event = sse.next_doc_event().await;
     assert_eq!(apply_event(&reader, &event), 41);
+    assert_eq!(
+        sse.synced,
+        [40],
+        "synced ends the paged replay, before live updates"
+    );
 
     let (server_doc, seq) = server.state(room).await;
     assert_eq!(seq, 41);

@@ -4,7 +4,8 @@
 //! answers with its durable seq D and from then on queues every update above D), then
 //! replay from the store what the client lacks up to D — a page of `poll_batch_limit`
 //! records at a time, read only when the previous page was sent — or send a snapshot,
-//! then stream the queue, skipping any update at or below the last id already sent.
+//! then send `event: synced` (data `{"seq":D}`: the client now holds everything up to
+//! D), then stream the queue, skipping any update at or below the last id already sent.
 //! Live events arrive already encoded (once per room, shared by every stream); the
 //! stream's queue is bounded in events (`sse_queue_events`) and bytes
 //! (`outbound_queue_bytes`), and a stream that falls behind is ended: its client
@@ -25,7 +26,7 @@ use super::rooms::{catch_up, full_state, parse_seq, query_param};
 use super::{AppState, access};
 use crate::limits::Permit;
 use crate::metrics::{ConnectionGauge, metrics};
-use crate::protocol::sse::event;
+use crate::protocol::sse::{event, synced};
 use crate::room::ask;
 use crate::room::cursor::CatchUp;
 use crate::room::messages::{LiveEvent, Subscribe};
@@ -108,13 +109,17 @@ impl Live {
                 self.last_id = updates.last().map_or(after, |u| u.seq);
                 if self.last_id < until {
                     self.replay = Some((self.last_id, until));
+                } else {
+                    out.extend_from_slice(&synced(until));
                 }
                 Some(Bytes::from(out))
             }
             Ok(_) => {
                 let doc = full_state(&self.state, &self.room).await.ok()?;
                 self.last_id = doc.seq;
-                Some(event("snapshot", Some(doc.seq), &doc.state))
+                let mut out = event("snapshot", Some(doc.seq), &doc.state).to_vec();
+                out.extend_from_slice(&synced(doc.seq));
+                Some(Bytes::from(out))
             }
             Err(_) => None,
         }
@@ -160,6 +165,9 @@ pub async fn events(
             doc.seq
         }
     };
+    if replay.is_none() {
+        prelude.push(synced(durable.max(last_id)));
+    }
     if let Some(awareness) = subscribed.awareness {
         prelude.push(event("awareness", None, &awareness));
     }

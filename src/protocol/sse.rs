@@ -21,6 +21,13 @@ pub fn event(kind: &str, id: Option<u64>, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// `event: synced` with `data: {"seq":D}`: the stream has delivered everything up to
+/// the room's durable seq D as of its start (replay or snapshot done); live updates follow.
+/// It carries no `id`, so the client's resume point stays the last update's.
+pub fn synced(seq: u64) -> Bytes {
+    Bytes::from(format!("event: synced\ndata: {{\"seq\":{seq}}}\n\n"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,6 +39,10 @@ mod tests {
         assert_eq!(
             &super::event("awareness", None, b"")[..],
             b"event: awareness\ndata: \n\n"
+        );
+        assert_eq!(
+            &super::synced(12)[..],
+            b"event: synced\ndata: {\"seq\":12}\n\n"
         );
     }
 }

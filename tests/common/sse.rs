@@ -24,6 +24,8 @@ pub struct SseClient {
     buf: String,
     pub retry: Option<u64>,
     pub heartbeats: usize,
+    /// The seq of each `synced` event seen (the end of the catch-up).
+    pub synced: Vec<u64>,
 }
 
 impl SseClient {
@@ -56,6 +58,7 @@ impl SseClient {
             buf: String::new(),
             retry: None,
             heartbeats: 0,
+            synced: Vec::new(),
         }
     }
 
@@ -86,8 +89,16 @@ impl SseClient {
                         self.heartbeats += 1;
                     }
                 }
-                // The heartbeat's `ping` event (for EventSource clients) counts with it.
-                if is_event && event.kind != "ping" {
+                // The heartbeat's `ping` event (for EventSource clients) counts with it;
+                // `synced` marks the end of the catch-up and is recorded.
+                if event.kind == "synced" {
+                    let seq = event
+                        .data
+                        .strip_prefix("{\"seq\":")
+                        .and_then(|v| v.strip_suffix('}'));
+                    self.synced
+                        .push(seq.and_then(|v| v.parse().ok()).expect("synced data"));
+                } else if is_event && event.kind != "ping" {
                     return event;
                 }
             }

@@ -1,7 +1,8 @@
 // collabd's own JS provider (clients/js) against the real server: every transport forced,
 // the fallback WebSocket → SSE → polling when the one above fails, the way back up when
 // WebSocket returns, edits across a server restart on every transport, a silent SSE
-// stream noticed by its heartbeat timeout, and the backoff.
+// stream noticed by its heartbeat timeout, the backoff, and tokens renewed on expiry.
+import { execFileSync } from 'node:child_process'
 import * as Y from 'yjs'
 import WebSocket from 'ws'
 import { EventSource } from 'eventsource'
@@ -133,9 +134,55 @@ async function silentSseIsNoticed () {
   await server.stop()
 }
 
+// Tokens that expire during the session: the server ends the connection (close code 4401,
+// the end of the SSE stream, 401 on a poll), the provider asks `getToken()` for a new
+// one and carries on where it was, on every transport; nothing edited is lost.
+async function tokensAreRenewed () {
+  const secret = 'provider-test-secret-0123456789abcdef'
+  const room = 'provider/tokens'
+  const token = ttl => execFileSync(process.env.YJS_INTEROP_SERVER_BIN,
+    ['token', '--room', room, '--write', '--ttl', String(ttl)],
+    { env: { ...process.env, COLLABD_AUTH_SECRET: secret, RUST_LOG: 'error' } }).toString().trim()
+  process.env.COLLABD_AUTH_SECRET = secret
+  const server = await startServer(tempDataDir()).finally(() => delete process.env.COLLABD_AUTH_SECRET)
+  const base = `http://127.0.0.1:${server.port}`
+  const clients = ['websocket', 'sse', 'polling'].map(kind => {
+    const doc = new Y.Doc()
+    const c = { kind, doc, text: doc.getText('t'), renewed: 0 }
+    c.p = new CollabdProvider(base, room, doc, {
+      WebSocketPolyfill: WebSocket,
+      EventSourcePolyfill: EventSource,
+      transports: [kind],
+      backoff: { minMs: 20, maxMs: 200 },
+      pollWaitS: 1,
+      // Short-lived at first; every renewed token lasts an hour.
+      params: { token: token(2) },
+      getToken: async () => { c.renewed++; return token(3600) }
+    })
+    return c
+  })
+  await until('all synced with short tokens', () => clients.every(c => c.p.synced))
+  clients.forEach(c => c.text.insert(c.text.length, `[${c.kind} before]`))
+  await until('every token renewed', () => clients.every(c => c.renewed >= 1))
+  await until('all back', () => clients.every(c => c.p.status === 'connected' && c.p.synced)).catch(e => { throw new Error(e.message + JSON.stringify(clients.map(c => [c.kind, c.p.status, c.p.synced, c.p.transport, c.renewed]))) })
+  assertEqual(clients.map(c => c.p.transport), ['websocket', 'sse', 'polling'], 'no fallback on expiry')
+  clients.forEach(c => c.text.insert(c.text.length, `[${c.kind} after]`))
+  const want = clients.flatMap(c => [`[${c.kind} before]`, `[${c.kind} after]`])
+  await until('the server has every edit', async () => {
+    const res = await fetch(`${base}/rooms/${encodeURIComponent(room)}/state?token=${token(60)}`)
+    const doc = new Y.Doc()
+    Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+    return want.every(w => doc.getText('t').toString().includes(w))
+  })
+  await until('converged', () => clients.every(c => want.every(w => c.text.toString().includes(w))))
+  clients.forEach(c => c.p.destroy())
+  await server.stop()
+}
+
 run('the JS provider: backoff, every transport, restarts, fallback and back', async () => {
   await backoffIsBounded()
   await silentSseIsNoticed()
   await everyTransportForced()
   await fallbackAndBack()
+  await tokensAreRenewed()
 })

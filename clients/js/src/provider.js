@@ -62,7 +62,8 @@ export class CollabdProvider extends Observable {
     this.WebSocket = opts.WebSocketPolyfill || globalThis.WebSocket
     this.EventSource = opts.EventSourcePolyfill || globalThis.EventSource
     this._fetch = opts.fetch || ((...a) => globalThis.fetch(...a))
-    this.params = opts.params || {}
+    this.params = { ...(opts.params || {}) }
+    this.getToken = opts.getToken || null
     this.presenceSession = randomToken()
     /** The transport in use: 'websocket' | 'sse' | 'polling' (null while none). */
     this.transport = null
@@ -74,6 +75,7 @@ export class CollabdProvider extends Observable {
     this._level = 0
     this._failures = 0
     this._attempt = 0
+    this._authAttempt = 0
     this._current = null
     this._timer = null
     this._probe = null
@@ -165,30 +167,69 @@ export class CollabdProvider extends Observable {
         openedAt = Date.now()
         this._failures = 0
         this._attempt = 0
+        this._authAttempt = 0
         this._setStatus('connected')
         this._startProbe()
       },
-      closed: (retryAfter) => {
+      // `auth`: true when the server said the token is missing, invalid or expired (401,
+      // close code 4401), false when it said something else, null when the transport
+      // cannot tell (EventSource errors, a refused upgrade).
+      closed: (retryAfter = null, auth = false) => {
         if (this._current !== transport) return
         this._current = null
         this._setSynced(false)
         this._setStatus('disconnected')
-        // Never opened, or cut at once (a proxy that drops upgraded connections).
-        const failed = !opened || Date.now() - openedAt < 2000
-        this._failures = failed ? this._failures + 1 : 0
-        if (failed && this._failures >= this.failuresBeforeFallback &&
-            this._level < this.transports.length - 1) {
-          this._level++
-          this._failures = 0
-          this._attempt = 0
+        const ended = { kind, opened, openedAt, retryAfter }
+        if (this.getToken && auth !== false) {
+          this._timer = setTimeout(() => this._renewToken(ended, auth), 0)
+        } else {
+          this._retry(ended)
         }
-        this.emit('connection-error', [{ transport: kind, opened }])
-        const delay = retryAfter ?? backoffDelay(this._attempt++, this.backoff)
-        if (this._shouldConnect) this._timer = setTimeout(() => this._run(), delay)
       }
     })
     this._current = transport
     transport.start()
+  }
+
+  // Reconnect after a backoff; a transport that keeps failing gives way to the next.
+  _retry ({ kind, opened, openedAt, retryAfter }) {
+    // Never opened, or cut at once (a proxy that drops upgraded connections).
+    const failed = !opened || Date.now() - openedAt < 2000
+    this._failures = failed ? this._failures + 1 : 0
+    if (failed && this._failures >= this.failuresBeforeFallback &&
+        this._level < this.transports.length - 1) {
+      this._level++
+      this._failures = 0
+      this._attempt = 0
+    }
+    this.emit('connection-error', [{ transport: kind, opened }])
+    const delay = retryAfter ?? backoffDelay(this._attempt++, this.backoff)
+    if (this._shouldConnect) this._timer = setTimeout(() => this._run(), delay)
+  }
+
+  // A connection ended for want of a valid token: ask `opts.getToken()` for a new one
+  // and connect again at once (the document and the seq stay, so nothing is lost). When
+  // the cause is unknown, `GET /rooms/{room}` with the current token tells.
+  async _renewToken (ended, auth) {
+    this._timer = null
+    if (auth === null) {
+      try {
+        auth = (await this._fetch(this._url(this._roomPath('')))).status === 401
+      } catch (e) {
+        auth = false
+      }
+    }
+    if (!this._shouldConnect) return
+    if (!auth) return this._retry(ended)
+    try {
+      this.params.token = await this.getToken()
+      this.emit('token-renewed', [{ transport: ended.kind }])
+    } catch (e) {
+      this.emit('connection-error', [{ transport: ended.kind, opened: ended.opened, error: e }])
+    }
+    // A new token that is refused again waits like any failed connection.
+    const delay = backoffDelay(this._authAttempt++, this.backoff)
+    if (this._shouldConnect && !this._timer) this._timer = setTimeout(() => this._run(), delay)
   }
 
   // While on a fallback, try WebSocket now and then; move back up when it opens.
@@ -246,8 +287,9 @@ export class CollabdProvider extends Observable {
         // have been read yet, so `this.seq` moves only with what the reads deliver.
         await res.json()
         this._unsent.splice(0, batch.length)
-      } else if (res.status >= 500 || res.status === 429) {
-        throw Object.assign(new Error('HTTP ' + res.status), { retryAfter: retryAfterMs(res) })
+      } else if (res.status >= 500 || res.status === 429 || res.status === 401) {
+        throw Object.assign(new Error('HTTP ' + res.status),
+          { retryAfter: retryAfterMs(res), auth: res.status === 401 })
       }
     } finally {
       this._posting = false
@@ -284,6 +326,7 @@ class WsTransport {
     this.ws = ws
     ws.binaryType = 'arraybuffer'
     ws.onopen = () => {
+      this.opened = true
       this.events.opened()
       const encoder = encoding.createEncoder()
       encoding.writeVarUint(encoder, MSG_SYNC)
@@ -296,7 +339,9 @@ class WsTransport {
       this._touch()
       this._receive(new Uint8Array(event.data))
     }
-    ws.onclose = () => this._closed()
+    // 4401: the token expired (or was refused); a refused upgrade cannot be told apart
+    // from a network failure here, so `null` (unknown) for a socket that never opened.
+    ws.onclose = event => this._closed(event.code === 4401 ? true : this.opened ? false : null)
     ws.onerror = () => {}
   }
 
@@ -306,11 +351,11 @@ class WsTransport {
     this.deadline = setTimeout(() => this.ws && this.ws.close(), this.p.messageTimeoutMs)
   }
 
-  _closed () {
+  _closed (auth) {
     clearTimeout(this.deadline)
     if (this.stopped) return
     this.stopped = true
-    this.events.closed(null)
+    this.events.closed(null, auth)
   }
 
   stop () {
@@ -335,6 +380,7 @@ class WsTransport {
         if (sub === syncProtocol.messageYjsSyncStep2) {
           p._unsent = []
           p._setSynced(true)
+          this._requestAck()
         }
         if (encoding.length(encoder) > 1) this._send(encoding.toUint8Array(encoder))
         return this._receive(decoding.readTailAsUint8Array(decoder))
@@ -350,7 +396,10 @@ class WsTransport {
         const body = decoding.createDecoder(decoding.readVarUint8Array(decoder))
         decoding.readVarUint(body) // token
         const seq = decoding.readVarUint(body)
+        if (decoding.readVarUint(body) !== 0) p.emit('write-refused', [{ seq }])
         if (seq > p.seq) p.seq = seq
+        this.ackPending = false
+        if (this.ackWanted) this._requestAck()
       } else {
         decoding.readVarUint8Array(decoder) // custom message: skipped
       }
@@ -361,6 +410,26 @@ class WsTransport {
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, MSG_SYNC)
     syncProtocol.writeUpdate(encoder, update)
+    this._send(encoding.toUint8Array(encoder))
+    this._requestAck()
+  }
+
+  // collabd's write ack: the server answers once everything sent before the request is
+  // durable, with the room's durable seq, which then becomes `.seq` (every update up to
+  // it has reached this socket before the answer). One request in flight at a time.
+  _requestAck () {
+    if (!this.ws || this.ws.readyState !== 1) return
+    if (this.ackPending) {
+      this.ackWanted = true
+      return
+    }
+    this.ackPending = true
+    this.ackWanted = false
+    const body = encoding.createEncoder()
+    encoding.writeVarUint(body, (this.ackToken = (this.ackToken || 0) + 1))
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MSG_ACK)
+    encoding.writeVarUint8Array(encoder, encoding.toUint8Array(body))
     this._send(encoding.toUint8Array(encoder))
   }
 
@@ -380,11 +449,11 @@ class HttpTransport {
     this.events = events
   }
 
-  _fail (retryAfter = null) {
+  _fail (retryAfter = null, auth = false) {
     if (this.stopped) return
     this.stopped = true
     this._stopHttp()
-    this.events.closed(retryAfter)
+    this.events.closed(retryAfter, auth)
   }
 
   _opened () {
@@ -412,7 +481,7 @@ class HttpTransport {
   }
 
   sendUpdate () {
-    this.p._flushHttp().catch(e => this._fail(e.retryAfter ?? null))
+    this.p._flushHttp().catch(e => this._fail(e.retryAfter ?? null, e.auth ?? false))
   }
 
   sendAwareness (clients) {
@@ -455,10 +524,16 @@ class SseTransport extends HttpTransport {
       this._apply(e.data)
       const seq = Number(e.lastEventId)
       if (seq > p.seq) p.seq = seq
-      p._setSynced(true)
     }
     es.addEventListener('snapshot', onDoc)
     es.addEventListener('update', onDoc)
+    // The catch-up (replay or snapshot) is done: everything up to `seq` is here.
+    es.addEventListener('synced', e => {
+      this._touch()
+      const { seq } = JSON.parse(e.data)
+      if (seq > p.seq) p.seq = seq
+      p._setSynced(true)
+    })
     es.addEventListener('awareness', e => {
       this._touch()
       awarenessProtocol.applyAwarenessUpdate(p.awareness, fromBase64(e.data), p)
@@ -466,8 +541,9 @@ class SseTransport extends HttpTransport {
     // The server's heartbeat: a stream silent for sseTimeoutMs is dead.
     es.addEventListener('ping', () => this._touch())
     this._touch()
-    // The provider reconnects itself (with ?since=), not EventSource.
-    es.onerror = () => this._fail()
+    // The provider reconnects itself (with ?since=), not EventSource. An EventSource
+    // error does not say why (the stream also ends when the token expires): unknown.
+    es.onerror = () => this._fail(null, null)
   }
 
   _touch () {
@@ -496,7 +572,7 @@ class PollTransport extends HttpTransport {
 
   start () {
     this.controller = new AbortController()
-    this._loop().catch(e => this._fail(e.retryAfter ?? null))
+    this._loop().catch(e => this._fail(e.retryAfter ?? null, e.auth ?? false))
   }
 
   stop () {
@@ -512,7 +588,8 @@ class PollTransport extends HttpTransport {
     try {
       const res = await p._fetch(p._url(path, query), { signal: this.controller.signal })
       if (!res.ok) {
-        throw Object.assign(new Error('HTTP ' + res.status), { retryAfter: retryAfterMs(res) })
+        throw Object.assign(new Error('HTTP ' + res.status),
+          { retryAfter: retryAfterMs(res), auth: res.status === 401 })
       }
       return res
     } finally {
