@@ -15,6 +15,11 @@ pub fn run_node(script: &str) {
     let status = Command::new("node")
         .arg(root.join("tests/js").join(script))
         .env("YJS_INTEROP_SERVER_BIN", env!("CARGO_BIN_EXE_collabd"))
+        // Screenshots and the like, kept after the run (not committed).
+        .env(
+            "ARTIFACT_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts"),
+        )
         .current_dir(root)
         .status()
         .expect("node must be installed");
@@ -55,4 +60,16 @@ fn a_page_on_another_origin_uses_sse_polling_and_post_in_chromium() {
         "/usr/bin/chromium missing: apt-get install chromium"
     );
     run_node("cors_browser.mjs");
+}
+
+/// The demo at `/` (demo/, bundled by build.rs) in Chromium: two pages share text,
+/// shapes and cursors; SSE and polling pages converge with them; a restart mid-edit.
+/// The screenshot of the session lands in target/tmp/artifacts/demo-two-pages.png.
+#[test]
+fn the_demo_works_in_chromium_on_every_transport_and_across_a_restart() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium missing: apt-get install chromium"
+    );
+    run_node("demo_browser.mjs");
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod cors;
+pub mod demo;
 pub mod error;
 pub mod presence;
 pub mod rooms;
@@ -40,7 +41,7 @@ pub struct AppState {
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
+    cfg.configure(demo::configure)
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(prometheus))
         .route("/ws/{room:.*}", web::get().to(websocket))
@@ -70,12 +71,6 @@ pub fn room_name(raw: &str) -> Result<Arc<str>, ApiError> {
 /// The path after `prefix`, still percent-encoded, so that `%2F` stays part of a name.
 fn raw_tail<'a>(req: &'a HttpRequest, prefix: &str) -> &'a str {
     req.uri().path().strip_prefix(prefix).unwrap_or("")
-}
-
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("../../static/index.html"))
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`, or 503 `{"status":"failing", "store": …}` once
