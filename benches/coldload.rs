@@ -89,13 +89,19 @@ fn main() {
     actix_rt::System::new().block_on(async move {
         let store: Arc<dyn Store> = store;
         let flusher = Flusher::start(store.clone(), settings.flush_interval());
-        let registry = Registry::new(store.clone(), flusher.clone(), settings.clone()).start();
-        let deps = RoomDeps {
-            store: store.clone(),
-            flusher: flusher.clone(),
-            settings: settings.clone(),
-            registry: registry.recipient(),
-        };
+        let registry = Registry::new(
+            store.clone(),
+            flusher.clone(),
+            settings.clone(),
+            Default::default(),
+        )
+        .start();
+        let deps = RoomDeps::new(
+            store.clone(),
+            flusher.clone(),
+            settings.clone(),
+            registry.recipient(),
+        );
         for (room, what) in [
             (
                 "bench/policy",

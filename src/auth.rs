@@ -66,11 +66,45 @@ impl Audience {
 /// What a request may do in the room it asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// Read, or read and write.
     pub access: Access,
     /// When the token stops being valid; `None` when auth is off (or `exp` is beyond
-    /// what the clock can represent).
+    /// what the clock can represent). A WebSocket or SSE connection ends then (close
+    /// code 4401; the stream ends).
     pub expires: Option<SystemTime>,
+    /// Who it is (the token's `sub`), for log lines and hooks.
     pub subject: Option<String>,
+}
+
+impl Grant {
+    /// Read access, without expiry or subject.
+    pub fn read() -> Grant {
+        Grant {
+            access: Access::Read,
+            expires: None,
+            subject: None,
+        }
+    }
+
+    /// Read and write access, without expiry or subject.
+    pub fn write() -> Grant {
+        Grant {
+            access: Access::Write,
+            ..Grant::read()
+        }
+    }
+
+    /// The same grant for `subject`.
+    pub fn subject(mut self, subject: impl Into<String>) -> Grant {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The same grant, ending at `at`.
+    pub fn until(mut self, at: SystemTime) -> Grant {
+        self.expires = Some(at);
+        self
+    }
 }
 
 /// Why a request was not granted; `Unauthorized` ones are 401, `Forbidden` ones 403.

@@ -396,6 +396,20 @@ settings! {
     /// Unset: `iss` is not checked, and a token may carry one or not. Needs
     /// `auth_secret`.
     token_issuer: Option<String> = None, example "https://login.example.com";
+
+    /// Longest a hook of an embedding application may run, in milliseconds.
+    ///
+    /// Applies to every hook (authenticate, load, change, connect, disconnect; see the
+    /// README's "Embedding"). A hook that runs longer fails what it was called for (the
+    /// request, the room's load) and nothing else.
+    hook_timeout_ms: u64 = 5_000;
+
+    /// Most memory the store's page cache may use, in bytes.
+    ///
+    /// sled keeps recently used pages of the op log and the snapshots in memory, up to
+    /// this. Rooms themselves are in memory while loaded, whatever this says; this bounds
+    /// the store's share. A small host (an app embedding collabd) can set it lower.
+    store_cache_bytes: u64 = 64 * 1024 * 1024;
 }
 
 /// Most threads `room_threads` and `http_workers` may ask for; more is taken for a typo
@@ -521,10 +535,11 @@ impl Settings {
     /// `sse_retry_ms` (reconnect at once), `poll_max_wait_ms` (no long polling),
     /// `awareness_tick_ms` (relay presence at once),
     /// `room_threads` and `http_workers` (one per CPU).
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("hook_timeout_ms", self.hook_timeout_ms),
             ("snapshot_every", self.snapshot_every),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("client_timeout_ms", self.client_timeout_ms),
@@ -665,6 +680,10 @@ impl Settings {
         } else {
             Err(ConfigError::Invalid(errors.join("; ")))
         }
+    }
+
+    pub fn hook_timeout(&self) -> Duration {
+        Duration::from_millis(self.hook_timeout_ms)
     }
 
     pub fn flush_interval(&self) -> Duration {

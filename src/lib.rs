@@ -33,6 +33,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod embed;
+pub mod handle;
+pub mod hooks;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -43,6 +46,8 @@ pub mod session;
 pub mod store;
 
 pub use config::Settings;
+pub use embed::{Builder, Collabd};
+pub use handle::RoomHandle;
 pub use server::Server;
 
 /// Starts the server and serves until SIGINT or SIGTERM. Call inside an actix `System`.

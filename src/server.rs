@@ -1,69 +1,40 @@
-//! Wiring: opens the store, starts the flusher, the registry and the HTTP server, and
-//! shuts them down in order.
+//! collabd on its own listener: the HTTP server in front of a [`Collabd`] (which holds
+//! the store, the flusher and the rooms), and the order of shutdown.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-use actix::{Actor, Addr};
 use actix_http::{HttpService, KeepAlive};
 use actix_service::{IntoServiceFactory, map_config};
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{AppConfig, Service, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{App, web};
-use log::{error, info, warn};
+use actix_web::App;
+use actix_web::dev::AppConfig;
+use log::info;
 
-use crate::auth::Auth;
 use crate::config::Settings;
-use crate::http::{self, AppState, cors, upgrade};
-use crate::limits::Admission;
-use crate::room::Registry;
-use crate::room::messages::ShutdownAll;
-use crate::session::OPEN_SOCKETS;
-use crate::store::Store;
-use crate::store::commit::Flusher;
-use crate::store::sled::SledStore;
+use crate::embed::Collabd;
+use crate::http::upgrade;
 
 /// How long stopping waits for connections to finish after sessions were told to close.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
 
-/// A running server. Must be created inside an actix `System`.
+/// collabd serving on its own listener. Must be created inside an actix `System`.
 pub struct Server {
     addr: SocketAddr,
     http: actix_server::ServerHandle,
-    registry: Addr<Registry>,
-    flusher: Flusher,
-    store: Arc<dyn Store>,
+    collabd: Collabd,
 }
 
 impl Server {
-    /// Opens the data directory, binds, and starts serving.
+    /// Opens the data directory, binds, and starts serving (no hooks).
     pub fn start(settings: Settings) -> io::Result<Server> {
-        let settings = Arc::new(settings);
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&settings.data_dir)
-                .map_err(|e| io::Error::other(format!("{}: {e}", settings.data_dir.display())))?,
-        );
-        let flusher = Flusher::start(store.clone(), settings.flush_interval());
-        let registry = Registry::new(store.clone(), flusher.clone(), settings.clone()).start();
-        let auth = Auth::from_settings(&settings);
-        if !auth.enabled() {
-            warn!(
-                "NO AUTH: auth_secret is not set, so anyone who can reach {} may read and \
-                 write every room. Set COLLABD_AUTH_SECRET in production.",
-                settings.bind
-            );
-        }
-        let state = AppState {
-            registry: registry.clone(),
-            settings: settings.clone(),
-            store: store.clone(),
-            admission: Admission::new(&settings),
-            auth,
-        };
+        Collabd::builder(settings).build()?.listen()
+    }
+
+    /// Binds `settings.bind` and serves `collabd` there: every route at the root, and
+    /// WebSocket sockets taken out of the HTTP/1 dispatcher after their handshake.
+    pub(crate) fn start_with(collabd: Collabd) -> io::Result<Server> {
+        let settings = collabd.settings();
         let workers = match settings.http_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -74,13 +45,14 @@ impl Server {
         // Tells idle keep-alive connections to close when shutdown starts (a client
         // reconnecting over one would reach a server that is going away).
         let shutdown_signal = builder.graceful_shutdown_signal();
+        let served = collabd.clone();
         let server = builder
             .workers(workers)
             .disable_signals()
             .shutdown_timeout(SHUTDOWN_GRACE_SECS)
             .listen("collabd", listener, move || {
-                let app_state = state.clone();
-                let make_app = move || app(app_state.clone()).into_factory();
+                let collabd = served.clone();
+                let make_app = move || App::new().service(collabd.scope("")).into_factory();
                 let shutdown_signal = shutdown_signal.clone();
                 HttpService::build()
                     .graceful_shutdown_signal(move || {
@@ -115,15 +87,18 @@ impl Server {
         Ok(Server {
             addr,
             http,
-            registry,
-            flusher,
-            store,
+            collabd,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The collabd it serves (for room handles).
+    pub fn collabd(&self) -> &Collabd {
+        &self.collabd
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
@@ -143,20 +118,12 @@ impl Server {
     /// Stops accepting, closes every session with 1001, flushes every room, and stops.
     pub async fn shutdown(self) {
         self.http.pause().await;
-        if self.registry.send(ShutdownAll).await.is_err() {
-            error!("registry gone before shutdown");
-        }
-        // WebSocket sockets left the HTTP workers' count at their handshake: give their
-        // close frames the same grace before the workers stop.
-        let deadline = Instant::now() + Duration::from_secs(SHUTDOWN_GRACE_SECS);
-        while OPEN_SOCKETS.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // WebSocket sockets left the HTTP workers' count at their handshake: their close
+        // frames get their grace (in `close_rooms`) before the workers stop.
+        let closed = self.collabd.close_rooms().await;
         self.http.stop(true).await;
-        self.flusher.shutdown();
-        match self.store.flush() {
-            Ok(()) => info!("shutdown complete, everything flushed"),
-            Err(e) => error!("final flush failed: {e}"),
+        if closed {
+            self.collabd.finish();
         }
     }
 }
@@ -176,37 +143,4 @@ fn listen(bind: &str) -> io::Result<std::net::TcpListener> {
         }
     }
     Err(last)
-}
-
-/// The actix-web app: every route, behind the CORS layer. Built once per worker for
-/// plain requests and once for upgrade requests (see [`upgrade`]).
-fn app(
-    state: AppState,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<EitherBody<impl MessageBody>>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    let allowed = state.settings.clone();
-    App::new()
-        .app_data(web::Data::new(state))
-        .configure(http::configure)
-        .wrap_fn(move |req, srv| {
-            use futures_util::future::{Either, FutureExt, ready};
-            match cors::decide(req.method(), req.headers(), &allowed.allowed_origins) {
-                cors::Decision::Serve(headers) => Either::Left(srv.call(req).map(move |res| {
-                    res.map(|mut r| {
-                        cors::add_headers(r.headers_mut(), headers);
-                        r.map_into_left_body()
-                    })
-                })),
-                cors::Decision::Answer(answer) => {
-                    Either::Right(ready(Ok(req.into_response(answer).map_into_right_body())))
-                }
-            }
-        })
 }

@@ -14,6 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::rooms::query_param;
 use crate::auth::{Access, Grant, Sub};
+use crate::hooks::{self, AuthRequest};
 use crate::limits::{Permit, Refusal};
 use crate::metrics::metrics;
 
@@ -43,14 +44,49 @@ fn token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     query_param(req, "token")
 }
 
-/// What the request's token allows in `room`, if at least `need`.
-pub fn authorize(
+/// What the request may do in `room`, if at least `need`: the host's authenticate hook
+/// decides when there is one (see [`crate::hooks`]), else the request's token.
+pub async fn authorize(
     req: &HttpRequest,
     state: &AppState,
     room: &str,
     need: Access,
 ) -> Result<Grant, ApiError> {
     let token = token(req)?;
+    if let Some(hook) = &state.hooks.authenticate {
+        let asked = AuthRequest {
+            request: req.clone(),
+            room: room.into(),
+            token,
+            need,
+            jwt: state.auth.clone(),
+        };
+        let answer = hooks::run("authenticate", state.hooks.timeout, hook(asked)).await;
+        return match answer {
+            Ok(Ok(grant)) if grant.access >= need => Ok(grant),
+            Ok(Ok(_)) => {
+                refused("auth");
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "read_only",
+                    "read access only: this needs write access",
+                ))
+            }
+            Ok(Err(refusal)) => {
+                refused("auth");
+                let status = match refusal.forbidden {
+                    true => StatusCode::FORBIDDEN,
+                    false => StatusCode::UNAUTHORIZED,
+                };
+                Err(ApiError::new(status, "hook_refused", refusal.reason))
+            }
+            Err(e) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hook_failed",
+                e.to_string(),
+            )),
+        };
+    }
     state
         .auth
         .check(token.as_deref(), room, need)
@@ -96,13 +132,13 @@ fn refusal(e: Refusal) -> ApiError {
 
 /// Everything a long-lived connection (WebSocket, SSE) passes before it starts: origin,
 /// token (read access at least), then connection limits and the admission buckets.
-pub fn admit_connection(
+pub async fn admit_connection(
     req: &HttpRequest,
     state: &AppState,
     room: &std::sync::Arc<str>,
 ) -> Result<(Grant, Permit), ApiError> {
     check_origin(req, state)?;
-    let grant = authorize(req, state, room, Access::Read)?;
+    let grant = authorize(req, state, room, Access::Read).await?;
     let permit = state.admission.admit(peer_ip(req), room).map_err(refusal)?;
     Ok((grant, permit))
 }

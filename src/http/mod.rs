@@ -37,6 +37,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub admission: Arc<Admission>,
     pub auth: Auth,
+    /// The embedding application's hooks (none for the binary).
+    pub hooks: Arc<crate::hooks::Hooks>,
+    /// Where the routes are mounted (`""`, or a host app's prefix such as `/collab`).
+    pub base: Arc<str>,
 }
 
 /// Registers every route.
@@ -52,10 +56,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Decodes and checks a room name taken from a (still percent-encoded) path.
 pub fn room_name(raw: &str) -> Result<Arc<str>, ApiError> {
+    let name = percent_decode_str(raw).decode_utf8().map_err(|_| {
+        ApiError::bad_request("bad_room_name", "room name is not UTF-8".to_string())
+    })?;
+    check_room_name(&name)
+}
+
+/// Checks a room name (already decoded): 1–256 bytes, no control characters.
+pub fn check_room_name(name: &str) -> Result<Arc<str>, ApiError> {
     let bad = |why: &str| ApiError::bad_request("bad_room_name", format!("room name {why}"));
-    let name = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| bad("is not UTF-8"))?;
     if name.is_empty() {
         return Err(bad("is empty"));
     }
@@ -68,9 +77,13 @@ pub fn room_name(raw: &str) -> Result<Arc<str>, ApiError> {
     Ok(name.into())
 }
 
-/// The path after `prefix`, still percent-encoded, so that `%2F` stays part of a name.
-fn raw_tail<'a>(req: &'a HttpRequest, prefix: &str) -> &'a str {
-    req.uri().path().strip_prefix(prefix).unwrap_or("")
+/// The path after the mount point and `prefix`, still percent-encoded, so that `%2F`
+/// stays part of a name.
+fn raw_tail<'a>(req: &'a HttpRequest, state: &AppState, prefix: &str) -> &'a str {
+    let path = req.uri().path();
+    path.strip_prefix(&*state.base)
+        .and_then(|p| p.strip_prefix(prefix))
+        .unwrap_or("")
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`, or 503 `{"status":"failing", "store": …}` once
@@ -98,67 +111,69 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /ws/{room}`: upgrade to a y-websocket session. Everything is checked here, as
-/// for any request (CORS, origin, token, admission, the room loads); the answer is the
-/// 101 carrying a [`Handoff`], which [`upgrade`] turns into a session on the socket.
-async fn websocket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let name = room_name(raw_tail(&req, "/ws/"))?;
-    let (grant, permit) = access::admit_connection(&req, &state, &name)?;
+/// for any request (CORS, origin, token, admission, the room loads). On collabd's own
+/// listener the answer is the 101 carrying a [`Handoff`], which [`upgrade`] turns into a
+/// session on the socket. Mounted in a host's app (another server owns the connection),
+/// the session reads the request body and writes the 101's streaming body instead.
+async fn websocket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = room_name(raw_tail(&req, &state, "/ws/"))?;
+    let (grant, permit) = access::admit_connection(&req, &state, &name).await?;
     actix_http::ws::verify_handshake(req.head()).map_err(|e| {
         ApiError::bad_request("bad_handshake", format!("not a WebSocket handshake: {e}"))
     })?;
-    if !upgrade::owns_socket(&req) {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::NOT_IMPLEMENTED,
-            "no_websocket_listener",
-            "WebSocket connections need collabd's own listener (crate::Server)",
-        ));
-    }
     // Loaded before the upgrade, so that `max_rooms` is an HTTP answer (503 with
     // Retry-After) rather than a session closed as soon as it opens.
     crate::room::load(&state.registry, &name).await?;
-    let mut response = HttpResponse::from(actix_http::ws::handshake_response(req.head()).finish())
-        .map_into_boxed_body();
-    response.extensions_mut().insert(Handoff {
+    let handoff = Handoff {
         room: name,
         registry: state.registry.clone(),
         settings: state.settings.clone(),
         grant,
         permit,
-    });
-    Ok(response)
+        hooks: state.hooks.clone(),
+    };
+    let mut handshake = actix_http::ws::handshake_response(req.head());
+    if upgrade::owns_socket(&req) {
+        let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
+        response.extensions_mut().insert(handoff);
+        return Ok(response);
+    }
+    use futures_util::TryStreamExt;
+    let (pipe, body) = crate::session::Pipe::new();
+    let frames = payload.into_inner().map_err(std::io::Error::other);
+    crate::session::WsSession::start_piped(pipe, Box::pin(frames), handoff);
+    let response = handshake.body(actix_web::body::BodyStream::new(body));
+    Ok(HttpResponse::from(response.map_into_boxed_body()))
 }
 
 /// `GET /rooms/{room}[/state|/json|/events|/updates|/awareness]`. Suffixes are matched on the raw
 /// path, so a room whose name ends in one of them is written with `%2F` (`a%2Fstate`).
 /// Reads of a room that does not exist answer for an empty room and create nothing.
 async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let tail = raw_tail(&req, "/rooms/");
+    let tail = raw_tail(&req, &state, "/rooms/");
     // An SSE stream is a connection, admitted in `sse::events`; the rest are requests.
-    if !tail.ends_with("/events") {
-        access::limit_request(&req, &state)?;
-    }
-    let readable = |raw: &str| {
-        let name = room_name(raw)?;
-        access::authorize(&req, &state, &name, Access::Read)?;
-        Ok::<_, ApiError>(name)
-    };
-    if let Some(raw) = tail.strip_suffix("/state") {
-        return rooms::doc_state(req.clone(), state.clone(), readable(raw)?).await;
-    }
-    if let Some(raw) = tail.strip_suffix("/json") {
-        return rooms::doc_json(state.clone(), readable(raw)?).await;
-    }
     if let Some(raw) = tail.strip_suffix("/events") {
         // Origin, token and admission are checked together in `sse::events`.
-        return sse::events(req.clone(), state, room_name(raw)?).await;
+        return sse::events(req.clone(), state.clone(), room_name(raw)?).await;
     }
-    if let Some(raw) = tail.strip_suffix("/updates") {
-        return rooms::poll(req.clone(), state.clone(), readable(raw)?).await;
+    access::limit_request(&req, &state)?;
+    let (raw, what) = ["/state", "/json", "/updates", "/awareness"]
+        .into_iter()
+        .find_map(|suffix| tail.strip_suffix(suffix).map(|raw| (raw, suffix)))
+        .unwrap_or((tail, ""));
+    let name = room_name(raw)?;
+    access::authorize(&req, &state, &name, Access::Read).await?;
+    match what {
+        "/state" => rooms::doc_state(req.clone(), state.clone(), name).await,
+        "/json" => rooms::doc_json(state.clone(), name).await,
+        "/updates" => rooms::poll(req.clone(), state.clone(), name).await,
+        "/awareness" => presence::get(state.clone(), name).await,
+        _ => rooms::info(state.clone(), name).await,
     }
-    if let Some(raw) = tail.strip_suffix("/awareness") {
-        return presence::get(state.clone(), readable(raw)?).await;
-    }
-    rooms::info(state.clone(), readable(tail)?).await
 }
 
 /// `POST /rooms/{room}/updates` and `POST /rooms/{room}/awareness`.
@@ -168,16 +183,16 @@ async fn post_room(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     access::limit_request(&req, &state)?;
-    let tail = raw_tail(&req, "/rooms/");
+    let tail = raw_tail(&req, &state, "/rooms/");
     if let Some(raw) = tail.strip_suffix("/updates") {
         let name = room_name(raw)?;
-        access::authorize(&req, &state, &name, Access::Write)?;
+        access::authorize(&req, &state, &name, Access::Write).await?;
         return rooms::post_update(req.clone(), payload, state, name).await;
     }
     if let Some(raw) = tail.strip_suffix("/awareness") {
         // Presence needs read access only, as over WebSocket.
         let name = room_name(raw)?;
-        access::authorize(&req, &state, &name, Access::Read)?;
+        access::authorize(&req, &state, &name, Access::Read).await?;
         return presence::post(req.clone(), payload, state, name).await;
     }
     Err(ApiError::new(

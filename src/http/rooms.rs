@@ -197,7 +197,14 @@ pub async fn post_update(
     if body.is_empty() {
         return Err(ApiError::bad_request("bad_update", "empty body"));
     }
-    let (_, applied) = ask(&state.registry, &room, ApplyUpdate { update: body }).await?;
+    let seq = apply(&state, &room, body).await?;
+    Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
+}
+
+/// Applies one update as the room's own writer (POST, and server code through a room
+/// handle): its seq, once durable.
+pub async fn apply(state: &AppState, room: &Arc<str>, update: Bytes) -> Result<u64, ApiError> {
+    let (_, applied) = ask(&state.registry, room, ApplyUpdate { update }).await?;
     let durable = applied.map_err(|refused| match refused {
         Refused::Invalid(_) => ApiError::bad_request("bad_update", refused.to_string()),
         Refused::TooLarge(_) => ApiError::new(
@@ -216,7 +223,7 @@ pub async fn post_update(
     })?;
     let (seq, durable) = durable;
     durable.await.map_err(|_| not_stored())?;
-    Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
+    Ok(seq)
 }
 
 /// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer

@@ -68,6 +68,7 @@ struct Live {
     expiry: std::pin::Pin<Box<actix_rt::time::Sleep>>,
     _permit: Permit,
     _gauge: ConnectionGauge,
+    _hooked: Option<crate::hooks::Hooked>,
 }
 
 impl Live {
@@ -82,7 +83,7 @@ impl Live {
                     self.queued.fetch_sub(live.bytes().len(), Ordering::Relaxed);
                     match live {
                         LiveEvent::Update { seq, .. } if seq <= self.last_id => continue,
-                        LiveEvent::Update { seq, event } => {
+                        LiveEvent::Update { seq, event, .. } => {
                             self.last_id = seq;
                             return Some(event);
                         }
@@ -132,7 +133,7 @@ pub async fn events(
     name: std::sync::Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
     let since = resume_point(&req)?;
-    let (grant, permit) = access::admit_connection(&req, &state, &name)?;
+    let (grant, permit) = access::admit_connection(&req, &state, &name).await?;
     let settings = &state.settings;
     let (tx, rx) = mpsc::channel(settings.sse_queue_events);
     let queued = Arc::new(AtomicUsize::new(0));
@@ -179,6 +180,7 @@ pub async fn events(
             .unwrap_or_default()
             .min(FOREVER)
     });
+    let hooked = crate::hooks::Hooked::enter(&state.hooks, &name, "sse", grant.subject.clone());
     let live = Live {
         events: rx,
         queued,
@@ -189,6 +191,7 @@ pub async fn events(
         last_id,
         expiry: Box::pin(actix_rt::time::sleep(expires_in)),
         _permit: permit,
+        _hooked: hooked,
         _gauge: ConnectionGauge::open("sse"),
     };
     let sent = metrics().bytes_out.with_label_values(&["sse"]);

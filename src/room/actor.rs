@@ -58,6 +58,29 @@ pub struct RoomDeps {
     pub flusher: Flusher,
     pub settings: Arc<Settings>,
     pub registry: Recipient<RoomStopped>,
+    /// The embedding application's hooks (the load hook runs here).
+    pub hooks: Arc<crate::hooks::Hooks>,
+    /// Where durable updates go for the change hook, when there is one.
+    pub(crate) changes: Option<crate::hooks::ChangeFeed>,
+}
+
+impl RoomDeps {
+    /// Deps without hooks (tests and benchmarks that run rooms by hand).
+    pub fn new(
+        store: Arc<dyn Store>,
+        flusher: Flusher,
+        settings: Arc<Settings>,
+        registry: Recipient<RoomStopped>,
+    ) -> RoomDeps {
+        RoomDeps {
+            store,
+            flusher,
+            settings,
+            registry,
+            hooks: Default::default(),
+            changes: None,
+        }
+    }
 }
 
 pub struct Room {
@@ -203,7 +226,13 @@ impl Actor for Room {
                 actix_rt::task::spawn_blocking(move || load::read(&*store, &name))
                     .into_actor(self)
                     .map(|loaded, room, ctx| match loaded {
-                        Ok(Ok(loaded)) => room.install(loaded),
+                        Ok(Ok(loaded)) => {
+                            let fresh = loaded.seq == 0 && loaded.snapshot_seq == 0;
+                            room.install(loaded);
+                            if fresh {
+                                room.seed(ctx);
+                            }
+                        }
                         Ok(Err(e)) => {
                             // The next use tries the store again.
                             error!("room {:?} failed to load: {e}", room.name);

@@ -85,8 +85,15 @@ pub struct Shutdown;
 /// (encoded once per room, shared by every stream). Updates come only once durable.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    Update { seq: u64, event: Bytes },
-    Awareness { event: Bytes },
+    /// `event` is the SSE form; `update` the update itself (for server-side followers).
+    Update {
+        seq: u64,
+        event: Bytes,
+        update: Bytes,
+    },
+    Awareness {
+        event: Bytes,
+    },
 }
 
 impl LiveEvent {

@@ -14,6 +14,7 @@ use log::{debug, error, info};
 use super::actor::{Room, RoomDeps};
 use super::messages::Shutdown;
 use crate::config::Settings;
+use crate::hooks::{ChangeFeed, Hooks};
 use crate::metrics::metrics;
 use crate::store::Store;
 use crate::store::commit::Flusher;
@@ -37,10 +38,17 @@ pub struct Registry {
     store: Arc<dyn Store>,
     flusher: Flusher,
     settings: Arc<Settings>,
+    hooks: Arc<Hooks>,
+    changes: Option<ChangeFeed>,
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, flusher: Flusher, settings: Arc<Settings>) -> Registry {
+    pub fn new(
+        store: Arc<dyn Store>,
+        flusher: Flusher,
+        settings: Arc<Settings>,
+        hooks: Arc<Hooks>,
+    ) -> Registry {
         let threads = match settings.room_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -51,9 +59,11 @@ impl Registry {
             next_arbiter: 0,
             next_room_id: 1,
             stopping: false,
+            changes: ChangeFeed::start(&hooks, store.clone()),
             store,
             flusher,
             settings,
+            hooks,
         }
     }
 
@@ -71,6 +81,8 @@ impl Registry {
             flusher: self.flusher.clone(),
             settings: self.settings.clone(),
             registry: ctx.address().recipient(),
+            hooks: self.hooks.clone(),
+            changes: self.changes.clone(),
         };
         let room_name = name.clone();
         let arbiter = self.next_arbiter();

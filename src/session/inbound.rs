@@ -1,4 +1,4 @@
-//! The read half of an owned WebSocket connection: a stream of whole client messages.
+//! The read half of a WebSocket connection: a stream of whole client messages.
 //!
 //! It reads with a buffer that exists only while a frame is in flight: an idle
 //! connection holds none, a small frame costs one small allocation, and a large frame
@@ -7,13 +7,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use futures_util::Stream;
-use tokio::net::TcpStream;
 
+use super::wire::Source;
 use crate::protocol::websocket::{self, Assembler, FrameError, Message, Parsed};
 
 /// What a read takes from the socket at least (most y-websocket frames fit).
@@ -28,9 +27,9 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
-/// Client messages from the socket, in order. Ends at EOF.
+/// Client messages from the connection, in order. Ends at EOF.
 pub struct Inbound {
-    stream: Arc<TcpStream>,
+    source: Source,
     buf: BytesMut,
     assembler: Assembler,
     max: usize,
@@ -39,9 +38,9 @@ pub struct Inbound {
 
 impl Inbound {
     /// `early`: bytes the client sent right behind its handshake, already read.
-    pub fn new(stream: Arc<TcpStream>, early: BytesMut, max_frame_bytes: usize) -> Inbound {
+    pub fn new(source: Source, early: BytesMut, max_frame_bytes: usize) -> Inbound {
         Inbound {
-            stream,
+            source,
             buf: early,
             assembler: Assembler::default(),
             max: max_frame_bytes,
@@ -86,13 +85,30 @@ impl Stream for Inbound {
                 // Nothing in flight: hold no memory while waiting.
                 this.buf = BytesMut::new();
             }
-            if let Err(e) = ready!(this.stream.poll_read_ready(cx)) {
+            let stream = match &mut this.source {
+                Source::Socket(stream) => stream,
+                Source::Chunks(chunks) => match ready!(chunks.as_mut().poll_next(cx)) {
+                    Some(Ok(chunk)) => {
+                        this.buf.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    None => {
+                        this.ended = true;
+                        return Poll::Ready(None);
+                    }
+                },
+            };
+            if let Err(e) = ready!(stream.poll_read_ready(cx)) {
                 this.ended = true;
                 return Poll::Ready(Some(Err(e.into())));
             }
             let want = need.max(this.buf.len() + READ_CHUNK) - this.buf.len();
             this.buf.reserve(want);
-            match this.stream.try_read_buf(&mut this.buf) {
+            match stream.try_read_buf(&mut this.buf) {
                 Ok(0) => {
                     this.ended = true;
                     return Poll::Ready(None);

@@ -19,6 +19,7 @@
 //! closed with [`close::RATE_LIMIT`]. A client's ping is answered with a pong carrying
 //! the same payload (RFC 6455 §5.5.2).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,8 +47,10 @@ pub use crate::protocol::close;
 
 mod inbound;
 mod outbound;
+mod wire;
 pub use inbound::{Inbound, ReadError};
 pub use outbound::{OPEN_SOCKETS, Outbound, QueueError, SessionPeer};
+pub use wire::{Pipe, PipeBody, Source, Wire};
 
 /// Everything a session needs from the handshake, carried from the HTTP handler (which
 /// checked origin, token and admission, and loaded the room) to the connection's owner.
@@ -57,6 +60,7 @@ pub struct Handoff {
     pub settings: Arc<Settings>,
     pub grant: Grant,
     pub permit: Permit,
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -91,22 +95,51 @@ pub struct WsSession {
     /// Holds this connection's admission slot and gauge until the session ends.
     _permit: Permit,
     _gauge: ConnectionGauge,
+    /// Calls the embedding application's disconnect hook when the session ends.
+    _hooked: Option<crate::hooks::Hooked>,
 }
 
 impl WsSession {
     /// Starts the session actor on a connection whose handshake is done; `early` holds
     /// what the client sent behind its handshake. Must run on the connection's thread.
     pub fn start(stream: TcpStream, early: BytesMut, handoff: Handoff) -> Addr<WsSession> {
+        let stream = Arc::new(stream);
+        WsSession::start_on(
+            Wire::Socket(stream.clone()),
+            Source::Socket(stream),
+            early,
+            handoff,
+        )
+    }
+
+    /// Starts the session on a host's HTTP connection (collabd mounted in another
+    /// actix-web app): frames come in through the request body and go out through the
+    /// pipe that feeds the 101 response's body.
+    pub fn start_piped(
+        pipe: Arc<Pipe>,
+        body: Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>>>>,
+        handoff: Handoff,
+    ) -> Addr<WsSession> {
+        WsSession::start_on(
+            Wire::Pipe(pipe),
+            Source::Chunks(body),
+            BytesMut::new(),
+            handoff,
+        )
+    }
+
+    fn start_on(wire: Wire, source: Source, early: BytesMut, handoff: Handoff) -> Addr<WsSession> {
         let Handoff {
             room,
             registry,
             settings,
             grant,
             permit,
+            hooks,
         } = handoff;
-        let stream = Arc::new(stream);
-        let out = Outbound::new(stream.clone(), &settings);
-        let inbound = Inbound::new(stream, early, settings.max_frame_bytes);
+        let hooked = crate::hooks::Hooked::enter(&hooks, &room, "websocket", grant.subject.clone());
+        let out = Outbound::new(wire, &settings);
+        let inbound = Inbound::new(source, early, settings.max_frame_bytes);
         WsSession::create(|ctx| {
             ctx.add_stream(inbound);
             WsSession {
@@ -131,6 +164,7 @@ impl WsSession {
                 subject: grant.subject,
                 _permit: permit,
                 _gauge: ConnectionGauge::open("ws"),
+                _hooked: hooked,
             }
         })
     }

@@ -17,14 +17,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix::Recipient;
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use yrs::ClientID;
 use yrs::sync::AwarenessUpdate;
@@ -37,6 +35,8 @@ use crate::protocol::websocket::{self, Head, OP_BINARY, OP_CLOSE, OP_PING, OP_PO
 use crate::room::fanout::{Peer, PeerError};
 use crate::room::messages::CloseSession;
 
+use super::wire::Wire;
+
 /// How long a closing connection waits for the client's close after sending its own; it
 /// is dropped at the latest twice this long after the close was ordered (a client that
 /// does not read never gets the close frame).
@@ -45,7 +45,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Frames per vectored write when draining a backlog (two slices each).
 const FRAMES_PER_WRITE: usize = 32;
 
-/// WebSocket connections whose socket collabd owns, open now (shutdown waits for them).
+/// WebSocket connections open now, on either wire (shutdown waits for them).
 pub static OPEN_SOCKETS: AtomicUsize = AtomicUsize::new(0);
 
 /// Why a frame was not queued.
@@ -111,10 +111,10 @@ struct State {
     closed: bool,
 }
 
-/// The write half of an owned WebSocket connection, shared by the room (pushing frames),
-/// the session (pings, pongs, close) and, while there is a backlog, the writer task.
+/// The write half of a WebSocket connection, shared by the room (pushing frames), the
+/// session (pings, pongs, close) and, while there is a backlog, the writer task.
 pub struct Outbound {
-    stream: Arc<TcpStream>,
+    wire: Wire,
     state: Mutex<State>,
     /// The connection's home thread, where its writer task runs.
     home: Handle,
@@ -124,10 +124,10 @@ pub struct Outbound {
 
 impl Outbound {
     /// Must be called on the connection's home runtime (its writer task runs there).
-    pub fn new(stream: Arc<TcpStream>, settings: &Settings) -> Arc<Outbound> {
+    pub fn new(wire: Wire, settings: &Settings) -> Arc<Outbound> {
         OPEN_SOCKETS.fetch_add(1, Ordering::Relaxed);
         Arc::new(Outbound {
-            stream,
+            wire,
             state: Mutex::new(State::default()),
             home: Handle::current(),
             max_frames: settings.outbound_queue_messages,
@@ -222,7 +222,7 @@ impl Outbound {
     ) -> Result<(), QueueError> {
         let mut slices = [IoSlice::new(&[]); 2];
         let n = frame.slices(&mut slices);
-        match self.stream.try_write_vectored(&slices[..n]) {
+        match self.wire.try_write_vectored(&slices[..n]) {
             Ok(n) if n == frame.len() => return Ok(()),
             Ok(n) => frame.written = n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -285,7 +285,7 @@ impl Outbound {
         if !state.closed {
             state.closed = true;
             self.discard(&mut state);
-            let _ = socket2::SockRef::from(&*self.stream).shutdown(Shutdown::Both);
+            self.wire.shutdown();
         }
     }
 
@@ -337,7 +337,7 @@ impl Outbound {
             for frame in state.queue.iter().take(FRAMES_PER_WRITE) {
                 used += frame.slices(&mut slices[used..]);
             }
-            let mut n = match self.stream.try_write_vectored(&slices[..used]) {
+            let mut n = match self.wire.try_write_vectored(&slices[..used]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
@@ -367,7 +367,7 @@ async fn drain(out: Arc<Outbound>) {
         loop {
             match out.write_backlog() {
                 Ok(true) => return Ok(()),
-                Ok(false) => out.stream.writable().await?,
+                Ok(false) => out.wire.writable().await?,
                 Err(e) => return Err(e),
             }
         }
@@ -381,20 +381,8 @@ async fn drain(out: Arc<Outbound>) {
 
 /// The close frame is out: half-close, wait briefly for the client's side, then shut.
 async fn finish_close(out: &Outbound) {
-    let _ = socket2::SockRef::from(&*out.stream).shutdown(Shutdown::Write);
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        let mut scratch = [0u8; 256];
-        loop {
-            out.stream.readable().await?;
-            match out.stream.try_read(&mut scratch) {
-                Ok(0) => return Ok::<_, io::Error>(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await;
+    out.wire.shutdown_write();
+    let _ = tokio::time::timeout(CLOSE_GRACE, out.wire.await_peer_close()).await;
     out.abort();
 }
 

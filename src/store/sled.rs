@@ -111,6 +111,12 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with_cache(dir, 64 * 1024 * 1024)
+    }
+
+    /// [`SledStore::open`] with sled's page cache bounded to `cache_bytes`
+    /// (`store_cache_bytes`; sled's own default is 1 GiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let existed = dir.exists();
         if existed {
             sync_tree(dir)?;
@@ -118,6 +124,7 @@ impl SledStore {
         let db = ::sled::Config::new()
             .path(dir)
             .mode(::sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes)
             .open()?;
         let log = db.open_tree("log")?;
         let snapshots = db.open_tree("snapshots")?;

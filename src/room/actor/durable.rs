@@ -21,10 +21,13 @@ impl Room {
             return;
         }
         let done = self.durability.advance(seq, flush);
+        if let Some(changes) = &self.deps.changes {
+            changes.send(&self.name, &done.published);
+        }
         if !self.streams.is_empty() {
             for (seq, update) in done.published {
                 let event = protocol::sse::event("update", Some(seq), &update);
-                self.publish(LiveEvent::Update { seq, event });
+                self.publish(LiveEvent::Update { seq, event, update });
             }
         }
         for waiter in done.answered {

@@ -10,10 +10,53 @@ use yrs::{Doc, ReadTxn, StateVector, Transact};
 
 use super::Room;
 use crate::metrics::metrics;
-use crate::protocol::close;
+use crate::protocol::{self, close};
+use crate::room::core::Refused;
 use crate::store::{Snapshot, Store, StoreError};
 
 impl Room {
+    /// A room the store knows nothing of: the embedding application's load hook may give
+    /// its first update, applied (and logged, as seq 1) before anyone is served, so that
+    /// it happens once however many clients arrive together. A hook that fails, panics or
+    /// times out leaves the room unloaded: the requests waiting for it fail, and the next
+    /// one tries again.
+    pub(super) fn seed(&mut self, ctx: &mut Context<Self>) {
+        let Some(hook) = self.deps.hooks.load.clone() else {
+            return;
+        };
+        let timeout = self.deps.hooks.timeout;
+        let asked = hook(self.name.clone());
+        ctx.wait(
+            crate::hooks::run("load", timeout, asked)
+                .into_actor(self)
+                .map(|answer, room, ctx| {
+                    let update = match answer {
+                        Ok(Ok(Some(update))) => update,
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) => {
+                            error!("room {:?}: the load hook failed: {e}", room.name);
+                            return ctx.stop();
+                        }
+                        Err(_) => return ctx.stop(),
+                    };
+                    let len = update.len();
+                    let applied = protocol::decode_update(&update)
+                        .map_err(|e| Refused::Invalid(e.to_string()))
+                        .and_then(|decoded| room.apply_update(None, decoded, len, ctx));
+                    match applied {
+                        Ok(()) => debug!("room {:?} seeded by the load hook", room.name),
+                        Err(e) => {
+                            error!(
+                                "room {:?}: the load hook's update is refused: {e}",
+                                room.name
+                            );
+                            ctx.stop();
+                        }
+                    }
+                }),
+        );
+    }
+
     /// The store failed a write or a flush: the document may hold updates the disk does
     /// not, so the room stops at once (appending nothing more, showing no further seq);
     /// clients reconnect, the room reloads from what the store really holds, and the
