@@ -64,8 +64,9 @@ async fn main() -> std::io::Result<()> {
                     ticks.insert(txn, end, &line);
                 })
                 .await;
-            if let Err(e) = written {
-                log::warn!("tick {n} not written: {e}");
+            match written {
+                Ok((seq, ())) => log::info!("tick {n} stored at seq {seq}"),
+                Err(e) => log::warn!("tick {n} not written: {e}"),
             }
         }
     });
@@ -76,6 +77,9 @@ async fn main() -> std::io::Result<()> {
             .route("/hello", web::get().to(|| async { "hello" }))
             .service(mounted.scope("/collab"))
     })
+    // A client that goes away ends its SSE stream or long poll at once (by default
+    // actix-web notices only at the stream's next write).
+    .h1_allow_half_closed(false)
     .bind(("127.0.0.1", port))?;
     for addr in server.addrs() {
         log::info!("embed example listening on {addr}: /hello, and collabd under /collab");

@@ -121,17 +121,21 @@ impl AuthRequest {
             .check(self.token.as_deref(), &self.room, self.need)
             .map_err(|denied| Refusal {
                 forbidden: denied.error.is_forbidden(),
+                code: denied.error.code(),
                 reason: denied.error.to_string(),
             })
     }
 }
 
 /// The authenticate hook's "no": 401 (who are you?) or 403 (not this), with a reason
-/// sent to the client (`{"error": "hook_refused", "message": reason}`).
+/// sent to the client (`{"error": code, "message": reason}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// 403 rather than 401.
     pub forbidden: bool,
+    /// The error code: `hook_refused`, or the JWT check's own (`token_expired` …) when
+    /// the refusal comes from [`AuthRequest::check_token`].
+    pub code: &'static str,
     /// Told to the client and logged.
     pub reason: String,
 }
@@ -141,6 +145,7 @@ impl Refusal {
     pub fn unauthorized(reason: impl Into<String>) -> Refusal {
         Refusal {
             forbidden: false,
+            code: "hook_refused",
             reason: reason.into(),
         }
     }
@@ -149,6 +154,7 @@ impl Refusal {
     pub fn forbidden(reason: impl Into<String>) -> Refusal {
         Refusal {
             forbidden: true,
+            code: "hook_refused",
             reason: reason.into(),
         }
     }

@@ -4,6 +4,23 @@
 use std::path::Path;
 use std::process::Command;
 
+/// examples/embed.rs, built: `cargo test` builds examples beside the binaries (a
+/// filtered run may not have, so it is built here if missing).
+fn embed_example() -> std::path::PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_collabd"));
+    let example = bin.with_file_name("examples").join("embed");
+    if !example.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "embed"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build --example embed failed");
+    }
+    example
+}
+
 /// Runs one script from `tests/js` against the real binary; the script asserts.
 pub fn run_node(script: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -15,6 +32,8 @@ pub fn run_node(script: &str) {
     let status = Command::new("node")
         .arg(root.join("tests/js").join(script))
         .env("YJS_INTEROP_SERVER_BIN", env!("CARGO_BIN_EXE_collabd"))
+        // `cargo test` builds the examples next to the binaries.
+        .env("EMBED_EXAMPLE_BIN", embed_example())
         // Screenshots and the like, kept after the run (not committed).
         .env(
             "ARTIFACT_DIR",
@@ -72,4 +91,12 @@ fn the_demo_works_in_chromium_on_every_transport_and_across_a_restart() {
         "/usr/bin/chromium missing: apt-get install chromium"
     );
     run_node("demo_browser.mjs");
+}
+
+/// examples/embed.rs as a stock Yjs app sees it: collabd under /collab beside the host's
+/// /hello, its authenticate hook, the server-side ticks over SSE and polling, and a
+/// kill -9 that loses no tick whose seq the host was given.
+#[test]
+fn the_embedding_example_serves_stock_clients_under_its_prefix() {
+    run_node("embed.mjs");
 }

@@ -78,7 +78,7 @@ pub async fn authorize(
                     true => StatusCode::FORBIDDEN,
                     false => StatusCode::UNAUTHORIZED,
                 };
-                Err(ApiError::new(status, "hook_refused", refusal.reason))
+                Err(ApiError::new(status, refusal.code, refusal.reason))
             }
             Err(e) => Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -127,7 +127,7 @@ async fn websocket(
     })?;
     // Loaded before the upgrade, so that `max_rooms` is an HTTP answer (503 with
     // Retry-After) rather than a session closed as soon as it opens.
-    crate::room::load(&state.registry, &name).await?;
+    crate::room::ready(&state.registry, &name).await?;
     let handoff = Handoff {
         room: name,
         registry: state.registry.clone(),

@@ -81,6 +81,20 @@ pub async fn load(
     }
 }
 
+/// The room named `name`, loaded: spawned if needed, and answering (its load, the
+/// embedding application's load hook included, is done). Unlike [`ask`], a room that
+/// fails to load is not tried again here: the caller's request fails.
+pub async fn ready(
+    registry: &Addr<Registry>,
+    name: &Arc<str>,
+) -> Result<Addr<Room>, RoomUnavailable> {
+    let room = load(registry, name).await?;
+    match room.send(messages::GetDurableSeq).await {
+        Ok(_) => Ok(room),
+        Err(_) => Err(RoomUnavailable::Down(name.clone())),
+    }
+}
+
 /// [`ask`] for reads, which never create a room: a room that is neither loaded nor in the
 /// store answers `None` (the caller answers what an empty room would), and nothing is
 /// spawned. A stored room that is not loaded is loaded, as by [`ask`].

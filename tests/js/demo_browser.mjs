@@ -157,7 +157,7 @@ run('the demo: editor, whiteboard and cursors in Chromium on every transport, ac
     // while it is down, and it comes back on the same address with the same data.
     const beforeKill = (await view(alice)).text
     await Promise.all(pages.map((page, i) => type(page, ` [${i} before]`)))
-    server.kill()
+    await server.kill()
     await until('every page notices', async () =>
       (await Promise.all(pages.map(view))).every(v => v.status !== 'connected'))
     await Promise.all(pages.map((page, i) => type(page, ` [${i} offline]`)))

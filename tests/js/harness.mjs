@@ -21,8 +21,14 @@ export function tempDataDir () {
 
 // Starts collabd; resolves with { port, stop() } once it logs its address.
 export function startServer (dataDir, bind = '127.0.0.1:0', extraArgs = []) {
-  const child = spawn(bin, ['--bind', bind, '--data-dir', dataDir, ...extraArgs], {
-    env: { ...process.env, RUST_LOG: 'info' },
+  return startProcess(bin, ['--bind', bind, '--data-dir', dataDir, ...extraArgs])
+}
+
+// Starts any program that logs "listening on 127.0.0.1:PORT" (collabd, or an app that
+// embeds it); resolves with { port, pid, logs, stop(), kill() }.
+export function startProcess (program, args = [], env = {}) {
+  const child = spawn(program, args, {
+    env: { ...process.env, RUST_LOG: 'info', ...env },
     stdio: ['ignore', 'ignore', 'pipe']
   })
   const logs = []
@@ -46,7 +52,13 @@ export function startServer (dataDir, bind = '127.0.0.1:0', extraArgs = []) {
             child.on('exit', code => code === 0 ? resolve() : reject(new Error(`exit code ${code}`)))
             child.kill('SIGTERM')
           }),
-          kill: () => child.kill('SIGKILL')
+          // SIGKILL; resolves once the process is gone.
+          kill: () => new Promise(resolve => {
+            child.removeAllListeners('exit')
+            if (child.exitCode !== null || child.signalCode !== null) return resolve()
+            child.on('exit', () => resolve())
+            child.kill('SIGKILL')
+          })
         })
       }
     })
