@@ -317,7 +317,9 @@ async fn the_load_hook_seeds_a_new_room_exactly_once_with_20_joiners() {
 
 #[actix_rt::test]
 async fn the_change_hook_hears_every_durable_seq_once_in_order_in_batches() {
-    let heard: Arc<Mutex<Vec<(u64, u64, Vec<u64>)>>> = Arc::default();
+    // Each batch as (from, to, the seqs of its updates).
+    type Heard = Vec<(u64, u64, Vec<u64>)>;
+    let heard: Arc<Mutex<Heard>> = Arc::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (log, held) = (heard.clone(), gate.clone());
     let host = Host::start(
