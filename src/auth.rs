@@ -28,20 +28,28 @@ use crate::config::Settings;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
+    /// Reading: sync, awareness, SSE, polling, state.
     Read,
+    /// Reading and writing updates.
     Write,
 }
 
 /// The claims collabd reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// The room granted: a name, or a prefix ending in `*`.
     pub room: String,
+    /// What the token allows there.
     pub perm: Access,
+    /// Expiry, in seconds since the Unix epoch (required).
     pub exp: u64,
+    /// Who holds it (logged, and passed to hooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The audience, checked when `token_audience` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+    /// The issuer, checked when `token_issuer` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
 }
@@ -50,7 +58,9 @@ pub struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Audience {
+    /// A single audience.
     One(String),
+    /// Several audiences.
     Many(Vec<String>),
 }
 
@@ -110,18 +120,25 @@ impl Grant {
 /// Why a request was not granted; `Unauthorized` ones are 401, `Forbidden` ones 403.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// No token was sent.
     #[error("a token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")]
     Missing,
+    /// The token is past its `exp`.
     #[error("the token has expired")]
     Expired,
+    /// The token is malformed or its signature is wrong.
     #[error("the token is invalid: {0}")]
     Invalid(String),
+    /// The token is for other rooms.
     #[error("the token does not grant room {0:?}")]
     WrongRoom(String),
+    /// The token allows reading only.
     #[error("the token grants read access only")]
     ReadOnly,
+    /// `aud` does not contain `token_audience`.
     #[error("the token's aud claim does not name this server's audience")]
     WrongAudience,
+    /// `iss` is not `token_issuer`.
     #[error("the token's iss claim is not this server's issuer")]
     WrongIssuer,
 }
@@ -129,6 +146,7 @@ pub enum AuthError {
 /// A refused token: why, and whose it was when the signature held (for the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
+    /// Why.
     pub error: AuthError,
     /// The `sub` claim of a token whose signature was verified; `None` for a token that
     /// is missing, forged or malformed (its claims mean nothing), or that names no one.
@@ -188,6 +206,7 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// A checker for tokens signed with `secret`; `None`: no checks, everyone may write.
     pub fn new(secret: Option<&str>) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp"]);
@@ -212,6 +231,7 @@ impl Auth {
         }
     }
 
+    /// Whether tokens are checked at all (a secret is configured).
     pub fn enabled(&self) -> bool {
         self.key.is_some()
     }

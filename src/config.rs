@@ -19,10 +19,14 @@
 //! [`Settings::load`] then checks every value alone and against the others, so that a
 //! bad combination stops the server before it binds rather than panicking or stalling.
 
+#[cfg(feature = "cli")]
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "cli")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "cli")]
 use config::Source as _;
 use serde::{Deserialize, Serialize};
 
@@ -75,9 +79,11 @@ macro_rules! settings {
         /// Values given on the command line: one flag per setting (`--bind`, `--data-dir`,
         /// …; none for `auth_secret`), documented on [`Settings`]; `None` leaves the lower
         /// layers' value in place.
+        #[cfg(feature = "cli")]
         #[derive(Debug, Default, Clone, Serialize, clap::Args)]
         pub struct Overrides {
             $(
+                $(#[doc = $doc])*
                 #[serde(skip_serializing_if = "Option::is_none")]
                 #[arg($($flag)*)]
                 #[arg(
@@ -422,8 +428,11 @@ pub const MAX_QUEUE_LEN: usize = tokio::sync::Semaphore::MAX_PERMITS;
 /// Why the settings could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file or the environment could not be read or parsed.
+    #[cfg(feature = "cli")]
     #[error("configuration: {0}")]
     Source(#[from] config::ConfigError),
+    /// A setting is out of range, or settings contradict each other.
     #[error("configuration: {0}")]
     Invalid(String),
 }
@@ -432,9 +441,11 @@ pub enum ConfigError {
 pub const DEFAULT_CONFIG_FILE: &str = "collabd.toml";
 
 /// Environment variables `COLLABD_<FIELD>` set the field.
+#[cfg(feature = "cli")]
 const ENV_PREFIX: &str = "COLLABD";
 
 /// Whether `key` names a field of [`Settings`].
+#[cfg(feature = "cli")]
 fn is_setting(key: &str) -> bool {
     Settings::NAMES.contains(&key)
 }
@@ -442,6 +453,7 @@ fn is_setting(key: &str) -> bool {
 /// Splits the `COLLABD_*` variables of `env` into those that name a setting (matched
 /// case-insensitively, as the `config` crate does) and the names of the others. Other
 /// variables are left out. A setting's value must be UTF-8.
+#[cfg(feature = "cli")]
 fn settings_in_env(
     env: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<(config::Map<String, String>, Vec<String>), ConfigError> {
@@ -466,6 +478,7 @@ fn settings_in_env(
     Ok((known, ignored))
 }
 
+#[cfg(feature = "cli")]
 impl Settings {
     /// Layers defaults, the file, the environment and `overrides`, then validates.
     /// An explicitly named file must exist; the default one is optional.
@@ -525,7 +538,9 @@ impl Settings {
         settings.validate()?;
         Ok((settings, ignored))
     }
+}
 
+impl Settings {
     /// Checks every setting alone and against the others; the error names every
     /// violation and the settings involved.
     ///
@@ -682,13 +697,16 @@ impl Settings {
         }
     }
 
+    /// `hook_timeout_ms` as a duration.
     pub fn hook_timeout(&self) -> Duration {
         Duration::from_millis(self.hook_timeout_ms)
     }
 
+    /// `flush_interval_ms` as a duration.
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
     }
+    /// `room_idle_ms` as a duration.
     pub fn room_idle(&self) -> Duration {
         Duration::from_millis(self.room_idle_ms)
     }
@@ -699,27 +717,33 @@ impl Settings {
             .min(self.outbound_queue_bytes / 2)
     }
 
+    /// `awareness_tick_ms` as a duration.
     pub fn awareness_tick(&self) -> Duration {
         Duration::from_millis(self.awareness_tick_ms)
     }
+    /// `awareness_timeout_ms` as a duration.
     pub fn awareness_timeout(&self) -> Duration {
         Duration::from_millis(self.awareness_timeout_ms)
     }
+    /// `heartbeat_interval_ms` as a duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
+    /// `sse_heartbeat_ms` as a duration.
     pub fn sse_heartbeat(&self) -> Duration {
         Duration::from_millis(self.sse_heartbeat_ms)
     }
+    /// `poll_max_wait_ms` as a duration.
     pub fn poll_max_wait(&self) -> Duration {
         Duration::from_millis(self.poll_max_wait_ms)
     }
+    /// `client_timeout_ms` as a duration.
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_timeout_ms)
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use super::*;
 

@@ -27,6 +27,9 @@ const TRANSPORTS = {
 }
 
 const $ = id => document.getElementById(id)
+// Where collabd is mounted: the page is served at its root (`/`, or `/collab/` inside a
+// host app), so every endpoint is relative to the page.
+const serverUrl = new URL('.', location.href).href.replace(/\/$/, '')
 const params = new URLSearchParams(location.search)
 const room = params.get('room') || 'demo'
 const pick = list => list[Math.floor(Math.random() * list.length)]
@@ -39,7 +42,7 @@ awareness.setLocalStateField('user', { name: params.get('name') || pick(NAMES), 
 
 let provider = null
 function connect () {
-  provider = new CollabdProvider(location.origin, room, doc, {
+  provider = new CollabdProvider(serverUrl, room, doc, {
     awareness,
     transports: TRANSPORTS[transport],
     // A demo should come back quickly after a server restart.
@@ -104,8 +107,8 @@ $('name').addEventListener('input', () => {
 })
 $('transport').value = transport
 $('transport').addEventListener('change', e => useTransport(e.target.value))
-$('ws-url').textContent = `${location.origin.replace(/^http/, 'ws')}/ws`
-fetch('/healthz').then(r => r.json()).then(h => { $('health').textContent = `Server: ${h.status}.` },
+$('ws-url').textContent = `${serverUrl.replace(/^http/, 'ws')}/ws`
+fetch('healthz').then(r => r.json()).then(h => { $('health').textContent = `Server: ${h.status}.` },
   () => { $('health').textContent = 'Server unreachable.' })
 
 // The text editor.

@@ -11,6 +11,7 @@ use super::Settings;
 /// One setting as declared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
+    /// The setting's name (its key in the file; `COLLABD_<NAME>` in the environment).
     pub name: &'static str,
     /// The doc comment, one line per `///` line (each with the space that follows `///`).
     pub doc: &'static str,
@@ -37,12 +38,14 @@ impl Declared {
     }
 
     /// The default as shown in help and in the README.
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     fn default_text(&self) -> &str {
         self.default.as_deref().unwrap_or("unset")
     }
 }
 
 /// The declaration of the setting `name`.
+#[cfg(feature = "cli")]
 fn declared(name: &str) -> &'static Declared {
     Settings::declared()
         .iter()
@@ -51,6 +54,7 @@ fn declared(name: &str) -> &'static Declared {
 }
 
 /// `-h`: the summary (without its final period, as clap has it) and the default.
+#[cfg(feature = "cli")]
 pub(super) fn flag_help(name: &str) -> String {
     let d = declared(name);
     let summary = d.summary();
@@ -59,6 +63,7 @@ pub(super) fn flag_help(name: &str) -> String {
 }
 
 /// `--help`: the whole doc and the default.
+#[cfg(feature = "cli")]
 pub(super) fn flag_long_help(name: &str) -> String {
     let d = declared(name);
     let doc = d.doc_lines().collect::<Vec<_>>().join("\n");

@@ -23,18 +23,24 @@ pub enum ClientMessage {
     SyncStep1(StateVector),
     /// An answer to our step 1, or (from y-websocket) a plain update: both are applied.
     SyncStep2(Update),
+    /// A Yjs update (sync step 2 or update).
     Update(Update),
+    /// Presence.
     Awareness(AwarenessUpdate),
+    /// A request for everyone's presence.
     QueryAwareness,
     /// Clients do not normally send auth messages; the server ignores them.
     Auth,
     /// "Tell me when what I sent so far is durable" ([`MSG_ACK`]).
     AckRequest {
+        /// The client's token, echoed in the answer.
         token: u64,
     },
     /// A tag this server does not know, with its payload.
     Custom {
+        /// The message tag.
         tag: u64,
+        /// Its payload, skipped.
         payload: Bytes,
     },
 }

@@ -47,24 +47,31 @@ pub enum ServerMessage<'a> {
     SyncStep2(&'a [u8]),
     /// A live update v1 from another writer.
     Update(&'a [u8]),
+    /// Presence.
     Awareness(AwarenessUpdate),
     /// "Send me your awareness state."
     QueryAwareness,
     /// y-protocols' permission denied, with the server's reason.
     PermissionDenied {
+        /// Why.
         reason: &'a str,
     },
     /// collabd's write ack ([`MSG_ACK`]): what the session sent before the request with
     /// `token` is durable up to `seq`; `stored` is false if something sent since the
     /// previous request was refused.
     Ack {
+        /// The request's token.
         token: u64,
+        /// The room's durable seq covering what the session sent before the request.
         seq: u64,
+        /// Everything sent since the previous request was stored (else something was refused).
         stored: bool,
     },
     /// A tag this codec does not know, with its payload.
     Custom {
+        /// The message tag.
         tag: u64,
+        /// Its payload.
         payload: &'a [u8],
     },
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /rooms/{room}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RoomInfo {
+    /// The room's name.
     pub room: String,
     /// Highest durable seq (0: nothing logged yet).
     pub seq: u64,

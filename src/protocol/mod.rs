@@ -46,9 +46,13 @@ use yrs::StateVector;
 use yrs::sync::AwarenessUpdate;
 use yrs::updates::encoder::Encode;
 
+/// Message tag: sync (y-protocols sync, three subtypes).
 pub const MSG_SYNC: u64 = 0;
+/// Message tag: awareness (presence).
 pub const MSG_AWARENESS: u64 = 1;
+/// Message tag: auth (permission denied).
 pub const MSG_AUTH: u64 = 2;
+/// Message tag: query awareness (ask for everyone's presence).
 pub const MSG_QUERY_AWARENESS: u64 = 3;
 /// collabd's write acknowledgement, outside y-protocols' 0–3 so stock clients never send
 /// it. A writer sends `[100, varbuf(varuint token)]` after its updates; once every update
@@ -62,34 +66,47 @@ pub const ACK_STORED: u64 = 0;
 /// large, missing dependencies, read-only); what was accepted is stored.
 pub const ACK_REFUSED: u64 = 1;
 
+/// Auth message: permission denied, followed by a reason.
 pub const AUTH_PERMISSION_DENIED: u64 = 0;
 
+/// Sync subtype: step 1, a state vector.
 pub const SYNC_STEP1: u64 = 0;
+/// Sync subtype: step 2, the update the other side lacks.
 pub const SYNC_STEP2: u64 = 1;
+/// Sync subtype: an update.
 pub const SYNC_UPDATE: u64 = 2;
 
 /// Why a frame was refused. Every variant means "the frame is not y-websocket".
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProtocolError {
+    /// The frame ends inside the named field.
     #[error("frame truncated: {0}")]
     Truncated(&'static str),
+    /// A varuint longer than 64 bits.
     #[error("varint too long")]
     VarintOverflow,
+    /// A sync subtype other than 0, 1 and 2.
     #[error("unknown sync message type {0}")]
     UnknownSyncType(u64),
+    /// An update yrs cannot decode.
     #[error("update does not decode: {0}")]
     BadUpdate(String),
+    /// A state vector yrs cannot decode.
     #[error("state vector does not decode: {0}")]
     BadStateVector(String),
+    /// An awareness update that is not well formed.
     #[error("awareness update invalid: {0}")]
     BadAwareness(String),
+    /// A frame with no message in it.
     #[error("empty frame")]
     Empty,
     /// Only a client's decoder refuses these: the server ignores auth messages.
     #[error("unknown auth message type {0}")]
     UnknownAuthType(u64),
+    /// An ack status other than stored or refused.
     #[error("unknown ack status {0}")]
     UnknownAckStatus(u64),
+    /// A string field that is not UTF-8.
     #[error("{0} is not UTF-8")]
     NotUtf8(&'static str),
 }

@@ -13,11 +13,17 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// Opcode: the continuation of a fragmented message.
 pub const OP_CONTINUATION: u8 = 0x0;
+/// Opcode: a text frame (collabd refuses them: y-websocket is binary).
 pub const OP_TEXT: u8 = 0x1;
+/// Opcode: a binary frame.
 pub const OP_BINARY: u8 = 0x2;
+/// Opcode: close.
 pub const OP_CLOSE: u8 = 0x8;
+/// Opcode: ping.
 pub const OP_PING: u8 = 0x9;
+/// Opcode: pong.
 pub const OP_PONG: u8 = 0xA;
 
 /// Control frames carry at most 125 bytes (§5.5).
@@ -50,6 +56,7 @@ impl Head {
         Head { bytes, len }
     }
 
+    /// The header's bytes.
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -91,8 +98,11 @@ pub fn encode_client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4])
 /// One frame from a client, unmasked.
 #[derive(Debug)]
 pub struct Frame {
+    /// The last frame of its message.
     pub fin: bool,
+    /// The opcode.
     pub opcode: u8,
+    /// The payload, unmasked.
     pub payload: Bytes,
 }
 
@@ -110,6 +120,7 @@ pub enum FrameError {
 /// What [`parse`] found at the front of the buffer.
 #[derive(Debug)]
 pub enum Parsed {
+    /// A whole frame.
     Frame(Frame),
     /// The buffer holds a prefix of a frame of this many bytes in all (header included);
     /// read more. While the header itself is incomplete this is a lower bound.
@@ -194,10 +205,13 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 /// A whole message from a client: data frames joined, control frames as they come.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message {
+    /// A whole binary message.
     Binary(Bytes),
     /// y-websocket is binary; a text message is refused, so its content is not kept.
     Text,
+    /// A ping, with its payload (answered with a pong carrying it).
     Ping(Bytes),
+    /// A pong (ignored).
     Pong,
     /// The client's close code, if it sent one.
     Close(Option<u16>),
