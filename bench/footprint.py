@@ -10,7 +10,8 @@
   default (1 GiB) and at 1 MiB: what the cache bound changes is the cache.
 
 Usage: cargo build --release && cargo build --release --no-default-features --example embed
-       taskset -c 0 python3 bench/footprint.py        (prints Markdown rows)
+       taskset -c 1 python3 bench/footprint.py     (prints Markdown rows; the server runs
+       on core SERVER_CPU, default 0, the client here on core 1)
 """
 import concurrent.futures
 import http.client
@@ -34,8 +35,10 @@ UPDATE = bytes.fromhex("01010100040101740568656c6c6f00")
 def start(args, env=None):
     data = tempfile.mkdtemp(prefix="collabd-footprint-")
     began = time.monotonic()
+    cpu = os.environ.get("SERVER_CPU", "0")
     proc = subprocess.Popen(
-        [CLI, "--bind", "127.0.0.1:0", "--data-dir", os.path.join(data, "db"), *args],
+        ["taskset", "-c", cpu, CLI, "--bind", "127.0.0.1:0",
+         "--data-dir", os.path.join(data, "db"), *args],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         env={**os.environ, "RUST_LOG": "warn,collabd::server=info", **(env or {})})
     port = None
@@ -120,7 +123,10 @@ def main():
 
     for label, cache in [("64 MiB (default)", None), ("1 GiB (sled's default)", 1 << 30),
                          ("1 MiB", 1 << 20)]:
-        args = ["--room-idle-ms", "0"]
+        # Rooms unload as soon as they are idle; the per-address HTTP rate limit is lifted
+        # (one client writes them all).
+        args = ["--room-idle-ms", "0", "--http-rate-per-ip", "1000000",
+                "--http-burst-per-ip", "1000000"]
         if cache is not None:
             args += ["--store-cache-bytes", str(cache)]
         proc, port, data, _ = start(args)
