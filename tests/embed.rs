@@ -511,3 +511,71 @@ async fn connect_and_disconnect_hooks_hear_websocket_and_sse_connections() {
     }
     host.collabd.shutdown().await;
 }
+
+/// On a host's connection the session writes through a bounded pipe: a client that does
+/// not read is closed as a slow consumer (4008) like on collabd's own listener, and the
+/// room goes on serving the others.
+#[actix_rt::test]
+async fn a_client_that_does_not_read_is_closed_on_a_hosts_connection_too() {
+    let host = Host::start(
+        |b| b,
+        |s| {
+            s.outbound_queue_bytes = 1024 * 1024;
+            s.max_frame_bytes = 1024 * 1024;
+            s.session_burst = 100_000;
+        },
+    )
+    .await;
+    let closed = || async {
+        let body = awc::Client::new()
+            .get(host.url("/collab/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("collabd_sessions_closed_total{code=\"4008\"} "))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let before = closed().await;
+    let (_, mut stalled) = awc::Client::new()
+        .ws(format!("ws://{}/collab/ws/slow", host.addr))
+        .connect()
+        .await
+        .unwrap();
+    let reader = host.client("slow", None);
+    reader.wait_synced().await;
+    // 64 KiB per update while `stalled` reads nothing: loopback buffers, the pipe and the
+    // outbound queue fill after some tens of them. Writing stops once it is closed.
+    let writer = HttpWriter::new();
+    let chunk = "x".repeat(64 * 1024);
+    let mut written = 0;
+    while closed().await == before {
+        assert!(written < 2_000, "the stalled client was never closed");
+        for _ in 0..16 {
+            let (status, _) = host
+                .post("/collab/rooms/slow/updates", writer.append("t", &chunk))
+                .await;
+            assert_eq!(status, 200);
+            written += 1;
+        }
+    }
+    // The reading client got everything; the stalled connection ends (its close frame
+    // waits behind what it never read, so it may not see one).
+    let want = written * chunk.len();
+    until("the reading client has everything", || {
+        text_of(reader.doc(), "t").len() == want
+    })
+    .await;
+    loop {
+        match actix_rt::time::timeout(PATIENCE, stalled.next()).await {
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(awc::ws::Frame::Close(_)))) => break,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => panic!("the stalled connection did not end"),
+        }
+    }
+    host.collabd.shutdown().await;
+}
