@@ -89,13 +89,8 @@ fn main() {
     actix_rt::System::new().block_on(async move {
         let store: Arc<dyn Store> = store;
         let flusher = Flusher::start(store.clone(), settings.flush_interval());
-        let registry = Registry::new(
-            store.clone(),
-            flusher.clone(),
-            settings.clone(),
-            Default::default(),
-        )
-        .start();
+        let registry =
+            Registry::without_hooks(store.clone(), flusher.clone(), settings.clone()).start();
         let deps = RoomDeps::new(
             store.clone(),
             flusher.clone(),

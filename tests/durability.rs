@@ -272,13 +272,7 @@ mod power {
         let memory = Arc::new(MemoryStore::new());
         let store: Arc<dyn Store> = memory.clone();
         let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::new(
-            store.clone(),
-            flusher.clone(),
-            settings(),
-            Default::default(),
-        )
-        .start();
+        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
         let name: Arc<str> = "power".into();
         let writer = Doc::new();
         let text = writer.get_or_insert_text("t");
@@ -307,13 +301,7 @@ mod power {
 
         // A new process over what the disk kept.
         let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::new(
-            store.clone(),
-            flusher.clone(),
-            settings(),
-            Default::default(),
-        )
-        .start();
+        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
         let (_, (state, durable)) = ask(&registry, &name, GetState).await.unwrap();
         durable.await.unwrap();
         let kept = text_of(&state.state);
@@ -346,13 +334,7 @@ mod power {
         let memory = Arc::new(MemoryStore::new());
         let store: Arc<dyn Store> = memory.clone();
         let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::new(
-            store.clone(),
-            flusher.clone(),
-            settings(),
-            Default::default(),
-        )
-        .start();
+        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
         let name: Arc<str> = "failing".into();
         let writer = Doc::new();
         let text = writer.get_or_insert_text("t");

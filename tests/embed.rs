@@ -66,6 +66,13 @@ impl Host {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The body of `GET path`, as text.
+    async fn text(&self, path: &str) -> String {
+        let mut res = awc::Client::new().get(self.url(path)).send().await.unwrap();
+        let body = res.body().limit(16 << 20).await.unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
     async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let mut res = awc::Client::new().get(self.url(path)).send().await.unwrap();
         let body = res.body().await.unwrap();
@@ -130,15 +137,7 @@ fn insert(doc: &Doc, text: &str) {
 #[actix_rt::test]
 async fn every_transport_works_under_the_prefix_beside_the_hosts_route() {
     let host = Host::start(|b| b, |_| {}).await;
-    let body = awc::Client::new()
-        .get(host.url("/hello"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    assert_eq!(&body[..], b"hello");
+    assert_eq!(host.text("/hello").await, "hello");
 
     // WebSocket through the prefix: two clients converge.
     let (a, b) = (host.client("notes", None), host.client("notes", None));
@@ -527,16 +526,9 @@ async fn a_client_that_does_not_read_is_closed_on_a_hosts_connection_too() {
     )
     .await;
     let closed = || async {
-        let body = awc::Client::new()
-            .get(host.url("/collab/metrics"))
-            .send()
+        host.text("/collab/metrics")
             .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| l.strip_prefix("collabd_sessions_closed_total{code=\"4008\"} "))
             .map_or(0.0, |v| v.parse::<f64>().unwrap())
     };

@@ -193,13 +193,8 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
         ..Settings::default()
     });
     let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-    let registry = Registry::new(
-        store.clone(),
-        flusher.clone(),
-        settings.clone(),
-        Default::default(),
-    )
-    .start();
+    let registry =
+        Registry::without_hooks(store.clone(), flusher.clone(), settings.clone()).start();
     let name: Arc<str> = "fuzz".into();
     let sink = Sink.start().recipient();
 

@@ -67,6 +67,16 @@ impl Registry {
         }
     }
 
+    /// A registry without an embedding application's hooks (tests and benchmarks that
+    /// run rooms over a store of their own).
+    pub fn without_hooks(
+        store: Arc<dyn Store>,
+        flusher: Flusher,
+        settings: Arc<Settings>,
+    ) -> Registry {
+        Registry::new(store, flusher, settings, Default::default())
+    }
+
     fn next_arbiter(&mut self) -> ArbiterHandle {
         let handle = self.arbiters[self.next_arbiter % self.arbiters.len()].handle();
         self.next_arbiter += 1;

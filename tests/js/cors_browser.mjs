@@ -3,9 +3,9 @@
 // (EventSource), polling and a POST (with its preflight) work; a page on an origin that
 // is not listed is blocked by the browser and its write changes nothing.
 import { createServer } from 'node:http'
-import { chromium } from 'playwright-core'
+import { launchChromium } from './browser.mjs'
 import * as Y from 'yjs'
-import { PATIENCE_MS, assertEqual, run, startServer, tempDataDir } from './harness.mjs'
+import { assertEqual, run, startServer, tempDataDir } from './harness.mjs'
 
 // A static page server on its own port: a distinct origin for the browser.
 function pageServer () {
@@ -67,15 +67,7 @@ run('a page on another origin uses SSE, polling and POST in Chromium', async () 
     writer.getText('t').insert(0, '!')
     return Array.from(Y.encodeStateAsUpdate(writer, before))
   }
-  const browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    // Headless, with a fresh empty profile (playwright's default); no network beyond
-    // localhost is reachable here, so background fetches are turned off.
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: PATIENCE_MS
-  })
+  const browser = await launchChromium()
   try {
     const page = await browser.newPage()
     await page.goto(allowedOrigin + '/')

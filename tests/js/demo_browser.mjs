@@ -6,7 +6,7 @@
 // $ARTIFACT_DIR/demo-two-pages.png (not committed).
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { chromium } from 'playwright-core'
+import { launchChromium } from './browser.mjs'
 import { PATIENCE_MS, assertEqual, run, startServer, tempDataDir, until } from './harness.mjs'
 
 const ROOM = 'demo/browser test'
@@ -66,13 +66,7 @@ run('the demo: editor, whiteboard and cursors in Chromium on every transport, ac
   let server = await startServer(dataDir)
   const port = server.port
   const base = `http://127.0.0.1:${port}`
-  const browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: PATIENCE_MS
-  })
+  const browser = await launchChromium()
   const errors = []
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 760 } })
