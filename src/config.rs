@@ -403,6 +403,16 @@ settings! {
     /// `auth_secret`.
     token_issuer: Option<String> = None, example "https://login.example.com";
 
+    /// PostgreSQL connection URL: when set, the op log and snapshots live in this database
+    /// instead of sled (`data_dir` is not opened).
+    ///
+    /// `postgres://user:password@host:5432/database`. The schema is created and migrated
+    /// at startup (or beforehand by `collabd migrate`). An ack means the transaction
+    /// holding the update has committed; with `synchronous_commit` or `fsync` off on the
+    /// server, collabd says at startup that a commit is not on disk. Needs the `postgres`
+    /// feature (on by default).
+    postgres_url: Option<String> = None, example "postgres://collabd@localhost:5432/collabd";
+
     /// Longest a hook of an embedding application may run, in milliseconds.
     ///
     /// Applies to every hook (authenticate, load, change, connect, disconnect; see the

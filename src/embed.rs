@@ -104,10 +104,7 @@ impl Builder {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         hooks.timeout = settings.hook_timeout();
         let settings = Arc::new(settings);
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_with_cache(&settings.data_dir, settings.store_cache_bytes)
-                .map_err(|e| io::Error::other(format!("{}: {e}", settings.data_dir.display())))?,
-        );
+        let store = open_store(&settings)?;
         let hooks = Arc::new(hooks);
         let flusher = Flusher::start(store.clone(), settings.flush_interval());
         let registry = Registry::new(
@@ -142,6 +139,25 @@ impl Builder {
             }),
         })
     }
+}
+
+/// The store the settings name: PostgreSQL when `postgres_url` is set, else sled in
+/// `data_dir`.
+fn open_store(settings: &Settings) -> io::Result<Arc<dyn Store>> {
+    if let Some(url) = &settings.postgres_url {
+        #[cfg(feature = "postgres")]
+        return crate::store::postgres::PostgresStore::open(url)
+            .map(|store| Arc::new(store) as Arc<dyn Store>)
+            .map_err(|e| io::Error::other(format!("postgres_url: {e}")));
+        #[cfg(not(feature = "postgres"))]
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("postgres_url ({url:?}) needs collabd built with the `postgres` feature"),
+        ));
+    }
+    let store = SledStore::open_with_cache(&settings.data_dir, settings.store_cache_bytes)
+        .map_err(|e| io::Error::other(format!("{}: {e}", settings.data_dir.display())))?;
+    Ok(Arc::new(store))
 }
 
 /// A running collabd: its rooms, store and settings. Cheap to clone (one `Arc`).
@@ -263,7 +279,13 @@ impl Collabd {
     /// The second half: the flusher stops and the store is flushed a last time.
     pub(crate) fn finish(&self) {
         self.inner.flusher.shutdown();
-        match self.inner.state.store.flush() {
+        // On a thread of its own: a database store's client may not block this one.
+        let store = &self.inner.state.store;
+        match std::thread::scope(|s| s.spawn(|| store.flush()).join()).unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Failed(
+                "the final flush panicked".into(),
+            ))
+        }) {
             Ok(()) => info!("shutdown complete, everything flushed"),
             Err(e) => error!("final flush failed: {e}"),
         }

@@ -24,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create or migrate the PostgreSQL schema of `postgres_url`, then exit (the server
+    /// also does this at startup; this is for operators who migrate as a separate step).
+    Migrate,
     /// Print an access token signed with the configured auth_secret
     /// (from --config, collabd.toml or COLLABD_AUTH_SECRET).
     Token {
@@ -96,6 +99,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Migrate) = cli.command {
+        return migrate(&settings);
+    }
     match actix_rt::System::new().block_on(collabd::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -103,4 +109,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "postgres")]
+fn migrate(settings: &Settings) -> ExitCode {
+    let Some(url) = settings.postgres_url.as_deref() else {
+        log::error!("postgres_url is not configured; sled needs no migration");
+        return ExitCode::from(2);
+    };
+    let migrated = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(collabd::store::StoreError::from)
+        .and_then(|mut client| collabd::store::postgres::migrate(&mut client));
+    match migrated {
+        Ok(n) => {
+            log::info!("postgres schema up to date ({n} migrations applied)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("migration failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn migrate(_: &Settings) -> ExitCode {
+    log::error!("this collabd was built without the `postgres` feature");
+    ExitCode::from(2)
 }

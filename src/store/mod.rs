@@ -81,6 +81,8 @@
 
 pub mod commit;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sled;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,12 +1,14 @@
 //! Test harness, one concern per file: the real `collabd` binary on port 0 with a temp
 //! data dir ([`server`]), a Yjs client built on yrs that speaks y-websocket over a real
 //! WebSocket ([`yclient`]), an SSE client ([`sse`]), HTTP helpers and raw TCP clients
-//! ([`http`]), a seedable rng ([`rng`]) and a room member for in-process tests ([`peer`]). Everything is re-exported here, so
+//! ([`http`]), a seedable rng ([`rng`]), a room member for in-process tests ([`peer`]) and
+//! fresh PostgreSQL databases behind a proxy that can cut them ([`pg`]). Everything is re-exported here, so
 //! `use common::*;` brings it all.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod http;
 pub mod peer;
+pub mod pg;
 pub mod rng;
 pub mod server;
 pub mod sse;
@@ -19,6 +21,8 @@ use std::time::Duration;
 pub use http::*;
 #[allow(unused_imports)]
 pub use peer::*;
+#[allow(unused_imports)]
+pub use pg::*;
 #[allow(unused_imports)]
 pub use rng::*;
 #[allow(unused_imports)]

@@ -153,21 +153,23 @@ impl Room {
     }
 
     /// Deletes records that the durable snapshot at `snapshot_seq` covers and that fall
-    /// out of the replay window.
+    /// out of the replay window, on the blocking pool (a database store deletes over the
+    /// network). Nothing waits for it: a deletion that does not happen only leaves
+    /// records the next compaction deletes.
     pub(super) fn compact(&mut self, snapshot_seq: u64) {
         let keep_from = (snapshot_seq + 1).saturating_sub(self.deps.settings.replay_window);
-        let started = Instant::now();
-        let deleted = self.deps.store.delete_before(&self.name, keep_from);
-        metrics()
-            .compaction_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match deleted {
-            Ok(n) => debug!(
-                "room {:?}: compacted {n} records before seq {keep_from}",
-                self.name
-            ),
-            Err(e) => error!("room {:?}: compaction failed: {e}", self.name),
-        }
+        let (store, name) = (self.deps.store.clone(), self.name.clone());
+        actix_rt::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let deleted = store.delete_before(&name, keep_from);
+            metrics()
+                .compaction_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match deleted {
+                Ok(n) => debug!("room {name:?}: compacted {n} records before seq {keep_from}"),
+                Err(e) => error!("room {name:?}: compaction failed: {e}"),
+            }
+        });
     }
 
     /// Stops an idle room: a snapshot (if the log grew since the last one) and a flush (if

@@ -1,0 +1,497 @@
+//! The op log in PostgreSQL (`postgres_url`), instead of sled: the same [`Store`]
+//! contract, for teams that keep their data in a database they already run and back up.
+//!
+//! # Tables (created and migrated at startup, or by `collabd migrate`)
+//!
+//! ```sql
+//! collabd_updates   (room text, seq bigint, written_at timestamptz, bytes bytea,
+//!                    primary key (room, seq))          -- one row per accepted update
+//! collabd_snapshots (room text primary key, seq bigint, written_at timestamptz,
+//!                    state bytea)                      -- the latest snapshot per room
+//! collabd_migrations (version int primary key, applied_at timestamptz)
+//! ```
+//!
+//! A room's updates by seq: `select seq, written_at, length(bytes) from collabd_updates
+//! where room = 'docs/welcome' order by seq;`
+//!
+//! # Durability and group commit
+//!
+//! An append (or a snapshot) is only remembered in memory, where reads see it at once; it
+//! costs the room's thread no I/O. [`Store::flush`] (the flusher, once per
+//! `flush_interval_ms` at most) writes everything remembered in **one transaction**,
+//! updates of every room in one `INSERT … SELECT FROM unnest(…)`, and returns once the
+//! `COMMIT` has returned: only then does a room show those seqs. Many updates of many
+//! rooms thus share one commit. What a commit is worth depends on the server:
+//! [`PostgresStore::open`] reads `synchronous_commit` and `fsync` and says plainly, at
+//! startup, when a commit is not on disk.
+//!
+//! Inserts are idempotent (`on conflict do nothing` for an update already stored,
+//! a snapshot replaced only by a newer one), so a commit whose answer was lost can be
+//! retried without harm. A flush that fails is nonetheless final, as with sled: the
+//! store refuses every later write until a restart, rooms fail and reload from what the
+//! database really holds (see the store's module docs). Surviving an outage of the
+//! database without a restart (refusing writes while it is away, reconnecting) is not
+//! done yet.
+//!
+//! Deletions of compacted records run at once, in their own statement: losing one to a
+//! crash only leaves records a later compaction deletes.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use log::{info, warn};
+use postgres::{Client, NoTls};
+
+use super::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name};
+
+/// The schema, one migration per entry, applied in order, each once.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "create table collabd_updates (
+         room text not null,
+         seq bigint not null,
+         written_at timestamptz not null default now(),
+         bytes bytea not null,
+         primary key (room, seq)
+     );
+     create table collabd_snapshots (
+         room text primary key,
+         seq bigint not null,
+         written_at timestamptz not null default now(),
+         state bytea not null
+     );",
+)];
+
+/// What waits for the next commit, visible to reads meanwhile.
+#[derive(Default)]
+struct Pending {
+    /// (room, seq) → update.
+    updates: BTreeMap<(String, u64), Vec<u8>>,
+    /// room → its newest snapshot.
+    snapshots: BTreeMap<String, Snapshot>,
+}
+
+/// The op log in PostgreSQL. Two connections: one commits (the flusher's), one reads.
+///
+/// The blocking client runs a small runtime of its own for each call, which must not
+/// happen on a thread that drives async tasks: every call happens on the flusher's
+/// thread or the blocking pool (rooms only touch memory), and what must happen on an
+/// async thread (opening, the last flush, dropping) runs on a thread of its own.
+pub struct PostgresStore {
+    writer: Mutex<Conn>,
+    reader: Mutex<Conn>,
+    pending: Mutex<Pending>,
+    /// What the flush in progress is committing (still visible to reads).
+    committing: Mutex<Pending>,
+    flushing: Mutex<()>,
+    failed: OnceLock<String>,
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        StoreError::Io(std::io::Error::other(format!("postgres: {detail}")))
+    }
+}
+
+/// A connection that is closed on a thread of its own (closing blocks).
+struct Conn(Option<Client>);
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("open until dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own and waits for it: the blocking client may not run on
+/// a thread that drives async tasks.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("a postgres call panicked"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn seq_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sql_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Applies the migrations `client`'s database lacks, one transaction each, under an
+/// advisory lock (two nodes starting together migrate once). Returns how many ran.
+pub fn migrate(client: &mut Client) -> Result<usize, StoreError> {
+    client.batch_execute(
+        "create table if not exists collabd_migrations (
+             version int primary key,
+             applied_at timestamptz not null default now()
+         )",
+    )?;
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS {
+        let mut tx = client.transaction()?;
+        // Any constant shared by every collabd: the lock lasts until the commit.
+        tx.execute("select pg_advisory_xact_lock(7061636916)", &[])?;
+        let done = tx
+            .query_opt(
+                "select 1 from collabd_migrations where version = $1",
+                &[version],
+            )?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql)?;
+            tx.execute(
+                "insert into collabd_migrations (version) values ($1)",
+                &[version],
+            )?;
+            applied += 1;
+            info!("postgres: schema migration {version} applied");
+        }
+        tx.commit()?;
+    }
+    Ok(applied)
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:pass@host:5432/db`), migrates the schema, and
+    /// says what a commit is worth on this server.
+    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        off_runtime(|| PostgresStore::open_here(url))
+    }
+
+    fn open_here(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut writer = Client::connect(url, NoTls)?;
+        let reader = Client::connect(url, NoTls)?;
+        migrate(&mut writer)?;
+        let setting = |client: &mut Client, name: &str| -> Result<String, StoreError> {
+            Ok(client.query_one(&format!("show {name}"), &[])?.get(0))
+        };
+        let synchronous = setting(&mut writer, "synchronous_commit")?;
+        let fsync = setting(&mut writer, "fsync")?;
+        if synchronous == "off" || fsync == "off" {
+            warn!(
+                "POSTGRES IS NOT DURABLE: synchronous_commit = {synchronous}, fsync = {fsync}. \
+                 An acknowledged write can be lost if the database server crashes; set both \
+                 to on for the durability collabd promises."
+            );
+        } else {
+            info!(
+                "postgres: synchronous_commit = {synchronous}, fsync = {fsync}: an ack means \
+                 the commit holding the update is on the database server's disk"
+            );
+        }
+        Ok(PostgresStore {
+            writer: Mutex::new(Conn(Some(writer))),
+            reader: Mutex::new(Conn(Some(reader))),
+            pending: Mutex::default(),
+            committing: Mutex::default(),
+            flushing: Mutex::new(()),
+            failed: OnceLock::new(),
+        })
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(why) => Err(StoreError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` over what is remembered and not yet committed: the flush in progress
+    /// first, then what came after it.
+    fn with_pending<T>(&self, mut f: impl FnMut(&Pending, Option<T>) -> Option<T>) -> Option<T> {
+        let committing = lock(&self.committing);
+        let pending = lock(&self.pending);
+        let found = f(&committing, None);
+        f(&pending, found)
+    }
+
+    fn commit(&self, batch: &Pending) -> Result<(), postgres::Error> {
+        let mut client = lock(&self.writer);
+        let mut tx = client.transaction()?;
+        if !batch.updates.is_empty() {
+            let rooms: Vec<&str> = batch.updates.keys().map(|(r, _)| r.as_str()).collect();
+            let seqs: Vec<i64> = batch.updates.keys().map(|(_, s)| sql_seq(*s)).collect();
+            let bytes: Vec<&[u8]> = batch.updates.values().map(Vec::as_slice).collect();
+            tx.execute(
+                "insert into collabd_updates (room, seq, bytes)
+                 select * from unnest($1::text[], $2::bigint[], $3::bytea[])
+                 on conflict (room, seq) do nothing",
+                &[&rooms, &seqs, &bytes],
+            )?;
+        }
+        for (room, snapshot) in &batch.snapshots {
+            tx.execute(
+                "insert into collabd_snapshots (room, seq, state) values ($1, $2, $3)
+                 on conflict (room) do update
+                   set seq = excluded.seq, state = excluded.state, written_at = now()
+                   where collabd_snapshots.seq <= excluded.seq",
+                &[room, &sql_seq(snapshot.seq), &snapshot.state],
+            )?;
+        }
+        tx.commit()
+    }
+}
+
+impl Store for PostgresStore {
+    fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.refuse_if_failed()?;
+        lock(&self.pending)
+            .updates
+            .insert((room.to_string(), seq), update.to_vec());
+        Ok(())
+    }
+
+    fn put_snapshot(&self, room: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.refuse_if_failed()?;
+        let mut pending = lock(&self.pending);
+        let newer = pending
+            .snapshots
+            .get(room)
+            .is_none_or(|s| s.seq <= snapshot.seq);
+        if newer {
+            pending.snapshots.insert(room.to_string(), snapshot.clone());
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, room: &str) -> Result<Option<Snapshot>, StoreError> {
+        let remembered = self.with_pending(|p: &Pending, found: Option<Snapshot>| {
+            p.snapshots.get(room).cloned().or(found)
+        });
+        if remembered.is_some() {
+            return Ok(remembered);
+        }
+        let row = lock(&self.reader).query_opt(
+            "select seq, state from collabd_snapshots where room = $1",
+            &[&room],
+        )?;
+        Ok(row.map(|row| Snapshot {
+            seq: seq_of(row.get(0)),
+            state: row.get(1),
+        }))
+    }
+
+    fn updates_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedUpdate>, StoreError> {
+        let rows = lock(&self.reader).query(
+            "select seq, bytes from collabd_updates where room = $1 and seq > $2
+             order by seq limit $3",
+            &[
+                &room,
+                &sql_seq(after),
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+        )?;
+        let mut found: BTreeMap<u64, Vec<u8>> = rows
+            .into_iter()
+            .map(|row| (seq_of(row.get(0)), row.get(1)))
+            .collect();
+        let from = (room.to_string(), after.saturating_add(1));
+        let to = (room.to_string(), u64::MAX);
+        self.with_pending(|p: &Pending, _: Option<()>| {
+            for ((_, seq), update) in p.updates.range(from.clone()..=to.clone()) {
+                found.insert(*seq, update.clone());
+            }
+            None
+        });
+        Ok(found
+            .into_iter()
+            .take(limit)
+            .map(|(seq, update)| LoggedUpdate { seq, update })
+            .collect())
+    }
+
+    fn first_seq(&self, room: &str) -> Result<Option<u64>, StoreError> {
+        let stored: Option<i64> = lock(&self.reader)
+            .query_one(
+                "select min(seq) from collabd_updates where room = $1",
+                &[&room],
+            )?
+            .get(0);
+        let from = (room.to_string(), 0);
+        let to = (room.to_string(), u64::MAX);
+        let remembered = self.with_pending(|p: &Pending, found: Option<u64>| {
+            let first = p
+                .updates
+                .range(from.clone()..=to.clone())
+                .next()
+                .map(|((_, s), _)| *s);
+            match (first, found) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        });
+        Ok(match (stored.map(seq_of), remembered) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    fn delete_before(&self, room: &str, seq: u64) -> Result<usize, StoreError> {
+        self.refuse_if_failed()?;
+        let stored = lock(&self.writer).execute(
+            "delete from collabd_updates where room = $1 and seq < $2",
+            &[&room, &sql_seq(seq)],
+        )?;
+        let mut pending = lock(&self.pending);
+        let before = pending.updates.len();
+        pending
+            .updates
+            .retain(|(r, s), _| r.as_str() != room || *s >= seq);
+        Ok(usize::try_from(stored).unwrap_or(usize::MAX) + before - pending.updates.len())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
+        // One flush at a time (the flusher's, and rooms' when they load).
+        let _turn = lock(&self.flushing);
+        let batch = {
+            let mut committing = lock(&self.committing);
+            let mut pending = lock(&self.pending);
+            for (key, update) in std::mem::take(&mut pending.updates) {
+                committing.updates.insert(key, update);
+            }
+            for (room, snapshot) in std::mem::take(&mut pending.snapshots) {
+                committing.snapshots.insert(room, snapshot);
+            }
+            Pending {
+                updates: committing.updates.clone(),
+                snapshots: committing.snapshots.clone(),
+            }
+        };
+        if batch.updates.is_empty() && batch.snapshots.is_empty() {
+            return Ok(());
+        }
+        match self.commit(&batch) {
+            Ok(()) => {
+                let mut committing = lock(&self.committing);
+                for key in batch.updates.keys() {
+                    committing.updates.remove(key);
+                }
+                for (room, snapshot) in &batch.snapshots {
+                    if committing
+                        .snapshots
+                        .get(room)
+                        .is_some_and(|s| s.seq == snapshot.seq)
+                    {
+                        committing.snapshots.remove(room);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("postgres commit failed: {e}");
+                let _ = self.failed.set(why.clone());
+                Err(StoreError::Failed(why))
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.get().cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh database on the machine's PostgreSQL (`COLLABD_TEST_POSTGRES`, default
+    /// `postgres://postgres@127.0.0.1:5432/postgres`), dropped afterwards.
+    struct Fresh {
+        admin: String,
+        name: String,
+        url: String,
+    }
+
+    impl Fresh {
+        fn new() -> Fresh {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let admin = std::env::var("COLLABD_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("collabd_unit_{}_{n}", std::process::id());
+            let mut client = Client::connect(&admin, NoTls).expect("PostgreSQL reachable");
+            client
+                .batch_execute(&format!("create database {name}"))
+                .unwrap();
+            let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+            Fresh { admin, name, url }
+        }
+    }
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            if let Ok(mut client) = Client::connect(&self.admin, NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "drop database if exists {} with (force)",
+                    self.name
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_the_store_contract() {
+        let db = Fresh::new();
+        let store = PostgresStore::open(&db.url).unwrap();
+        crate::store::contract::check(&store);
+    }
+
+    #[test]
+    fn a_flush_commits_every_room_in_one_transaction_and_reads_see_it_before() {
+        let db = Fresh::new();
+        let store = PostgresStore::open(&db.url).unwrap();
+        for room in 0..20 {
+            for seq in 1..=10 {
+                store.append(&format!("r{room}"), seq, b"u").unwrap();
+            }
+        }
+        // Visible before the commit.
+        assert_eq!(store.updates_after("r3", 0, 100).unwrap().len(), 10);
+        store.flush().unwrap();
+        let mut probe = Client::connect(&db.url, NoTls).unwrap();
+        // Each row's `xmin` is the transaction that inserted it.
+        let row = probe
+            .query_one(
+                "select count(*), count(distinct xmin::text) from collabd_updates",
+                &[],
+            )
+            .unwrap();
+        let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((rows, transactions), (200, 1));
+        // Reopening finds what was committed, and migrates nothing.
+        drop(store);
+        let store = PostgresStore::open(&db.url).unwrap();
+        assert_eq!(store.load("r7").unwrap().last_seq(), 10);
+        assert_eq!(migrate(&mut probe).unwrap(), 0);
+    }
+}

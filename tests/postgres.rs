@@ -1,0 +1,236 @@
+//! The op log in PostgreSQL (`--postgres-url`): the real binary on a fresh database of the
+//! machine's server. Acks mean committed and survive kill -9; seqs continue after a
+//! restart; snapshots and compaction; many updates share one commit; `collabd migrate`;
+//! a database cut away (by a TCP proxy) acknowledges nothing it did not store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+fn start(db_url: &str, dir: &tempfile::TempDir, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--postgres-url", db_url];
+    args.extend_from_slice(extra);
+    TestServer::start(dir.path(), &args)
+}
+
+/// Every acknowledged update is a row at its seq once acked, and is there after kill -9;
+/// seqs continue where they stopped; the tables read like the README says.
+#[actix_rt::test]
+async fn acks_mean_committed_rows_and_survive_kill_9() {
+    let db = FreshDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&db.url, &dir, &[]);
+    let mut acked: BTreeMap<(String, u64), String> = BTreeMap::new();
+    let writers: Vec<(String, HttpWriter)> = (0..3)
+        .map(|i| (format!("docs/r{i}"), HttpWriter::new()))
+        .collect();
+    for n in 0..30 {
+        let (room, writer) = &writers[n % 3];
+        let marker = format!("<{n}>");
+        let (status, answer) = post_update(&server, room, writer.append("t", &marker)).await;
+        assert_eq!(status, 200, "{answer}");
+        let seq = answer["seq"].as_u64().unwrap();
+        // Acked means committed: the row is there now, from another connection.
+        let row: Option<i64> = db.with(|c| {
+            c.query_opt(
+                "select seq from collabd_updates where room = $1 and seq = $2",
+                &[&room.as_str(), &(seq as i64)],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+        });
+        assert_eq!(
+            row,
+            Some(seq as i64),
+            "ack {seq} of {room} before its commit"
+        );
+        acked.insert((room.clone(), seq), marker);
+    }
+    server.kill();
+    let server = start(&db.url, &dir, &[]);
+    for (room, writer) in &writers {
+        let (doc, seq) = server.state(room).await;
+        assert_eq!(seq, 10, "{room}");
+        let text = text_of(&doc, "t");
+        for ((r, _), marker) in &acked {
+            if r == room {
+                assert!(text.contains(marker.as_str()), "{marker} lost from {room}");
+            }
+        }
+        // Seqs continue after the restart.
+        let (status, answer) = post_update(&server, room, writer.append("t", "after")).await;
+        assert_eq!((status, answer["seq"].as_u64()), (200, Some(11)));
+    }
+    let rows: i64 = db.with(|c| {
+        c.query_one("select count(*) from collabd_updates", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(rows, 33);
+}
+
+/// Many writers of many rooms at once: far fewer transactions than updates (group
+/// commit).
+#[actix_rt::test]
+async fn many_updates_of_many_rooms_share_commits() {
+    let db = FreshDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&db.url, &dir, &["--flush-interval-ms", "20"]);
+    let posts = (0..200).map(|i| {
+        let server = &server;
+        async move {
+            let writer = HttpWriter::new();
+            let room = format!("group/{}", i % 20);
+            let (status, _) =
+                post_update(server, &room, writer.append(&format!("w{i}"), "x")).await;
+            assert_eq!(status, 200);
+        }
+    });
+    futures_util::future::join_all(posts).await;
+    // Each row's `xmin` is the transaction that inserted it.
+    let (rows, transactions): (i64, i64) = db.with(|c| {
+        let row = c
+            .query_one(
+                "select count(*), count(distinct xmin::text) from collabd_updates",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    });
+    eprintln!("{rows} updates of 20 rooms in {transactions} transactions");
+    assert_eq!(rows, 200);
+    assert!(
+        transactions < 100,
+        "{transactions} transactions for 200 updates"
+    );
+}
+
+/// Snapshots land in `collabd_snapshots`, compaction deletes covered rows, a restart
+/// loads the snapshot and the rows after it exactly, and an old cursor gets the snapshot.
+#[actix_rt::test]
+async fn snapshots_and_compaction_live_in_postgres() {
+    let db = FreshDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--snapshot-every", "10", "--replay-window", "10"];
+    let mut server = start(&db.url, &dir, &args);
+    let writer = HttpWriter::new();
+    for i in 0..47 {
+        let (status, _) = post_update(&server, "snap", writer.append("t", &format!("{i},"))).await;
+        assert_eq!(status, 200);
+    }
+    let expected = text_of(&writer.doc, "t");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (snapshot_seq, first) = loop {
+        let (snap, first): (Option<i64>, Option<i64>) = db.with(|c| {
+            let snap = c
+                .query_opt("select seq from collabd_snapshots where room = 'snap'", &[])
+                .unwrap()
+                .map(|r| r.get(0));
+            let first = c
+                .query_one(
+                    "select min(seq) from collabd_updates where room = 'snap'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (snap, first)
+        });
+        if let (Some(s), Some(f)) = (snap, first)
+            && s >= 40
+            && f > 20
+        {
+            break (s, f);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot or compaction"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(first <= snapshot_seq + 1 - 10, "the replay window is kept");
+    server.kill();
+    let server = start(&db.url, &dir, &args);
+    let (doc, seq) = server.state("snap").await;
+    assert_eq!((text_of(&doc, "t"), seq), (expected.clone(), 47));
+    let mut sse = SseClient::connect(&server, "snap", Some("2")).await;
+    let event = sse.next_doc_event().await;
+    assert_eq!((event.kind.as_str(), event.id), ("snapshot", Some(47)));
+}
+
+/// `collabd migrate` creates the schema once; the server finds it ready.
+#[test]
+fn collabd_migrate_creates_the_schema_once() {
+    let db = FreshDb::new();
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
+            .arg("migrate")
+            .env("COLLABD_POSTGRES_URL", &db.url)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = c
+        .query(
+            "select version from collabd_migrations order by version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+    let tables: i64 = c
+        .query_one(
+            "select count(*) from information_schema.tables
+             where table_name in ('collabd_updates', 'collabd_snapshots')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 2);
+}
+
+/// The database cut away under writes: nothing is acknowledged that is not stored, the
+/// server says it is failing, and after a restart every acknowledged write is there.
+#[actix_rt::test]
+async fn a_database_cut_away_acknowledges_nothing_it_did_not_store() {
+    let db = FreshDb::new();
+    let proxy = Proxy::to_postgres();
+    let via = db.url_via(&proxy);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&via, &dir, &[]);
+    let writer = HttpWriter::new();
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let marker = format!("<{i}>");
+        let (status, answer) = post_update(&server, "cut", writer.append("t", &marker)).await;
+        assert_eq!(status, 200);
+        acked.push((answer["seq"].as_u64().unwrap(), marker));
+    }
+    proxy.cut();
+    let (status, answer) = post_update(&server, "cut", writer.append("t", "<lost?>")).await;
+    assert_eq!(
+        status, 503,
+        "a write the database never took was acked: {answer}"
+    );
+    let (status, health) = server.get_json("/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (503, Some("failing")));
+    server.kill();
+    proxy.restore();
+    let server = start(&via, &dir, &[]);
+    let (doc, seq) = server.state("cut").await;
+    let text = text_of(&doc, "t");
+    for (s, marker) in &acked {
+        assert!(text.contains(marker.as_str()), "acked {s} {marker} lost");
+    }
+    assert!(seq >= 10);
+}
