@@ -86,11 +86,17 @@ fn raw_tail<'a>(req: &'a HttpRequest, state: &AppState, prefix: &str) -> &'a str
         .unwrap_or("")
 }
 
-/// `GET /healthz`: 200 `{"status":"ok"}`, or 503 `{"status":"failing", "store": …}` once
-/// the store failed to make writes durable (it refuses every write until a restart).
+/// `GET /healthz`: 200 `{"status":"ok"}`; 503 `{"status":"degraded", "store": …}` while
+/// the store cannot be reached (a database away; writes are refused meanwhile); 503
+/// `{"status":"failing", "store": …}` once the store failed to make writes durable (it
+/// refuses every write until a restart).
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     match state.store.failure() {
-        None => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+        None => match state.store.unavailable() {
+            None => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+            Some(why) => HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({ "status": "degraded", "store": why })),
+        },
         Some(why) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "status": "failing", "store": why })),
     }

@@ -26,6 +26,7 @@ use crate::room::messages::{
     ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, WaitDurable,
 };
 use crate::room::{absent, ask, ask_existing};
+use crate::store::StoreError;
 
 /// A query parameter, or a 400 if the query string does not parse.
 pub fn query_param(req: &HttpRequest, key: &str) -> Result<Option<String>, ApiError> {
@@ -57,7 +58,15 @@ pub async fn catch_up(
     web::block(move || cursor::catch_up(&*store, &room, since, durable, limit))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(|e| match e {
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+            .retry_after(1),
+            e => ApiError::internal(e.to_string()),
+        })
 }
 
 /// The room's full state, once the seq it carries is durable; an empty one at seq 0 if
@@ -212,6 +221,12 @@ pub async fn apply(state: &AppState, room: &Arc<str>, update: Bytes) -> Result<u
             "document_too_large",
             refused.to_string(),
         ),
+        Refused::StoreUnavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            refused.to_string(),
+        )
+        .retry_after(1),
         Refused::MissingDependencies => ApiError::new(
             StatusCode::CONFLICT,
             "missing_dependencies",

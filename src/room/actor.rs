@@ -64,6 +64,14 @@ pub struct RoomDeps {
     pub(crate) changes: Option<crate::hooks::ChangeFeed>,
 }
 
+/// Runs a blocking store call the room must make itself (its last flush, a reload) on a
+/// thread of its own and waits: a database store's client may not run on the room's
+/// async thread. Everything else the room asks of the store is in memory or runs on the
+/// blocking pool.
+fn off_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 impl RoomDeps {
     /// Deps without hooks (tests and benchmarks that run rooms by hand).
     pub fn new(
@@ -101,6 +109,9 @@ pub struct Room {
     durability: Durability,
     /// Seq covered by the newest snapshot written.
     snapshot_seq: u64,
+    /// The oldest record the store retains, as far as this room knows (loaded, then kept
+    /// up by appends and compactions): metadata without a store read on the room thread.
+    first_seq: Option<u64>,
     /// Size of the encoded document, estimated: the last snapshot (or the loaded log)
     /// plus every update accepted since. Checked against `max_doc_bytes`.
     doc_bytes: usize,
@@ -119,6 +130,9 @@ pub struct Room {
     snapshot_running: bool,
     /// The store failed under this room: it appends nothing more and stops.
     failed: bool,
+    /// Updates were refused while the store was unavailable: once it is back, every
+    /// member is asked for what the room lacks (sync step 1).
+    resync_when_stored: bool,
     /// The room's WebSocket members and how frames reach them.
     fanout: Fanout,
     /// SSE streams, each with a bounded queue.
@@ -154,6 +168,7 @@ impl Room {
         self.durability = Durability::at(loaded.seq);
         self.snapshot_seq = loaded.snapshot_seq;
         self.doc_bytes = loaded.doc_bytes;
+        self.first_seq = loaded.first_seq;
         self.state_cache = None;
         self.json_cache = None;
     }
@@ -170,6 +185,7 @@ impl Room {
             seq: 0,
             durability: Durability::default(),
             snapshot_seq: 0,
+            first_seq: None,
             doc_bytes: 0,
             state_cache: None,
             json_cache: None,
@@ -177,6 +193,7 @@ impl Room {
             load_pending: false,
             snapshot_running: false,
             failed: false,
+            resync_when_stored: false,
             fanout: Fanout::new(room_name),
             streams: Streams::default(),
             last_activity: Instant::now(),
@@ -341,6 +358,9 @@ impl Handler<FromClient> for Room {
                                 return;
                             }
                         }
+                        Err(Refused::StoreUnavailable) => {
+                            // Not acked (`refused_since_ack`); re-synced once stored.
+                        }
                         Err(refused @ Refused::TooLarge(_)) => {
                             warn!(
                                 "room {:?}: session {session}: update refused: {refused}",
@@ -417,7 +437,7 @@ impl Handler<GetInfo> for Room {
             awareness,
             size,
             snapshot_seq: self.snapshot_seq,
-            first_seq: self.deps.store.first_seq(&self.name).ok().flatten(),
+            first_seq: self.first_seq,
         })
     }
 }

@@ -29,6 +29,10 @@ pub enum Refused {
     /// clocks it lacks, items whose neighbours it lacks, deletions of items it lacks).
     #[error("the update builds on updates this room does not have")]
     MissingDependencies,
+    /// The store cannot be reached now; nothing was applied. Writes are taken again once
+    /// it is back.
+    #[error("the store is unavailable; retry shortly")]
+    StoreUnavailable,
 }
 
 impl Refused {
@@ -38,6 +42,7 @@ impl Refused {
             Refused::Invalid(_) => "invalid",
             Refused::TooLarge(_) => "doc_too_large",
             Refused::MissingDependencies => "missing_dependencies",
+            Refused::StoreUnavailable => "store_unavailable",
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct Loaded {
     pub snapshot_seq: u64,
     /// The document's estimated encoded size: the snapshot plus the records after it.
     pub doc_bytes: usize,
+    /// The oldest retained record's seq, if any.
+    pub first_seq: Option<u64>,
 }
 
 /// Reads room `name` from `store`. It flushes first: the room will show every loaded seq
@@ -72,5 +74,6 @@ pub fn read(store: &dyn Store, name: &str) -> Result<Loaded, StoreError> {
         seq,
         snapshot_seq,
         doc_bytes,
+        first_seq: store.first_seq(name)?,
     })
 }

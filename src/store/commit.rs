@@ -12,7 +12,10 @@
 //!
 //! A failed flush is final: the store refuses every later write (see
 //! [`super::StoreError::Failed`]), and every waiting room hears of it, so no seq is shown
-//! for what may not be on disk. Nothing here depends on actix.
+//! for what may not be on disk. A store that is only unavailable
+//! ([`super::StoreError::Unavailable`]: a database that went away) keeps what it did
+//! not write; the flusher retries with exponential backoff and full jitter, and the rooms
+//! waiting hear nothing until a flush covers them. Nothing here depends on actix.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -115,8 +118,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Delay before retrying an unavailable store: full jitter over an exponential cap
+/// (100 ms doubling up to 5 s).
+fn retry_delay(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
+    let cap = cap.min(Duration::from_secs(5));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // Full jitter, from the clock's nanoseconds (random enough to spread retries).
+    cap.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
 fn run(shared: &Shared, store: &dyn Store, interval: Duration) {
     let mut last_flush: Option<Instant> = None;
+    let mut outages = 0u32;
     loop {
         let mut pending = lock(&shared.pending);
         while pending.dirty.is_empty() && !pending.stopping {
@@ -143,6 +159,7 @@ fn run(shared: &Shared, store: &dyn Store, interval: Duration) {
         last_flush = Some(started);
         match store.flush() {
             Ok(()) => {
+                outages = 0;
                 crate::metrics::metrics()
                     .oplog_flush_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -157,6 +174,35 @@ fn run(shared: &Shared, store: &dyn Store, interval: Duration) {
                         flush,
                     });
                 }
+            }
+            Err(super::StoreError::Unavailable(why)) if stopping => {
+                // Shutting down with the store away: what is not written is not durable.
+                error!("final flush {flush}: the store is unavailable ({why})");
+                for dirty in batch.into_values() {
+                    (dirty.notify)(FlushReport::Failed(why.clone()));
+                }
+                return;
+            }
+            Err(super::StoreError::Unavailable(why)) => {
+                let delay = retry_delay(outages);
+                outages += 1;
+                log::warn!(
+                    "flush {flush}: the store is unavailable ({why}); {} rooms wait, retrying in {} ms",
+                    batch.len(),
+                    delay.as_millis()
+                );
+                // Back into the queue, newest seqs kept: the next flush covers them.
+                let mut pending = lock(&shared.pending);
+                for (room, dirty) in batch {
+                    let entry = pending.dirty.entry(room).or_insert(Dirty {
+                        seq: dirty.seq,
+                        notify: dirty.notify.clone(),
+                    });
+                    entry.seq = entry.seq.max(dirty.seq);
+                }
+                drop(pending);
+                std::thread::sleep(delay);
+                continue;
             }
             Err(e) => {
                 // No retry: after a failed fsync the kernel may have marked the lost pages

@@ -128,6 +128,10 @@ pub enum StoreError {
     /// store refuses every later write and flush instead of pretending.
     #[error("the store failed to make writes durable earlier and refuses further writes: {0}")]
     Failed(String),
+    /// The store cannot be reached now (a database that went away); nothing was lost and
+    /// the flush may be retried: what it would have covered is kept and written later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("record for room {room:?} seq {seq}: {reason}")]
     Corrupt {
         room: String,
@@ -175,6 +179,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Why the store refuses writes, once a flush failed (see [`StoreError::Failed`]).
     fn failure(&self) -> Option<String> {
+        None
+    }
+
+    /// Why the store cannot be reached now, while it cannot (see
+    /// [`StoreError::Unavailable`]): rooms refuse new writes meanwhile.
+    fn unavailable(&self) -> Option<String> {
         None
     }
 

@@ -27,11 +27,19 @@
 //!
 //! Inserts are idempotent (`on conflict do nothing` for an update already stored,
 //! a snapshot replaced only by a newer one), so a commit whose answer was lost can be
-//! retried without harm. A flush that fails is nonetheless final, as with sled: the
-//! store refuses every later write until a restart, rooms fail and reload from what the
-//! database really holds (see the store's module docs). Surviving an outage of the
-//! database without a restart (refusing writes while it is away, reconnecting) is not
-//! done yet.
+//! retried without harm.
+//!
+//! # The database going away
+//!
+//! A commit that fails because the connection is gone (or the server refuses
+//! connections for now) is *not* final: what it would have written stays in memory, the
+//! store reports itself unavailable ([`Store::unavailable`]: rooms refuse new writes with
+//! 503 `store_unavailable`, WebSocket updates are not acked and their senders are re-synced
+//! once it is back, reads and live peers go on from memory), and the flusher retries with
+//! backoff and jitter, reconnecting each time. When a commit goes through, the seqs it
+//! covers are shown and writes are taken again: nothing acknowledged is lost, no seq is
+//! reused. An error the database itself reports about the data is final, as a failed
+//! fsync is with sled.
 //!
 //! Deletions of compacted records run at once, in their own statement: losing one to a
 //! crash only leaves records a later compaction deletes.
@@ -85,6 +93,9 @@ pub struct PostgresStore {
     committing: Mutex<Pending>,
     flushing: Mutex<()>,
     failed: OnceLock<String>,
+    /// Set while the last commit could not reach the database.
+    down: Mutex<Option<String>>,
+    url: String,
 }
 
 impl From<postgres::Error> for StoreError {
@@ -125,6 +136,28 @@ impl Drop for Conn {
 /// a thread that drives async tasks.
 pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("a postgres call panicked"))
+}
+
+/// Whether `e` says the database cannot be reached (now), rather than that it refused
+/// what was sent: no answer from the server, or a connection-class SQLSTATE (08…), or
+/// the server shutting down or starting (57P01–57P03).
+fn is_transient(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+    }
+}
+
+/// `e` as [`StoreError::Unavailable`] when it is transient, else as it is.
+fn transient(e: postgres::Error) -> StoreError {
+    if is_transient(&e) {
+        StoreError::Unavailable(format!("postgres: {e}"))
+    } else {
+        e.into()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,7 +241,20 @@ impl PostgresStore {
             committing: Mutex::default(),
             flushing: Mutex::new(()),
             failed: OnceLock::new(),
+            down: Mutex::new(None),
+            url: url.to_string(),
         })
+    }
+
+    /// `which` connection, reconnected first if the database closed it.
+    fn conn<'a>(&self, which: &'a Mutex<Conn>) -> Result<MutexGuard<'a, Conn>, StoreError> {
+        let mut conn = lock(which);
+        if conn.is_closed() {
+            let fresh = Client::connect(&self.url, NoTls).map_err(transient)?;
+            *conn = Conn(Some(fresh));
+            info!("postgres: reconnected");
+        }
+        Ok(conn)
     }
 
     fn refuse_if_failed(&self) -> Result<(), StoreError> {
@@ -227,8 +273,12 @@ impl PostgresStore {
         f(&pending, found)
     }
 
-    fn commit(&self, batch: &Pending) -> Result<(), postgres::Error> {
-        let mut client = lock(&self.writer);
+    fn commit(&self, batch: &Pending) -> Result<(), StoreError> {
+        let mut client = self.conn(&self.writer)?;
+        Self::commit_on(&mut client, batch).map_err(transient)
+    }
+
+    fn commit_on(client: &mut Client, batch: &Pending) -> Result<(), postgres::Error> {
         let mut tx = client.transaction()?;
         if !batch.updates.is_empty() {
             let rooms: Vec<&str> = batch.updates.keys().map(|(r, _)| r.as_str()).collect();
@@ -285,10 +335,13 @@ impl Store for PostgresStore {
         if remembered.is_some() {
             return Ok(remembered);
         }
-        let row = lock(&self.reader).query_opt(
-            "select seq, state from collabd_snapshots where room = $1",
-            &[&room],
-        )?;
+        let row = self
+            .conn(&self.reader)?
+            .query_opt(
+                "select seq, state from collabd_snapshots where room = $1",
+                &[&room],
+            )
+            .map_err(transient)?;
         Ok(row.map(|row| Snapshot {
             seq: seq_of(row.get(0)),
             state: row.get(1),
@@ -301,15 +354,18 @@ impl Store for PostgresStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LoggedUpdate>, StoreError> {
-        let rows = lock(&self.reader).query(
-            "select seq, bytes from collabd_updates where room = $1 and seq > $2
-             order by seq limit $3",
-            &[
-                &room,
-                &sql_seq(after),
-                &i64::try_from(limit).unwrap_or(i64::MAX),
-            ],
-        )?;
+        let rows = self
+            .conn(&self.reader)?
+            .query(
+                "select seq, bytes from collabd_updates where room = $1 and seq > $2
+                 order by seq limit $3",
+                &[
+                    &room,
+                    &sql_seq(after),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .map_err(transient)?;
         let mut found: BTreeMap<u64, Vec<u8>> = rows
             .into_iter()
             .map(|row| (seq_of(row.get(0)), row.get(1)))
@@ -330,11 +386,13 @@ impl Store for PostgresStore {
     }
 
     fn first_seq(&self, room: &str) -> Result<Option<u64>, StoreError> {
-        let stored: Option<i64> = lock(&self.reader)
+        let stored: Option<i64> = self
+            .conn(&self.reader)?
             .query_one(
                 "select min(seq) from collabd_updates where room = $1",
                 &[&room],
-            )?
+            )
+            .map_err(transient)?
             .get(0);
         let from = (room.to_string(), 0);
         let to = (room.to_string(), u64::MAX);
@@ -357,10 +415,13 @@ impl Store for PostgresStore {
 
     fn delete_before(&self, room: &str, seq: u64) -> Result<usize, StoreError> {
         self.refuse_if_failed()?;
-        let stored = lock(&self.writer).execute(
-            "delete from collabd_updates where room = $1 and seq < $2",
-            &[&room, &sql_seq(seq)],
-        )?;
+        let stored = self
+            .conn(&self.writer)?
+            .execute(
+                "delete from collabd_updates where room = $1 and seq < $2",
+                &[&room, &sql_seq(seq)],
+            )
+            .map_err(transient)?;
         let mut pending = lock(&self.pending);
         let before = pending.updates.len();
         pending
@@ -392,6 +453,9 @@ impl Store for PostgresStore {
         }
         match self.commit(&batch) {
             Ok(()) => {
+                if let Some(was) = lock(&self.down).take() {
+                    info!("postgres: reachable again (was: {was}); writes are taken again");
+                }
                 let mut committing = lock(&self.committing);
                 for key in batch.updates.keys() {
                     committing.updates.remove(key);
@@ -407,6 +471,11 @@ impl Store for PostgresStore {
                 }
                 Ok(())
             }
+            Err(StoreError::Unavailable(why)) => {
+                // Kept in `committing`: the next flush writes it.
+                *lock(&self.down) = Some(why.clone());
+                Err(StoreError::Unavailable(why))
+            }
             Err(e) => {
                 let why = format!("postgres commit failed: {e}");
                 let _ = self.failed.set(why.clone());
@@ -417,6 +486,10 @@ impl Store for PostgresStore {
 
     fn failure(&self) -> Option<String> {
         self.failed.get().cloned()
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        lock(&self.down).clone()
     }
 }
 

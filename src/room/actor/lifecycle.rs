@@ -158,6 +158,10 @@ impl Room {
     /// records the next compaction deletes.
     pub(super) fn compact(&mut self, snapshot_seq: u64) {
         let keep_from = (snapshot_seq + 1).saturating_sub(self.deps.settings.replay_window);
+        self.first_seq = match self.first_seq {
+            _ if keep_from > self.seq => None,
+            first => first.map(|f| f.max(keep_from)),
+        };
         let (store, name) = (self.deps.store.clone(), self.name.clone());
         actix_rt::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -244,7 +248,8 @@ impl Room {
         if self.failed {
             return;
         }
-        match self.deps.store.flush() {
+        let store = &self.deps.store;
+        match super::off_thread(|| store.flush()) {
             // A flush that starts after every write covers the latest snapshot too.
             Ok(()) => self.advance_durable(self.seq, u64::MAX),
             Err(e) => error!("room {:?}: final flush failed: {e}", self.name),
@@ -263,6 +268,15 @@ impl Room {
             self.broadcast_awareness(expired);
         }
         self.streams.prune_closed();
+        if self.resync_when_stored && self.deps.store.unavailable().is_none() {
+            self.resync_when_stored = false;
+            debug!(
+                "room {:?}: the store is back; re-syncing every member",
+                self.name
+            );
+            let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
+            self.broadcast(&step1, None);
+        }
         // Long polls that timed out leave their waiter behind.
         self.durability.prune_abandoned();
         let busy =

@@ -38,6 +38,12 @@ impl Room {
         if self.failed {
             return refused(Refused::Invalid("the room's store failed".into()));
         }
+        // Nothing is taken that could not be stored: the sender keeps it, and WebSocket
+        // members are re-synced once the store is back (see `tick`).
+        if self.deps.store.unavailable().is_some() {
+            self.resync_when_stored = true;
+            return refused(Refused::StoreUnavailable);
+        }
         let limit = self.deps.settings.max_doc_bytes;
         // Refused before it is applied when even its encoded size does not fit: a
         // client repeating such writes costs a comparison each, not a document reload.
@@ -84,6 +90,7 @@ impl Room {
             .observe(started.elapsed().as_secs_f64());
         m.updates_accepted.inc();
         self.mark_dirty();
+        self.first_seq.get_or_insert(self.seq);
         self.broadcast(&protocol::encode_update(&diff), origin);
         self.durability.appended(self.seq, Bytes::from(diff));
         if self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every {
@@ -103,7 +110,8 @@ impl Room {
 
     /// Replaces the in-memory document with what the store holds (undoing `why`).
     pub(super) fn reload_document(&mut self, why: &str) {
-        match load::read(&*self.deps.store, &self.name) {
+        let (store, name) = (&self.deps.store, &self.name);
+        match super::off_thread(|| load::read(&**store, name)) {
             Ok(fresh) => {
                 self.doc = fresh.doc;
                 self.doc_bytes = fresh.doc_bytes;
