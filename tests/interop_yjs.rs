@@ -1,6 +1,8 @@
 //! Interoperability with stock Yjs JavaScript clients (yjs + y-websocket), run with node.
 //! Needs `npm ci` once (the README's test command does it).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -22,27 +24,9 @@ fn embed_example() -> std::path::PathBuf {
 }
 
 /// Runs one script from `tests/js` against the real binary; the script asserts.
-pub fn run_node(script: &str) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        root.join("node_modules/y-websocket").exists(),
-        "node_modules missing: run `npm ci` in {}",
-        root.display()
-    );
-    let status = Command::new("node")
-        .arg(root.join("tests/js").join(script))
-        .env("YJS_INTEROP_SERVER_BIN", env!("CARGO_BIN_EXE_collabd"))
-        // `cargo test` builds the examples next to the binaries.
-        .env("EMBED_EXAMPLE_BIN", embed_example())
-        // Screenshots and the like, kept after the run (not committed).
-        .env(
-            "ARTIFACT_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts"),
-        )
-        .current_dir(root)
-        .status()
-        .expect("node must be installed");
-    assert!(status.success(), "{script} failed: {status}");
+fn run_node(script: &str) {
+    let example = embed_example();
+    common::run_node(script, &[("EMBED_EXAMPLE_BIN", example.as_os_str())]);
 }
 
 #[test]

@@ -497,7 +497,7 @@ impl Store for PostgresStore {
 mod tests {
     use super::*;
 
-    /// A fresh database on the machine's PostgreSQL (`COLLABD_TEST_POSTGRES`, default
+    /// A fresh database on the machine's PostgreSQL (`COLLABD_TEST_POSTGRES_URL`, default
     /// `postgres://postgres@127.0.0.1:5432/postgres`), dropped afterwards.
     struct Fresh {
         admin: String,
@@ -508,7 +508,7 @@ mod tests {
     impl Fresh {
         fn new() -> Fresh {
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let admin = std::env::var("COLLABD_TEST_POSTGRES")
+            let admin = std::env::var("COLLABD_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = format!("collabd_unit_{}_{n}", std::process::id());

@@ -1,12 +1,13 @@
 //! Test harness, one concern per file: the real `collabd` binary on port 0 with a temp
 //! data dir ([`server`]), a Yjs client built on yrs that speaks y-websocket over a real
 //! WebSocket ([`yclient`]), an SSE client ([`sse`]), HTTP helpers and raw TCP clients
-//! ([`http`]), a seedable rng ([`rng`]), a room member for in-process tests ([`peer`]) and
+//! ([`http`]), node for the JavaScript tests ([`node`]), a seedable rng ([`rng`]), a room member for in-process tests ([`peer`]) and
 //! fresh PostgreSQL databases behind a proxy that can cut them ([`pg`]). Everything is re-exported here, so
 //! `use common::*;` brings it all.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod http;
+pub mod node;
 pub mod peer;
 pub mod pg;
 pub mod rng;
@@ -19,6 +20,8 @@ use std::time::Duration;
 // Re-exported so `use common::*;` brings everything; a test file may use none of a part.
 #[allow(unused_imports)]
 pub use http::*;
+#[allow(unused_imports)]
+pub use node::*;
 #[allow(unused_imports)]
 pub use peer::*;
 #[allow(unused_imports)]

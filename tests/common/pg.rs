@@ -1,5 +1,5 @@
 //! PostgreSQL for the tests: a fresh database on the machine's server for each test
-//! (`COLLABD_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`),
+//! (`COLLABD_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! dropped afterwards, and a TCP proxy in front of it that a test can cut and restore
 //! (the shared server itself is never stopped).
 
@@ -22,7 +22,7 @@ pub struct FreshDb {
 impl FreshDb {
     pub fn new() -> FreshDb {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let admin = std::env::var("COLLABD_TEST_POSTGRES")
+        let admin = std::env::var("COLLABD_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let name = format!(
             "collabd_test_{}_{}",
