@@ -2,58 +2,29 @@
 """Durable appends per second with 200 concurrent writers: sled (fsynced) against
 PostgreSQL (committed), same binary, same load (BENCHMARKS.md, "Durable appends").
 
-Each writer POSTs its own keystroke-sized updates (made by yjs, `npm ci` first) to one of
-20 rooms, one at a time: the next leaves when the previous is answered, that is durable.
-The server runs on core SERVER_CPU (default 0); this client should run on another
-(`taskset -c 1`). PostgreSQL is the machine's server (COLLABD_TEST_POSTGRES_URL, default
-postgres://postgres@127.0.0.1:5432/postgres), on whatever cores it has: say so when
-comparing.
+The client is `target/release/appends` (bench/src/bin/appends.rs): 200 writers, each
+POSTing its own keystroke-sized updates to one of 20 rooms, the next only when the
+previous is answered (durable). collabd runs on core SERVER_CPU (default 0), the client
+on CLIENT_CPU (default 1). PostgreSQL is the machine's server (COLLABD_TEST_POSTGRES_URL,
+default postgres://postgres@127.0.0.1:5432/postgres), on whatever cores it has: its CPU
+competes with the client's.
 
-Usage: cargo build --release && taskset -c 1 python3 bench/appends.py [SECONDS]
+Usage: cargo build --release --workspace && python3 bench/appends.py [SECONDS]
 """
-import http.client
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "target/release/collabd")
+CLIENT = os.path.join(ROOT, "target/release/appends")
 WRITERS = 200
 ROOMS = 20
-PER_WRITER = 2000
 ADMIN = os.environ.get("COLLABD_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-
-GENERATE = r"""
-import * as Y from 'yjs'
-const [writers, per] = process.argv.slice(2).map(Number)
-const out = []
-for (let w = 0; w < writers; w++) {
-  const doc = new Y.Doc()
-  const text = doc.getText('t')
-  const updates = []
-  doc.on('update', u => updates.push(Buffer.from(u).toString('hex')))
-  for (let i = 0; i < per; i++) text.insert(text.length, 'x')
-  out.push(updates.join(' '))
-}
-process.stdout.write(out.join('\n'))
-"""
-
-
-def updates():
-    script = os.path.join(ROOT, "bench", ".generate-updates.mjs")
-    with open(script, "w") as f:
-        f.write(GENERATE)
-    try:
-        out = subprocess.check_output(["node", script, str(WRITERS), str(PER_WRITER)], cwd=ROOT)
-    finally:
-        os.remove(script)
-    return [[bytes.fromhex(u) for u in line.split()] for line in out.decode().split("\n")]
-
 
 def start(args):
     data = tempfile.mkdtemp(prefix="collabd-appends-")
@@ -78,35 +49,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(port, per_writer, seconds):
-    done = [0] * WRITERS
-    stop = time.monotonic() + seconds
-
-    def writer(w):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        room = f"appends/{w % ROOMS}"
-        for update in per_writer[w]:
-            if time.monotonic() >= stop:
-                return
-            conn.request("POST", f"/rooms/{room}/updates", body=update,
-                         headers={"content-type": "application/octet-stream"})
-            r = conn.getresponse()
-            r.read()
-            assert r.status == 200, r.status
-            done[w] += 1
-
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
-    began = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.monotonic() - began)
+def run(port, seconds):
+    out = subprocess.check_output(
+        ["taskset", "-c", os.environ.get("CLIENT_CPU", "1"), CLIENT,
+         "--url", f"http://127.0.0.1:{port}", "--writers", str(WRITERS),
+         "--rooms", str(ROOMS), "--duration", str(seconds)])
+    return json.loads(out)
 
 
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10
-    per_writer = updates()
     db = f"collabd_bench_{os.getpid()}"
     subprocess.run(["psql", ADMIN, "-qc", f"create database {db}"], check=True)
     try:
@@ -114,13 +66,16 @@ def main():
                             ("PostgreSQL (committed)", ["--postgres-url", ADMIN.rsplit("/", 1)[0] + "/" + db])]:
             proc, port, data = start(args)
             cpu_before = cpu_seconds(proc.pid)
-            rate = run(port, per_writer, seconds)
+            report = run(port, seconds)
             cpu = cpu_seconds(proc.pid) - cpu_before
+            rate = report["appends_per_sec"]
+            assert report["failures"] == 0, report
             proc.terminate()
             proc.wait()
             shutil.rmtree(data, ignore_errors=True)
-            print(f"| {label} | {rate:,.0f} durable appends/s | collabd CPU "
-                  f"{cpu / (rate * seconds) * 1e6:.0f} µs per append |")
+            print(f"| {label} | {rate:,.0f} | {report['latency_us_p50'] / 1000:.1f} ms | "
+                  f"{report['latency_us_p99'] / 1000:.1f} ms | "
+                  f"{cpu / report['appends'] * 1e6:.0f} µs |")
     finally:
         subprocess.run(["psql", ADMIN, "-qc", f"drop database if exists {db} with (force)"])
 
