@@ -267,6 +267,59 @@ mod power {
         text.get_string(&doc.transact())
     }
 
+    /// A store that cannot be reached (a database away): the write taken before is acked
+    /// only once it is stored; writes meanwhile are refused, not taken; then resumed.
+    #[actix_rt::test]
+    async fn an_unavailable_store_refuses_writes_and_acks_only_what_it_stored() {
+        let memory = Arc::new(MemoryStore::new());
+        let store: Arc<dyn Store> = memory.clone();
+        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
+        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
+        let name: Arc<str> = "away".into();
+        let writer = Doc::new();
+        let text = writer.get_or_insert_text("t");
+        let mut next = |chunk: &str| {
+            let mut txn = writer.transact_mut();
+            text.push(&mut txn, chunk);
+            Bytes::from(txn.encode_update_v1())
+        };
+        let first = next("a");
+        let (_, applied) = ask(&registry, &name, ApplyUpdate { update: first })
+            .await
+            .unwrap();
+        applied.unwrap().1.await.unwrap();
+
+        memory.set_unavailable(Some("database away"));
+        // Taken before the store was known to be away: its ack waits.
+        let taken = next("b");
+        let (_, applied) = ask(&registry, &name, ApplyUpdate { update: taken })
+            .await
+            .unwrap();
+        let (seq, mut durable) = applied.unwrap();
+        assert_eq!(seq, 2);
+        // The flush fails, the store says so; the next write is refused.
+        while store.unavailable().is_none() {
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(matches!(
+            durable.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        let refused = next("c");
+        let (_, applied) = ask(&registry, &name, ApplyUpdate { update: refused })
+            .await
+            .unwrap();
+        assert!(matches!(
+            applied,
+            Err(collabd::room::actor::Refused::StoreUnavailable)
+        ));
+
+        memory.set_unavailable(None);
+        assert!(durable.await.unwrap() >= 2, "acked once stored");
+        assert_eq!(memory.load("away").unwrap().last_seq(), 2);
+        flusher.shutdown();
+    }
+
     #[actix_rt::test]
     async fn a_power_cut_loses_nothing_acknowledged() {
         let memory = Arc::new(MemoryStore::new());

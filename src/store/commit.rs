@@ -254,6 +254,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unavailable_store_is_retried_and_its_rooms_hear_only_success() {
+        let store = Arc::new(MemoryStore::new());
+        store.set_unavailable(Some("database away"));
+        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
+        let (notify, reports) = reporter();
+        flusher.mark(1, 5, &notify);
+        flusher.mark(2, 3, &notify);
+        // Nothing is reported while the store is away: no ack, and no failure either.
+        assert!(reports.recv_timeout(Duration::from_millis(300)).is_err());
+        assert!(store.failure().is_none());
+        store.append("r", 6, b"x").unwrap();
+        flusher.mark(1, 6, &notify);
+        store.set_unavailable(None);
+        let mut heard: Vec<u64> = (0..2)
+            .map(
+                |_| match reports.recv_timeout(Duration::from_secs(20)).unwrap() {
+                    FlushReport::Durable { seq, .. } => seq,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        heard.sort();
+        assert_eq!(heard, [3, 6], "each room once, with its newest seq");
+        assert_eq!(store.load("r").unwrap().last_seq(), 6);
+        flusher.shutdown();
+    }
+
+    #[test]
     fn a_failed_flush_is_reported_and_never_retried_into_success() {
         let store = Arc::new(MemoryStore::new());
         store.fail_flushes("disk on fire");

@@ -24,6 +24,11 @@ struct Disk {
     fail_next_flush: Option<String>,
     /// Set once a flush failed: every later write and flush is refused.
     failed: Option<String>,
+    /// Set by [`MemoryStore::set_unavailable`]: flushes fail without harm until cleared.
+    unavailable: Option<String>,
+    /// What [`Store::unavailable`] says: set by a flush that failed so, cleared by one
+    /// that succeeds (as a database store learns of an outage: by failing to commit).
+    known_unavailable: Option<String>,
 }
 
 /// Keeps every room in maps behind one mutex.
@@ -47,6 +52,13 @@ impl MemoryStore {
     /// Makes the next flush fail with `reason` (and the store refuse writes after it).
     pub fn fail_flushes(&self, reason: &str) {
         self.lock().fail_next_flush = Some(reason.to_string());
+    }
+
+    /// Models a database that went away (`Some`) or came back (`None`): meanwhile flushes
+    /// answer [`StoreError::Unavailable`] and keep what they did not make durable, and
+    /// once one has, the store reports itself unavailable until a flush succeeds.
+    pub fn set_unavailable(&self, why: Option<&str>) {
+        self.lock().unavailable = why.map(String::from);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Disk> {
@@ -118,6 +130,10 @@ impl Store for MemoryStore {
         self.lock().failed.clone()
     }
 
+    fn unavailable(&self) -> Option<String> {
+        self.lock().known_unavailable.clone()
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let mut disk = self.lock();
         if let Some(reason) = disk.fail_next_flush.take() {
@@ -126,6 +142,11 @@ impl Store for MemoryStore {
         if let Some(reason) = &disk.failed {
             return Err(StoreError::Failed(reason.clone()));
         }
+        if let Some(why) = disk.unavailable.clone() {
+            disk.known_unavailable = Some(why.clone());
+            return Err(StoreError::Unavailable(why));
+        }
+        disk.known_unavailable = None;
         disk.durable = disk.written.clone();
         Ok(())
     }

@@ -59,6 +59,10 @@
 //!   pages and marked them clean, so a retry could "succeed" without the data; instead
 //!   every room waiting on it fails (sessions closed with 1011, waiters answered 503) and
 //!   no room loads again until the process restarts and reads what the disk really has.
+//! - A store that is only *unavailable* (a database that went away; sled never is) is
+//!   another matter: its flush answers [`StoreError::Unavailable`], keeps what it did not
+//!   write, and the flusher retries; rooms refuse new writes while
+//!   [`Store::unavailable`] says so, and no seq is shown before a flush covers it.
 //! - A flush with nothing written since the last one costs nothing (no fsync): rooms
 //!   flush when they load and when they stop, which is free when they only served reads.
 //!
