@@ -278,7 +278,7 @@ mod power {
         let name: Arc<str> = "away".into();
         let writer = Doc::new();
         let text = writer.get_or_insert_text("t");
-        let mut next = |chunk: &str| {
+        let next = |chunk: &str| {
             let mut txn = writer.transact_mut();
             text.push(&mut txn, chunk);
             Bytes::from(txn.encode_update_v1())
