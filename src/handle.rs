@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, Transact, TransactionMut, Update};
+use yrs::{Doc, Transact, TransactionMut, Update};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -144,17 +144,21 @@ impl RoomHandle {
     {
         let current = self.state().await?;
         let doc = Doc::with_client_id(client.get());
-        let before = {
-            let mut txn = doc.transact_mut();
+        {
             let update = Update::decode_v1(&current.update)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            txn.apply_update(update)
+            doc.transact_mut()
+                .apply_update(update)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            txn.state_vector()
+        }
+        // What this transaction did, insertions and deletions alike (a deletion alone
+        // leaves the state vector as it was).
+        let (answer, diff) = {
+            let mut txn = doc.transact_mut();
+            let answer = change(&mut txn);
+            (answer, txn.encode_update_v1())
         };
-        let answer = change(&mut doc.transact_mut());
-        let diff = doc.transact().encode_state_as_update_v1(&before);
-        if doc.transact().state_vector() == before {
+        if Update::decode_v1(&diff).is_ok_and(|u| u.is_empty()) {
             return Ok((current.seq, answer));
         }
         let seq = self.apply_update(diff).await?;

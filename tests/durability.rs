@@ -248,6 +248,24 @@ mod power {
     use yrs::updates::decoder::Decode;
     use yrs::{Doc, GetString, Text, Transact, Update};
 
+    /// The room machinery over `store`, wired as the server wires it (1 ms group commit).
+    fn rooms(store: &Arc<dyn Store>) -> (Flusher, actix::Addr<Registry>) {
+        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
+        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
+        (flusher, registry)
+    }
+
+    /// A writer: each call appends `chunk` to the text `t` and returns that update.
+    fn writer() -> impl Fn(&str) -> Bytes {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        move |chunk| {
+            let mut txn = doc.transact_mut();
+            text.push(&mut txn, chunk);
+            Bytes::from(txn.encode_update_v1())
+        }
+    }
+
     fn settings() -> Arc<Settings> {
         // Snapshots and compaction every few updates, so a cut can fall between a
         // snapshot, its flush and the deletion of the records it replaces.
@@ -273,16 +291,9 @@ mod power {
     async fn an_unavailable_store_refuses_writes_and_acks_only_what_it_stored() {
         let memory = Arc::new(MemoryStore::new());
         let store: Arc<dyn Store> = memory.clone();
-        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
+        let (flusher, registry) = rooms(&store);
         let name: Arc<str> = "away".into();
-        let writer = Doc::new();
-        let text = writer.get_or_insert_text("t");
-        let next = |chunk: &str| {
-            let mut txn = writer.transact_mut();
-            text.push(&mut txn, chunk);
-            Bytes::from(txn.encode_update_v1())
-        };
+        let next = writer();
         let first = next("a");
         let (_, applied) = ask(&registry, &name, ApplyUpdate { update: first })
             .await
@@ -324,8 +335,7 @@ mod power {
     async fn a_power_cut_loses_nothing_acknowledged() {
         let memory = Arc::new(MemoryStore::new());
         let store: Arc<dyn Store> = memory.clone();
-        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
+        let (flusher, registry) = rooms(&store);
         let name: Arc<str> = "power".into();
         let writer = Doc::new();
         let text = writer.get_or_insert_text("t");
@@ -353,8 +363,7 @@ mod power {
         flusher.shutdown();
 
         // A new process over what the disk kept.
-        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
+        let (flusher, registry) = rooms(&store);
         let (_, (state, durable)) = ask(&registry, &name, GetState).await.unwrap();
         durable.await.unwrap();
         let kept = text_of(&state.state);
@@ -386,16 +395,9 @@ mod power {
     async fn a_failed_flush_acknowledges_nothing_and_the_room_does_not_come_back_dirty() {
         let memory = Arc::new(MemoryStore::new());
         let store: Arc<dyn Store> = memory.clone();
-        let flusher = Flusher::start(store.clone(), Duration::from_millis(1));
-        let registry = Registry::without_hooks(store.clone(), flusher.clone(), settings()).start();
+        let (flusher, registry) = rooms(&store);
         let name: Arc<str> = "failing".into();
-        let writer = Doc::new();
-        let text = writer.get_or_insert_text("t");
-        let edit = |s: &str| {
-            let mut txn = writer.transact_mut();
-            text.push(&mut txn, s);
-            Bytes::from(txn.encode_update_v1())
-        };
+        let edit = writer();
         let (_, first) = ask(&registry, &name, ApplyUpdate { update: edit("a") })
             .await
             .unwrap();

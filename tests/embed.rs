@@ -453,9 +453,22 @@ async fn a_server_transaction_reaches_clients_and_a_resumable_subscription() {
         doc.get_or_insert_text("t").get_string(&doc.transact()),
         text_of(&room.doc().await.unwrap(), "t")
     );
+    // A transaction that only deletes is a change too (the state vector stays the same).
+    let (deleted, ()) = room
+        .transact(|txn| {
+            let t = txn.get_or_insert_text("t");
+            t.remove_range(txn, 0, 7);
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted, next + 1);
+    until("the client sees the deletion", || {
+        !text_of(client.doc(), "t").contains("first! ")
+    })
+    .await;
     // Nothing changed: the room's seq, no new update.
     let (same, ()) = room.transact(|_| ()).await.unwrap();
-    assert_eq!(same, next);
+    assert_eq!(same, deleted);
     assert_eq!(room.doc().await.unwrap().transact().state_vector().len(), 2);
     host.collabd.shutdown().await;
 }
