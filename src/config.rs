@@ -413,6 +413,17 @@ settings! {
     /// feature (on by default).
     postgres_url: Option<String> = None, example "postgres://collabd@localhost:5432/collabd";
 
+    /// Redis URL: when set, the node runs in cluster mode. Several nodes started with the
+    /// same `redis_url` serve the same rooms, behind a load balancer without stickiness.
+    ///
+    /// Redis holds every room's log, seq counter and snapshot (sled is not opened; with
+    /// `postgres_url` too, PostgreSQL is not used for the log either); an ack means Redis
+    /// has the entry. Start Redis with `appendonly yes` and `appendfsync always` for an
+    /// ack to mean "on disk" (collabd says at startup what it means otherwise), and a
+    /// `maxmemory-policy` that never evicts (`noeviction`; `allkeys-*` is refused). A
+    /// node of a Redis Cluster works too; separate several seed URLs with commas.
+    redis_url: Option<String> = None, example "redis://127.0.0.1:6379";
+
     /// Longest a hook of an embedding application may run, in milliseconds.
     ///
     /// Applies to every hook (authenticate, load, change, connect, disconnect; see the

@@ -16,6 +16,7 @@ use actix_web::{HttpResponse, Scope, web};
 use log::{error, info, warn};
 
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::handle::RoomHandle;
 use crate::hooks::{self, AuthRequest, Change, Connection, Grant, Hooks, Refusal};
@@ -27,6 +28,7 @@ use crate::server::Server;
 use crate::session::OPEN_SOCKETS;
 use crate::store::Store;
 use crate::store::commit::Flusher;
+use crate::store::redis::RedisStore;
 use crate::store::sled::SledStore;
 
 /// How long [`Collabd::shutdown`] waits for WebSocket connections to take their close.
@@ -104,7 +106,16 @@ impl Builder {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         hooks.timeout = settings.hook_timeout();
         let settings = Arc::new(settings);
-        let store = open_store(&settings)?;
+        let cluster = match &settings.redis_url {
+            Some(url) => Some(
+                Cluster::connect(url).map_err(|e| io::Error::other(format!("redis_url: {e}")))?,
+            ),
+            None => None,
+        };
+        let store = match &cluster {
+            Some(cluster) => Arc::new(RedisStore::new(cluster.clone())) as Arc<dyn Store>,
+            None => open_store(&settings)?,
+        };
         let hooks = Arc::new(hooks);
         let flusher = Flusher::start(store.clone(), settings.flush_interval());
         let registry = Registry::new(
@@ -113,6 +124,7 @@ impl Builder {
             settings.clone(),
             hooks.clone(),
         )
+        .with_cluster(cluster.clone())
         .start();
         let auth = Auth::from_settings(&settings);
         if !auth.enabled() && hooks.authenticate.is_none() {
@@ -129,6 +141,7 @@ impl Builder {
             store,
             auth,
             hooks,
+            cluster,
             base: "".into(),
         };
         Ok(Collabd {

@@ -96,6 +96,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[doc(hidden)]
+pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod handle;

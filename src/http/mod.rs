@@ -13,6 +13,7 @@ pub mod upgrade;
 use std::sync::Arc;
 
 use actix::Addr;
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use percent_encoding::percent_decode_str;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub auth: Auth,
     /// The embedding application's hooks (none for the binary).
     pub hooks: Arc<crate::hooks::Hooks>,
+    /// Cluster mode's view of Redis (for `/healthz`).
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Where the routes are mounted (`""`, or a host app's prefix such as `/collab`).
     pub base: Arc<str>,
 }
@@ -87,19 +90,36 @@ fn raw_tail<'a>(req: &'a HttpRequest, state: &AppState, prefix: &str) -> &'a str
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`; 503 `{"status":"degraded", "store": …}` while
-/// the store cannot be reached (a database away; writes are refused meanwhile); 503
-/// `{"status":"failing", "store": …}` once the store failed to make writes durable (it
-/// refuses every write until a restart).
+/// the store cannot be reached (a database or Redis away; writes are refused meanwhile);
+/// 503 `{"status":"failing", "store": …}` once the store failed to make writes durable
+/// (it refuses every write until a restart). In cluster mode the answer also carries
+/// `"redis"` (`"ok"` or why it is unreachable) and this `"node"`'s id.
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    match state.store.failure() {
+    let (mut answer, mut status) = match state.store.failure() {
         None => match state.store.unavailable() {
-            None => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
-            Some(why) => HttpResponse::ServiceUnavailable()
-                .json(serde_json::json!({ "status": "degraded", "store": why })),
+            None => (serde_json::json!({ "status": "ok" }), StatusCode::OK),
+            Some(why) => (
+                serde_json::json!({ "status": "degraded", "store": why }),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
         },
-        Some(why) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "failing", "store": why })),
+        Some(why) => (
+            serde_json::json!({ "status": "failing", "store": why }),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    };
+    if let Some(cluster) = &state.cluster {
+        if let (Some(fields), serde_json::Value::Object(health)) =
+            (answer.as_object_mut(), cluster.health())
+        {
+            fields.extend(health);
+        }
+        if cluster.unavailable().is_some() && status == StatusCode::OK {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            answer["status"] = "degraded".into();
+        }
     }
+    HttpResponse::build(status).json(answer)
 }
 
 async fn prometheus() -> HttpResponse {

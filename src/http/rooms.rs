@@ -73,11 +73,10 @@ pub async fn catch_up(
 /// the room does not exist.
 pub async fn full_state(state: &AppState, room: &Arc<str>) -> Result<DocState, ApiError> {
     let found = ask_existing(&state.registry, &state.store, room, GetState).await?;
-    let Some((_, (doc, durable))) = found else {
+    let Some((_, durable)) = found else {
         return Ok(absent::state());
     };
-    durable.await.map_err(|_| not_stored())?;
-    Ok(doc)
+    durable.await.map_err(|_| not_stored())
 }
 
 /// The room stopped (its store failed, or it shut down) before what was asked was durable.
@@ -236,9 +235,12 @@ pub async fn apply(state: &AppState, room: &Arc<str>, update: Bytes) -> Result<u
             ),
         ),
     })?;
-    let (seq, durable) = durable;
-    durable.await.map_err(|_| not_stored())?;
-    Ok(seq)
+    durable.await.map_err(|_| match state.store.unavailable() {
+        Some(why) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", why).retry_after(1)
+        }
+        None => not_stored(),
+    })
 }
 
 /// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer

@@ -40,10 +40,13 @@ use super::messages::{
 };
 use super::presence::{self, Presence};
 
+mod cluster;
 mod durable;
 mod lifecycle;
 mod members;
 mod updates;
+use super::sequencer::Sequencer;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::metrics::metrics;
 use crate::protocol::json::RoomInfo;
@@ -62,6 +65,8 @@ pub struct RoomDeps {
     pub hooks: Arc<crate::hooks::Hooks>,
     /// Where durable updates go for the change hook, when there is one.
     pub(crate) changes: Option<crate::hooks::ChangeFeed>,
+    /// Cluster mode: Redis gives seqs and carries other nodes' updates.
+    pub cluster: Option<Cluster>,
 }
 
 /// Runs a blocking store call the room must make itself (its last flush, a reload) on a
@@ -87,6 +92,7 @@ impl RoomDeps {
             registry,
             hooks: Default::default(),
             changes: None,
+            cluster: None,
         }
     }
 }
@@ -102,8 +108,18 @@ pub struct Room {
     presence: Presence,
     /// A presence tick is scheduled (renewals wait for it).
     presence_tick_due: bool,
-    /// Seq of the newest accepted update (appended, maybe not yet durable).
+    /// Seq of the newest accepted update (appended, maybe not yet durable). In cluster
+    /// mode: the newest seq applied in order (Redis gives seqs; see `sequencer`).
     seq: u64,
+    /// Counts changes to the document: the caches below are keyed by it. (In cluster mode
+    /// the document changes before its change has a seq.)
+    version: u64,
+    /// Cluster mode's ordering of this room's entries and its own updates.
+    sequencer: Option<Sequencer>,
+    /// Cluster mode: since when entries wait behind a missing seq, and whether a catch-up
+    /// read is on its way.
+    gap_since: Option<Instant>,
+    catching_up: bool,
     /// The durable seq — the only seq shown outside (ARCHITECTURE.md, contract 1) — with
     /// what waits for it: undurable updates, waiters, the compaction due.
     durability: Durability,
@@ -115,7 +131,7 @@ pub struct Room {
     /// Size of the encoded document, estimated: the last snapshot (or the loaded log)
     /// plus every update accepted since. Checked against `max_doc_bytes`.
     doc_bytes: usize,
-    /// The full state and its JSON form, each with the seq it was encoded at: reads
+    /// The full state and its JSON form, each with the version it was encoded at: reads
     /// between writes (joins, `/state`, `/json`, snapshots for SSE and polls) share one
     /// encoding instead of each walking the whole document. The state is kept as the
     /// y-websocket sync step 2 that carries it (and the length of that message's header),
@@ -165,6 +181,10 @@ impl Room {
     fn install(&mut self, loaded: load::Loaded) {
         self.doc = loaded.doc;
         self.seq = loaded.seq;
+        self.version += 1;
+        if let Some(cluster) = &self.deps.cluster {
+            self.sequencer = Some(Sequencer::new(cluster.node(), loaded.seq));
+        }
         self.durability = Durability::at(loaded.seq);
         self.snapshot_seq = loaded.snapshot_seq;
         self.doc_bytes = loaded.doc_bytes;
@@ -183,6 +203,10 @@ impl Room {
             presence: Presence::new(presence::Limits::from_settings(&deps.settings)),
             presence_tick_due: false,
             seq: 0,
+            version: 0,
+            sequencer: None,
+            gap_since: None,
+            catching_up: false,
             durability: Durability::default(),
             snapshot_seq: 0,
             first_seq: None,
@@ -214,7 +238,9 @@ impl Room {
     /// The whole document as a sync step 2 message, and its header's length.
     fn full_state_message(&mut self) -> (Bytes, usize) {
         match &self.state_cache {
-            Some((seq, message, header)) if *seq == self.seq => (message.clone(), *header),
+            Some((version, message, header)) if *version == self.version => {
+                (message.clone(), *header)
+            }
             _ => {
                 metrics().state_encodes.inc();
                 let state = self
@@ -223,7 +249,7 @@ impl Room {
                     .encode_state_as_update_v1(&StateVector::default());
                 let message = protocol::encode_sync_step2(&state);
                 let header = message.len() - state.len();
-                self.state_cache = Some((self.seq, message.clone(), header));
+                self.state_cache = Some((self.version, message.clone(), header));
                 (message, header)
             }
         }
@@ -238,28 +264,39 @@ impl Actor for Room {
         self.flush_notify = Some(Arc::new(move |report| room.do_send(Flushed(report))));
         if std::mem::take(&mut self.load_pending) {
             let (store, name) = (self.deps.store.clone(), self.name.clone());
+            // Cluster mode: the room's channel is subscribed before the log is read, so
+            // that nothing appended after the read is missed.
+            let join = self.deps.cluster.clone().map(|cluster| {
+                let (id, to) = (self.id, ctx.address().recipient());
+                move |name: &Arc<str>| cluster.join(name, id, to)
+            });
             // `wait`: no message is handled before the room holds what the store has.
             ctx.wait(
-                actix_rt::task::spawn_blocking(move || load::read(&*store, &name))
-                    .into_actor(self)
-                    .map(|loaded, room, ctx| match loaded {
-                        Ok(Ok(loaded)) => {
-                            let fresh = loaded.seq == 0 && loaded.snapshot_seq == 0;
-                            room.install(loaded);
-                            if fresh {
-                                room.seed(ctx);
-                            }
+                actix_rt::task::spawn_blocking(move || {
+                    if let Some(join) = join {
+                        join(&name).map_err(crate::store::StoreError::Unavailable)?;
+                    }
+                    load::read(&*store, &name)
+                })
+                .into_actor(self)
+                .map(|loaded, room, ctx| match loaded {
+                    Ok(Ok(loaded)) => {
+                        let fresh = loaded.seq == 0 && loaded.snapshot_seq == 0;
+                        room.install(loaded);
+                        if fresh {
+                            room.seed(ctx);
                         }
-                        Ok(Err(e)) => {
-                            // The next use tries the store again.
-                            error!("room {:?} failed to load: {e}", room.name);
-                            ctx.stop();
-                        }
-                        Err(e) => {
-                            error!("room {:?}: loading panicked: {e}", room.name);
-                            ctx.stop();
-                        }
-                    }),
+                    }
+                    Ok(Err(e)) => {
+                        // The next use tries the store again.
+                        error!("room {:?} failed to load: {e}", room.name);
+                        ctx.stop();
+                    }
+                    Err(e) => {
+                        error!("room {:?}: loading panicked: {e}", room.name);
+                        ctx.stop();
+                    }
+                }),
             );
         }
         let settings = &self.deps.settings;
@@ -270,6 +307,9 @@ impl Actor for Room {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         metrics().rooms_loaded.dec();
+        if let Some(cluster) = &self.deps.cluster {
+            cluster.leave(&self.name, self.id);
+        }
         self.deps.registry.do_send(RoomStopped {
             name: self.name.clone(),
             id: self.id,
@@ -390,12 +430,12 @@ impl Handler<FromClient> for Room {
                 }
                 ClientMessage::Auth => {}
                 ClientMessage::AckRequest { token } => {
-                    // Everything this session sent before is at or below `self.seq`.
+                    // Everything this session sent before is accepted already.
                     let ok = self
                         .fanout
                         .get_mut(session)
                         .is_some_and(|m| !std::mem::take(&mut m.refused_since_ack));
-                    self.wait_for(self.seq, Waiter::Ack { session, token, ok });
+                    self.wait_for_accepted(Waiter::Ack { session, token, ok });
                 }
                 ClientMessage::Custom { tag, .. } => {
                     debug!(
@@ -426,7 +466,7 @@ impl Handler<GetInfo> for Room {
         self.touch();
         // From what is at hand, never by encoding the document for a metadata read.
         let size = match &self.state_cache {
-            Some((seq, message, header)) if *seq == self.seq => message.len() - header,
+            Some((version, message, header)) if *version == self.version => message.len() - header,
             _ => self.doc_bytes,
         };
         let awareness = self.presence.len();
@@ -447,18 +487,21 @@ impl Handler<GetState> for Room {
 
     fn handle(&mut self, _msg: GetState, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        let state = self.full_state();
-        // The state holds every update up to `self.seq`: it carries that seq, and is
-        // shown only once that seq is durable.
-        let (reply, durable) = oneshot::channel();
-        self.wait_for(self.seq, Waiter::Reply(reply));
-        MessageResult((
-            DocState {
-                state,
+        let (reply, answer) = oneshot::channel();
+        if self.sequencer.is_some() {
+            // Cluster mode: the document may hold updates whose seqs Redis has not given
+            // yet; the state is encoded once they are applied, with the seq it then holds.
+            self.wait_for_accepted(Waiter::FreshState(reply));
+        } else {
+            // The state holds every update up to `self.seq`: it carries that seq, and is
+            // shown only once that seq is durable.
+            let state = DocState {
+                state: self.full_state(),
                 seq: self.seq,
-            },
-            durable,
-        ))
+            };
+            self.wait_for(self.seq, Waiter::State { reply, state });
+        }
+        MessageResult(answer)
     }
 }
 
@@ -526,8 +569,11 @@ impl Handler<ApplyUpdate> for Room {
             // The update's own seq (a no-op gets the seq the room is at: it holds it
             // already), answered once durable.
             let (reply, answer) = oneshot::channel();
-            self.wait_for(self.seq, Waiter::Reply(reply));
-            (self.seq, answer)
+            self.wait_for_accepted(Waiter::Seq {
+                reply,
+                seq: self.seq,
+            });
+            answer
         }))
     }
 }
@@ -537,13 +583,13 @@ impl Handler<GetJson> for Room {
 
     fn handle(&mut self, _msg: GetJson, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        if let Some((seq, json)) = &self.json_cache
-            && *seq == self.seq
+        if let Some((version, json)) = &self.json_cache
+            && *version == self.version
         {
             return MessageResult(json.clone());
         }
         let json = super::doc_json::to_json(self.doc());
-        self.json_cache = Some((self.seq, json.clone()));
+        self.json_cache = Some((self.version, json.clone()));
         MessageResult(json)
     }
 }

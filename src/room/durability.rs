@@ -13,12 +13,25 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::messages::SessionId;
+use super::messages::{DocState, SessionId};
 
 /// Someone waiting for a seq to become durable.
 pub enum Waiter {
-    /// An HTTP handler (POST answer, long poll, a full state).
+    /// An HTTP handler (a long poll): answered with the durable seq.
     Reply(oneshot::Sender<u64>),
+    /// A writer (POST, a room handle): answered with its update's own seq.
+    Seq {
+        reply: oneshot::Sender<u64>,
+        seq: u64,
+    },
+    /// A full-state reader, with the state encoded when it asked.
+    State {
+        reply: oneshot::Sender<DocState>,
+        state: DocState,
+    },
+    /// A full-state reader whose state is encoded when the answer is due (cluster mode:
+    /// the document held updates whose seqs were not known when it asked).
+    FreshState(oneshot::Sender<DocState>),
     /// A WebSocket writer that asked for an ack (see `protocol::MSG_ACK`); `ok` is false
     /// if something it sent since its previous ack request was refused.
     Ack {
@@ -110,7 +123,7 @@ impl Durability {
     /// Forgets HTTP waiters that gave up (long polls that timed out).
     pub fn prune_abandoned(&mut self) {
         self.waiters.retain(|_, waiters| {
-            waiters.retain(|w| !matches!(w, Waiter::Reply(reply) if reply.is_closed()));
+            waiters.retain(|w| !w.abandoned());
             !waiters.is_empty()
         });
     }
@@ -123,6 +136,17 @@ impl Durability {
     /// handlers answer 503, WebSocket writers get no ack).
     pub fn fail(&mut self) {
         *self = Durability::at(self.durable);
+    }
+}
+
+impl Waiter {
+    /// An HTTP handler that stopped waiting (a long poll that timed out).
+    pub fn abandoned(&self) -> bool {
+        match self {
+            Waiter::Reply(reply) | Waiter::Seq { reply, .. } => reply.is_closed(),
+            Waiter::State { reply, .. } | Waiter::FreshState(reply) => reply.is_closed(),
+            Waiter::Ack { .. } => false,
+        }
     }
 }
 

@@ -63,9 +63,9 @@ pub struct Flushed(pub crate::store::commit::FlushReport);
 pub struct GetInfo;
 
 /// The full document (for `GET /rooms/{room}/state` and snapshots on every transport),
-/// with a receiver that resolves once its seq is durable: show it only then.
+/// through a receiver that resolves once its seq is durable.
 #[derive(Message, Clone)]
-#[rtype(result = "(DocState, tokio::sync::oneshot::Receiver<u64>)")]
+#[rtype(result = "tokio::sync::oneshot::Receiver<DocState>")]
 pub struct GetState;
 
 /// The room's full state as a Yjs update v1: every update up to `seq`, and nothing the
@@ -154,10 +154,10 @@ pub struct WaitDurable {
 }
 
 /// An update from HTTP (`POST /rooms/{room}/updates`): applied like a WebSocket one.
-/// Answers the update's seq and a receiver that resolves once it is durable; `Err` says
+/// Answers a receiver that resolves to the update's seq once it is durable; `Err` says
 /// why it was refused.
 #[derive(Message, Clone)]
-#[rtype(result = "Result<(u64, tokio::sync::oneshot::Receiver<u64>), super::actor::Refused>")]
+#[rtype(result = "Result<tokio::sync::oneshot::Receiver<u64>, super::actor::Refused>")]
 pub struct ApplyUpdate {
     pub update: Bytes,
 }

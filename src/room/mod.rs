@@ -13,6 +13,7 @@ pub mod load;
 pub mod messages;
 pub mod presence;
 pub mod registry;
+pub mod sequencer;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -40,6 +40,7 @@ pub struct Registry {
     settings: Arc<Settings>,
     hooks: Arc<Hooks>,
     changes: Option<ChangeFeed>,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Registry {
@@ -64,7 +65,14 @@ impl Registry {
             flusher,
             settings,
             hooks,
+            cluster: None,
         }
+    }
+
+    /// Rooms in cluster mode: Redis gives their seqs and carries other nodes' updates.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Registry {
+        self.cluster = cluster;
+        self
     }
 
     /// A registry without an embedding application's hooks (tests and benchmarks that
@@ -93,6 +101,7 @@ impl Registry {
             registry: ctx.address().recipient(),
             hooks: self.hooks.clone(),
             changes: self.changes.clone(),
+            cluster: self.cluster.clone(),
         };
         let room_name = name.clone();
         let arbiter = self.next_arbiter();

@@ -87,6 +87,7 @@ pub mod commit;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod redis;
 pub mod sled;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -5,7 +5,7 @@
 use super::Room;
 use crate::protocol;
 use crate::room::durability::Waiter;
-use crate::room::messages::LiveEvent;
+use crate::room::messages::{DocState, LiveEvent};
 
 impl Room {
     /// Sends an event to every SSE stream; ends the streams that cannot take it.
@@ -45,9 +45,47 @@ impl Room {
             Waiter::Reply(reply) => {
                 let _ = reply.send(durable);
             }
+            Waiter::Seq { reply, seq } => {
+                let _ = reply.send(seq);
+            }
+            Waiter::State { reply, state } => {
+                let _ = reply.send(state);
+            }
+            Waiter::FreshState(reply) => {
+                let state = DocState {
+                    state: self.full_state(),
+                    seq: self.seq,
+                };
+                let _ = reply.send(state);
+            }
             Waiter::Ack { session, token, ok } => {
                 self.send_to(session, protocol::encode_ack(token, durable, ok));
             }
+        }
+    }
+
+    /// Tells `waiter` that what it waited for was not stored: HTTP handlers answer 503,
+    /// a WebSocket writer gets an ack that says "refused".
+    pub(super) fn answer_refused(&mut self, waiter: Waiter) {
+        if let Waiter::Ack { session, token, .. } = waiter {
+            let durable = self.durability.durable();
+            self.send_to(session, protocol::encode_ack(token, durable, false));
+        }
+    }
+
+    /// Registers `waiter` for everything the room accepted so far: the newest seq on one
+    /// node; in cluster mode, the seqs Redis has yet to give the room's own updates.
+    pub(super) fn wait_for_accepted(&mut self, waiter: Waiter) {
+        let waiter = match &mut self.sequencer {
+            Some(sequencer) => sequencer.park(waiter),
+            None => Some(waiter),
+        };
+        if let Some(waiter) = waiter {
+            let seq = match waiter {
+                Waiter::Seq { seq, .. } => seq,
+                _ => self.seq,
+            };
+            self.wait_for(seq, waiter);
         }
     }
 

@@ -277,10 +277,13 @@ impl Room {
             let step1 = protocol::encode_sync_step1(&self.doc().transact().state_vector());
             self.broadcast(&step1, None);
         }
+        self.cluster_tick(ctx);
         // Long polls that timed out leave their waiter behind.
         self.durability.prune_abandoned();
-        let busy =
-            !self.fanout.is_empty() || !self.streams.is_empty() || self.durability.has_waiters();
+        let busy = !self.fanout.is_empty()
+            || !self.streams.is_empty()
+            || self.durability.has_waiters()
+            || self.cluster_busy();
         if busy {
             self.last_activity = Instant::now();
         } else if self.last_activity.elapsed() >= self.deps.settings.room_idle() {

@@ -45,12 +45,32 @@ impl Room {
     pub(super) fn forget_sessions(&mut self, sessions: Vec<SessionId>) {
         for session in sessions {
             if let Some(removed) = self.presence.remove_session(session) {
+                self.relay_awareness(session, &removed);
                 self.broadcast_awareness(removed);
             }
         }
     }
 
+    /// Applies a presence update of a session of this node (WebSocket, or HTTP's
+    /// `X-Presence-Session`); in cluster mode what it took goes to the room's other nodes.
     pub(super) fn apply_awareness(
+        &mut self,
+        origin: SessionId,
+        update: AwarenessUpdate,
+        ctx: &mut Context<Self>,
+    ) -> Vec<(u64, presence::Refusal)> {
+        let relayed = self.deps.cluster.is_some().then(|| update.clients.clone());
+        let refused = self.take_awareness(origin, update, ctx);
+        if let Some(mut clients) = relayed {
+            clients.retain(|id, _| !refused.iter().any(|(r, _)| *r == id.get()));
+            self.relay_awareness(origin, &AwarenessUpdate { clients });
+        }
+        refused
+    }
+
+    /// Applies a presence update from `origin` (a local session, or a session of another
+    /// node) under `room::presence`'s rules and sends what changed.
+    pub(super) fn take_awareness(
         &mut self,
         origin: SessionId,
         update: AwarenessUpdate,

@@ -71,7 +71,9 @@ impl Room {
         Ok(())
     }
 
-    /// Gives an accepted change the next seq, appends it, and sends it to every peer.
+    /// Gives an accepted change the next seq, appends it, and sends it to every peer. (In
+    /// cluster mode Redis gives the seq: the change goes to Redis, and to this node's
+    /// WebSocket peers at once; see `cluster.rs`.)
     pub(super) fn log_and_broadcast(
         &mut self,
         origin: Option<SessionId>,
@@ -79,6 +81,12 @@ impl Room {
         ctx: &mut Context<Self>,
     ) {
         self.doc_bytes += diff.len();
+        self.version += 1;
+        if self.sequencer.is_some() {
+            self.broadcast(&protocol::encode_update(&diff), origin);
+            self.send_to_cluster(Bytes::from(diff));
+            return;
+        }
         self.seq += 1;
         let started = Instant::now();
         if let Err(e) = self.deps.store.append(&self.name, self.seq, &diff) {
@@ -115,6 +123,7 @@ impl Room {
             Ok(fresh) => {
                 self.doc = fresh.doc;
                 self.doc_bytes = fresh.doc_bytes;
+                self.version += 1;
                 self.state_cache = None;
                 self.json_cache = None;
                 warn!(

@@ -1,0 +1,402 @@
+//! Cluster mode: several nodes serve the same rooms through Redis (`redis_url`).
+//!
+//! # Model
+//!
+//! Redis is each room's log and seq authority. One Lua script ([`roomlog::APPEND`])
+//! increments the room's counter, appends the update to the room's stream with that seq
+//! as its entry id (`<seq>-0`, so seqs stay dense u64s, as on one node) and publishes it
+//! on the room's channel, atomically. The node that sent the update learns its seq from
+//! the script's reply; every node that has the room loaded learns it from the channel.
+//! A room applies entries strictly in seq order ([`crate::room::sequencer`]): an entry
+//! whose predecessor has not arrived waits, and a gap that persists (a message lost with
+//! a pub/sub connection, a node that lagged) triggers a catch-up read of the stream
+//! (`XRANGE`), or of the snapshot when the stream no longer reaches back that far. Never
+//! a silent skip.
+//!
+//! Why pub/sub and not one blocking `XREAD` over every loaded room's stream: a Redis
+//! Cluster refuses a multi-key `XREAD` whose keys live in different slots (every room is
+//! its own slot, by its hash tag), so a batched blocking read cannot span rooms there.
+//! One pub/sub connection per node carries every room's entries (Centrifugo does the
+//! same: publish + stream, the stream for recovery). The stream stays the record; the
+//! channel only says "something is new" and carries it, so a lost message costs a
+//! catch-up read, never data.
+//!
+//! # Keys (one hash tag per room: a room never spans Redis Cluster shards)
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `collabd:{ROOM}:seq` | string | the room's counter: its newest seq |
+//! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket) |
+//! | `collabd:{ROOM}:snap` | hash | `seq`, `state` (Yjs update v1), `at` (ms since the epoch) |
+//!
+//! Channel `collabd:{ROOM}`: `u<seq>:<node>:<ticket>:<update>` for each entry, and
+//! `a<node>:<session>:<awareness update>` for presence (ephemeral, no seq).
+//!
+//! # Durability
+//!
+//! An ack (and any seq shown) means Redis replied to the script or published its entry.
+//! With `appendonly yes` and `appendfsync always`, Redis fsyncs its AOF before it sends
+//! any reply or pub/sub message of that event loop iteration, so a seq shown is on disk.
+//! Anything less is said loudly at startup ([`checks`]); a `maxmemory-policy` that may
+//! evict room keys is refused.
+//!
+//! # Threads
+//!
+//! Every Redis call runs on one thread of its own (`collabd-redis`, a tokio runtime):
+//! rooms hand it appends and get the answers as messages; the store's blocking reads
+//! ([`crate::store::redis::RedisStore`]) wait for it from the blocking pool. A room
+//! thread never waits on the network.
+
+pub mod checks;
+mod conn;
+pub mod roomlog;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+use log::{info, warn};
+use tokio::sync::mpsc;
+
+pub use conn::Conn;
+
+use crate::store::{Snapshot, StoreError};
+
+/// One entry of a room's log as the cluster carries it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    /// The node that appended it, and its ticket there (see [`Cluster::ticket`]).
+    pub node: u64,
+    pub ticket: u64,
+    pub update: Bytes,
+}
+
+/// What the cluster tells a room.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum FromCluster {
+    /// New entries (from the room's channel), in seq order.
+    Entries(Vec<Entry>),
+    /// The answer to this room's append with `ticket`.
+    Appended {
+        ticket: u64,
+        result: Result<u64, StoreError>,
+    },
+    /// The answer to a catch-up read: the snapshot when the stream no longer reaches back
+    /// to what was asked, then the entries after.
+    CaughtUp {
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+    },
+    /// A catch-up read failed (Redis away); the room asks again later.
+    CatchUpFailed,
+    /// A presence update from `session` on another node.
+    Awareness {
+        node: u64,
+        session: u64,
+        update: Bytes,
+    },
+    /// A connection to Redis came back: messages may have been missed.
+    Reconnected,
+}
+
+/// An append a room hands to its appender.
+struct Append {
+    ticket: u64,
+    update: Bytes,
+}
+
+struct Subscription {
+    /// The room instance (a reloaded room is a new one).
+    id: u64,
+    to: Recipient<FromCluster>,
+    appends: mpsc::UnboundedSender<Append>,
+}
+
+/// The cluster as a node sees it: cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: u64,
+    runtime: tokio::runtime::Handle,
+    conn: Conn,
+    rooms: Mutex<HashMap<Arc<str>, Subscription>>,
+    pubsub: mpsc::UnboundedSender<conn::PubSubCommand>,
+    tickets: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Cluster {
+    /// Connects to Redis at `url` (a single node or any node of a Redis Cluster; several
+    /// seed URLs may be separated by commas), checks its persistence settings and starts
+    /// the node's Redis thread. Blocking; call before serving.
+    pub fn connect(url: &str) -> Result<Cluster, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("redis runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        let (started, start_result) = std::sync::mpsc::channel();
+        let url = url.to_string();
+        std::thread::Builder::new()
+            .name("collabd-redis".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let (pubsub_tx, pubsub_rx) = mpsc::unbounded_channel();
+                    let conn = match Conn::connect(&url).await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
+                    if let Err(e) = checks::persistence(&conn).await {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                    let inner = Arc::new(Inner {
+                        node: random_u64() >> 1,
+                        runtime: tokio::runtime::Handle::current(),
+                        conn,
+                        rooms: Mutex::new(HashMap::new()),
+                        pubsub: pubsub_tx,
+                        tickets: AtomicU64::new(1),
+                        stopping: AtomicBool::new(false),
+                    });
+                    let cluster = Cluster {
+                        inner: inner.clone(),
+                    };
+                    let _ = started.send(Ok(cluster.clone()));
+                    conn::run_pubsub(cluster, pubsub_rx).await;
+                })
+            })
+            .map_err(|e| format!("redis thread: {e}"))?;
+        let cluster = start_result
+            .recv()
+            .map_err(|_| "the redis thread ended".to_string())??;
+        drop(handle);
+        info!(
+            "cluster mode: node {:016x}, Redis at {}",
+            cluster.inner.node,
+            cluster.inner.conn.describe()
+        );
+        Ok(cluster)
+    }
+
+    /// This node's id (random per process).
+    pub fn node(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// A ticket for an append: unique on this node for the life of the process, so that a
+    /// node recognizes its own entries whichever way they come back.
+    pub fn ticket(&self) -> u64 {
+        self.inner.tickets.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Why Redis cannot be reached now, while it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        self.inner.conn.down()
+    }
+
+    /// What `/healthz` says of Redis.
+    pub fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "redis": self.inner.conn.down().unwrap_or_else(|| "ok".into()),
+            "node": format!("{:016x}", self.inner.node),
+        })
+    }
+
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.inner.conn
+    }
+
+    /// Runs `f` on the Redis thread and waits for its answer. For the store's blocking
+    /// calls, made from the blocking pool (never from the Redis thread itself).
+    pub(crate) fn block_on<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.runtime.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().ok()
+    }
+
+    /// Registers room instance `id` of `room`: its channel is subscribed (done when this
+    /// returns, so that a read made afterwards misses nothing published since), and its
+    /// appender started. Blocking: the room calls it from its load, on the blocking pool.
+    pub fn join(&self, room: &Arc<str>, id: u64, to: Recipient<FromCluster>) -> Result<(), String> {
+        let (appends, queue) = mpsc::unbounded_channel();
+        let previous = self.inner.rooms.lock().unwrap().insert(
+            room.clone(),
+            Subscription {
+                id,
+                to: to.clone(),
+                appends,
+            },
+        );
+        if previous.is_none() {
+            let (done, subscribed) = std::sync::mpsc::sync_channel(1);
+            let _ = self.inner.pubsub.send(conn::PubSubCommand::Subscribe {
+                channel: roomlog::channel(room),
+                done,
+            });
+            // Bounded: a pub/sub connection that is down subscribes everything again when
+            // it comes back, and its rooms catch up then.
+            let _ = subscribed.recv_timeout(Duration::from_secs(5));
+        }
+        let cluster = self.clone();
+        let room = room.clone();
+        self.inner
+            .runtime
+            .spawn(async move { cluster.append_loop(room, to, queue).await });
+        Ok(())
+    }
+
+    /// Room instance `id` of `room` stopped: its channel is unsubscribed (unless a newer
+    /// instance took the room meanwhile).
+    pub fn leave(&self, room: &Arc<str>, id: u64) {
+        let mut rooms = self.inner.rooms.lock().unwrap();
+        if rooms.get(room).is_some_and(|s| s.id == id) {
+            rooms.remove(room);
+            let _ = self.inner.pubsub.send(conn::PubSubCommand::Unsubscribe {
+                channel: roomlog::channel(room),
+            });
+        }
+    }
+
+    /// Hands `update` to the room's appender; the answer comes as
+    /// [`FromCluster::Appended`]. Never blocks.
+    pub fn append(&self, room: &Arc<str>, ticket: u64, update: Bytes) {
+        let rooms = self.inner.rooms.lock().unwrap();
+        if let Some(sub) = rooms.get(room) {
+            let _ = sub.appends.send(Append { ticket, update });
+        }
+    }
+
+    /// Reads what follows `after` in the room's log; the answer comes as
+    /// [`FromCluster::CaughtUp`] (or `CatchUpFailed`).
+    pub fn catch_up(&self, room: &Arc<str>, after: u64, to: Recipient<FromCluster>) {
+        let (conn, room) = (self.inner.conn.clone(), room.clone());
+        self.inner.runtime.spawn(async move {
+            match roomlog::catch_up(&conn, &room, after).await {
+                Ok((snapshot, entries)) => to.do_send(FromCluster::CaughtUp { snapshot, entries }),
+                Err(e) => {
+                    warn!("room {room:?}: catch-up read failed: {e}");
+                    conn.failed(&e);
+                    to.do_send(FromCluster::CatchUpFailed);
+                }
+            }
+        });
+    }
+
+    /// Publishes a presence update of local `session` to the room's other nodes.
+    pub fn publish_awareness(&self, room: &Arc<str>, session: u64, update: Bytes) {
+        let (conn, room, node) = (self.inner.conn.clone(), room.clone(), self.inner.node);
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = roomlog::publish_awareness(&conn, &room, node, session, &update).await {
+                log::debug!("room {room:?}: presence not relayed: {e}");
+            }
+        });
+    }
+
+    /// Stops handing out work (the server is stopping).
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Delivers a message that came on a room's channel.
+    fn deliver(&self, room: &str, message: FromCluster) {
+        let rooms = self.inner.rooms.lock().unwrap();
+        if let Some(sub) = rooms.get(room) {
+            sub.to.do_send(message);
+        }
+    }
+
+    /// Tells every loaded room that it may have missed entries.
+    fn reconnected(&self) {
+        for sub in self.inner.rooms.lock().unwrap().values() {
+            sub.to.do_send(FromCluster::Reconnected);
+        }
+    }
+
+    /// The channels of every loaded room (to subscribe again after a reconnect).
+    fn channels(&self) -> Vec<String> {
+        let rooms = self.inner.rooms.lock().unwrap();
+        rooms.keys().map(|room| roomlog::channel(room)).collect()
+    }
+
+    /// One room's appends, in the order the room made them: each batch that queued while
+    /// the previous one was in flight goes as one pipeline (one round trip, one slot).
+    async fn append_loop(
+        self,
+        room: Arc<str>,
+        to: Recipient<FromCluster>,
+        mut queue: mpsc::UnboundedReceiver<Append>,
+    ) {
+        const BATCH: usize = 128;
+        let node = self.inner.node;
+        let mut batch = Vec::with_capacity(BATCH);
+        while queue.recv_many(&mut batch, BATCH).await > 0 {
+            let updates: Vec<(u64, &[u8])> =
+                batch.iter().map(|a| (a.ticket, &a.update[..])).collect();
+            let answers = roomlog::append(&self.inner.conn, &room, node, &updates).await;
+            if let Err(e) = &answers {
+                self.inner.conn.failed(e);
+            }
+            for (i, append) in batch.drain(..).enumerate() {
+                let result = match &answers {
+                    Ok(seqs) => match &seqs[i] {
+                        Ok(seq) => Ok(*seq),
+                        Err(e) => Err(duplicate(e)),
+                    },
+                    Err(e) => Err(duplicate(e)),
+                };
+                to.do_send(FromCluster::Appended {
+                    ticket: append.ticket,
+                    result,
+                });
+            }
+        }
+    }
+}
+
+/// The same error again, for each append of a batch it failed.
+fn duplicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        other => StoreError::Failed(other.to_string()),
+    }
+}
+
+/// A random u64 without a crate for it: std's hasher is seeded randomly per process.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Backoff with full jitter: a random wait below `base × 2^attempt`, capped.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(5_000);
+    let ceiling = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(10))
+        .min(cap);
+    let jitter = random_u64() % (ceiling.as_millis() as u64 + 1);
+    Duration::from_millis(jitter.max(20))
+}

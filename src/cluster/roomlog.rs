@@ -1,0 +1,381 @@
+//! A room's keys in Redis, the scripts that change them, and the reads: the cluster's op
+//! log, one hash tag per room (key layout in the module docs of [`super`]).
+
+use bytes::Bytes;
+use redis::Value;
+
+use super::conn::Conn;
+use super::{Entry, FromCluster};
+use crate::store::{LoggedUpdate, Snapshot, StoreError, now_ms};
+
+/// Appends updates to a room's log, each with the next seq: the counter, the stream and
+/// the channel change together (a script runs atomically). `KEYS`: counter, stream.
+/// `ARGV`: node, channel, then (ticket, update) pairs. Returns the seqs, in order.
+pub const APPEND: &str = r#"
+local seqs = {}
+for i = 3, #ARGV, 2 do
+  local seq = redis.call('INCR', KEYS[1])
+  local id = string.format('%d-0', seq)
+  redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 1], 'n', ARGV[1], 't', ARGV[i])
+  redis.call('PUBLISH', ARGV[2],
+    'u' .. string.format('%d', seq) .. ':' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[i + 1])
+  seqs[#seqs + 1] = seq
+end
+return seqs
+"#;
+
+/// Replaces a room's snapshot, only by a newer one (several nodes may write one for the
+/// same room). `KEYS`: snapshot. `ARGV`: seq, state, time. Returns 1 if stored.
+pub const SNAPSHOT: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'seq')
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'state', ARGV[2], 'at', ARGV[3])
+return 1
+"#;
+
+/// The hash tag of `room`'s keys. Every key of a room is built the same way, so Redis
+/// Cluster puts them in one slot whatever the name holds (a `}` in it ends the tag early,
+/// identically for every key of that room).
+fn key(room: &str, what: &str) -> String {
+    format!("collabd:{{{room}}}:{what}")
+}
+
+pub fn seq_key(room: &str) -> String {
+    key(room, "seq")
+}
+
+pub fn log_key(room: &str) -> String {
+    key(room, "log")
+}
+
+pub fn snapshot_key(room: &str) -> String {
+    key(room, "snap")
+}
+
+/// The room's pub/sub channel.
+pub fn channel(room: &str) -> String {
+    format!("collabd:{{{room}}}")
+}
+
+/// Appends `updates` (ticket, bytes) to `room`'s log in one script; each answer is the
+/// update's seq.
+pub async fn append(
+    conn: &Conn,
+    room: &str,
+    node: u64,
+    updates: &[(u64, &[u8])],
+) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(APPEND)
+        .arg(2)
+        .arg(seq_key(room))
+        .arg(log_key(room))
+        .arg(node.to_string())
+        .arg(channel(room));
+    for (ticket, update) in updates {
+        cmd.arg(ticket.to_string()).arg(*update);
+    }
+    let answer = conn.query(&cmd).await?;
+    let Value::Array(seqs) = answer else {
+        return Err(StoreError::Failed(format!(
+            "Redis: the append script answered {answer:?}"
+        )));
+    };
+    if seqs.len() != updates.len() {
+        return Err(StoreError::Failed(format!(
+            "Redis: {} seqs for {} updates",
+            seqs.len(),
+            updates.len()
+        )));
+    }
+    Ok(seqs
+        .into_iter()
+        .map(|v| match v {
+            Value::Int(seq) if seq > 0 => Ok(seq as u64),
+            other => Err(StoreError::Failed(format!(
+                "Redis: the append script answered {other:?}"
+            ))),
+        })
+        .collect())
+}
+
+/// Stores `snapshot` unless a newer one is there.
+pub async fn put_snapshot(conn: &Conn, room: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(SNAPSHOT)
+        .arg(1)
+        .arg(snapshot_key(room))
+        .arg(snapshot.seq)
+        .arg(&snapshot.state[..])
+        .arg(now_ms());
+    conn.query(&cmd).await.map(|_| ())
+}
+
+/// The room's snapshot, if it has one.
+pub async fn snapshot(conn: &Conn, room: &str) -> Result<Option<Snapshot>, StoreError> {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(snapshot_key(room)).arg("seq").arg("state");
+    match conn.query(&cmd).await? {
+        Value::Array(values) => match (values.first(), values.get(1)) {
+            (Some(seq), Some(Value::BulkString(state))) => Ok(Some(Snapshot {
+                seq: int(seq).ok_or_else(|| corrupt(room, 0, "snapshot seq"))?,
+                state: state.clone(),
+            })),
+            _ => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
+pub async fn has_snapshot(conn: &Conn, room: &str) -> Result<bool, StoreError> {
+    let mut cmd = redis::cmd("HEXISTS");
+    cmd.arg(snapshot_key(room)).arg("seq");
+    Ok(matches!(conn.query(&cmd).await?, Value::Int(1)))
+}
+
+/// The room's newest seq (its counter; 0 for a room never written).
+pub async fn last_seq(conn: &Conn, room: &str) -> Result<u64, StoreError> {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(seq_key(room));
+    Ok(int(&conn.query(&cmd).await?).unwrap_or(0))
+}
+
+/// Up to `limit` entries with seq greater than `after`, in order.
+pub async fn range(
+    conn: &Conn,
+    room: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(log_key(room))
+        .arg(format!("{}-0", after.saturating_add(1)))
+        .arg("+");
+    if limit < usize::MAX {
+        cmd.arg("COUNT").arg(limit);
+    }
+    entries(room, conn.query(&cmd).await?)
+}
+
+/// The oldest entry's seq, if the stream holds any.
+pub async fn first_seq(conn: &Conn, room: &str) -> Result<Option<u64>, StoreError> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(log_key(room)).arg("-").arg("+").arg("COUNT").arg(1);
+    Ok(entries(room, conn.query(&cmd).await?)?
+        .first()
+        .map(|e| e.seq))
+}
+
+/// Deletes the entries below `seq` (compaction, after a snapshot covering them).
+pub async fn delete_before(conn: &Conn, room: &str, seq: u64) -> Result<usize, StoreError> {
+    let mut cmd = redis::cmd("XTRIM");
+    cmd.arg(log_key(room)).arg("MINID").arg(format!("{seq}-0"));
+    Ok(int(&conn.query(&cmd).await?).unwrap_or(0) as usize)
+}
+
+/// What follows `after`: the entries, or — when the stream no longer reaches back to
+/// `after + 1` (compacted) — the snapshot and the entries after it.
+pub async fn catch_up(
+    conn: &Conn,
+    room: &str,
+    after: u64,
+) -> Result<(Option<Snapshot>, Vec<Entry>), StoreError> {
+    /// At most this many entries per read; a room further behind reads again.
+    const LIMIT: usize = 10_000;
+    let entries = range(conn, room, after, LIMIT).await?;
+    if entries.first().is_some_and(|e| e.seq == after + 1) {
+        return Ok((None, entries));
+    }
+    if last_seq(conn, room).await? <= after {
+        return Ok((None, Vec::new()));
+    }
+    match snapshot(conn, room).await? {
+        Some(snapshot) if snapshot.seq > after => {
+            let entries = range(conn, room, snapshot.seq, LIMIT).await?;
+            Ok((Some(snapshot), entries))
+        }
+        // Entries written meanwhile: the caller sees the gap and asks again.
+        _ => Ok((None, entries)),
+    }
+}
+
+/// Publishes a presence update of `session` on `node` to the room's channel.
+pub async fn publish_awareness(
+    conn: &Conn,
+    room: &str,
+    node: u64,
+    session: u64,
+    update: &[u8],
+) -> Result<(), StoreError> {
+    let mut payload = format!("a{node}:{session}:").into_bytes();
+    payload.extend_from_slice(update);
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(channel(room)).arg(payload);
+    conn.query(&cmd).await.map(|_| ())
+}
+
+/// A message of a room channel: the room's name and what it says.
+pub fn decode_message<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, FromCluster)> {
+    let room = channel.strip_prefix("collabd:{")?.strip_suffix('}')?;
+    let (&kind, rest) = payload.split_first()?;
+    match kind {
+        b'u' => {
+            let (fields, update) = split_fields::<3>(rest)?;
+            let entry = Entry {
+                seq: fields[0],
+                node: fields[1],
+                ticket: fields[2],
+                update: Bytes::copy_from_slice(update),
+            };
+            Some((room, FromCluster::Entries(vec![entry])))
+        }
+        b'a' => {
+            let (fields, update) = split_fields::<2>(rest)?;
+            Some((
+                room,
+                FromCluster::Awareness {
+                    node: fields[0],
+                    session: fields[1],
+                    update: Bytes::copy_from_slice(update),
+                },
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `N` decimal numbers, each followed by `:`, then the rest.
+fn split_fields<const N: usize>(mut rest: &[u8]) -> Option<([u64; N], &[u8])> {
+    let mut fields = [0u64; N];
+    for field in &mut fields {
+        let end = rest.iter().position(|&b| b == b':')?;
+        *field = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+        rest = &rest[end + 1..];
+    }
+    Some((fields, rest))
+}
+
+/// Stream entries (`XRANGE`'s answer) as the log's.
+fn entries(room: &str, answer: Value) -> Result<Vec<Entry>, StoreError> {
+    let Value::Array(items) = answer else {
+        return Ok(Vec::new());
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Array(mut parts) = item else {
+                return Err(corrupt(room, 0, "stream entry is not an array"));
+            };
+            let fields = parts.pop();
+            let id = parts.pop().and_then(|v| string(&v));
+            let seq = id
+                .as_deref()
+                .and_then(|id| id.strip_suffix("-0"))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(room, 0, "stream entry id"))?;
+            let mut entry = Entry {
+                seq,
+                node: 0,
+                ticket: 0,
+                update: Bytes::new(),
+            };
+            let Some(Value::Array(fields)) = fields else {
+                return Err(corrupt(room, seq, "stream entry fields"));
+            };
+            for pair in fields.chunks(2) {
+                let [name, value] = pair else { break };
+                match string(name).as_deref() {
+                    Some("u") => {
+                        let Value::BulkString(bytes) = value else {
+                            return Err(corrupt(room, seq, "update"));
+                        };
+                        entry.update = Bytes::copy_from_slice(bytes);
+                    }
+                    Some("n") => entry.node = int(value).unwrap_or(0),
+                    Some("t") => entry.ticket = int(value).unwrap_or(0),
+                    _ => {}
+                }
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Entries as the store's records.
+pub fn logged(entries: Vec<Entry>) -> Vec<LoggedUpdate> {
+    entries
+        .into_iter()
+        .map(|e| LoggedUpdate {
+            seq: e.seq,
+            update: e.update.to_vec(),
+        })
+        .collect()
+}
+
+fn string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => string(other)?.parse().ok(),
+    }
+}
+
+fn corrupt(room: &str, seq: u64, what: &str) -> StoreError {
+    StoreError::Corrupt {
+        room: room.to_string(),
+        seq,
+        reason: format!("unreadable {what} in Redis"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_decode() {
+        let (room, msg) = decode_message("collabd:{a:b}", b"u12:7:3:\x01\x02:").unwrap();
+        assert_eq!(room, "a:b");
+        let FromCluster::Entries(entries) = msg else {
+            panic!("not entries")
+        };
+        assert_eq!(
+            (entries[0].seq, entries[0].node, entries[0].ticket),
+            (12, 7, 3)
+        );
+        assert_eq!(&entries[0].update[..], b"\x01\x02:");
+        let (_, msg) = decode_message("collabd:{r}", b"a5:9:xyz").unwrap();
+        assert!(matches!(
+            msg,
+            FromCluster::Awareness {
+                node: 5,
+                session: 9,
+                ..
+            }
+        ));
+        assert!(decode_message("collabd:{r}", b"u1:2").is_none());
+        assert!(decode_message("other", b"u1:2:3:").is_none());
+    }
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        for room in ["plain", "a}b", "{x}", "ä/ö"] {
+            let tag = |k: &str| {
+                let open = k.find('{').unwrap();
+                let close = open + k[open..].find('}').unwrap();
+                k[open + 1..close].to_string()
+            };
+            assert_eq!(tag(&seq_key(room)), tag(&log_key(room)));
+            assert_eq!(tag(&seq_key(room)), tag(&snapshot_key(room)));
+        }
+    }
+}
