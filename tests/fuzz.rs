@@ -244,7 +244,8 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
     // (Equality of the two is not asserted: garbage that reuses existing ids with other
     // content is integrated by yrs in ways a replay need not repeat. Valid updates with
     // missing dependencies are the case that matters; `tests/core.rs` covers it.)
-    let (_, (state, _durable)) = ask(&registry, &name, GetState).await.expect("room alive");
+    let (_, state) = ask(&registry, &name, GetState).await.expect("room alive");
+    let state = state.await.expect("the state, once durable");
     store.flush().unwrap();
     let log = store.load(&name).unwrap();
     let rebuilt = Doc::new();

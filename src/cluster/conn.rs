@@ -48,7 +48,7 @@ impl Live {
 /// Where to connect.
 enum Target {
     Single(Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// The command connection, shared by every task of the Redis thread (cheap to clone).
@@ -101,7 +101,7 @@ impl Conn {
                 .get_async_connection()
                 .await
                 .map_err(|e| format!("cannot reach the Redis Cluster at {first_url}: {e}"))?;
-            (Target::Cluster(client), Live::Cluster(conn))
+            (Target::Cluster(Box::new(client)), Live::Cluster(conn))
         } else {
             (Target::Single(first.clone()), Live::Single(probe))
         };
@@ -287,7 +287,7 @@ pub async fn run_pubsub(cluster: Cluster, mut commands: mpsc::UnboundedReceiver<
         let pubsub = match conn.first().get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => {
-                if attempt % 10 == 0 {
+                if attempt.is_multiple_of(10) {
                     warn!("Redis pub/sub connection failed (attempt {attempt}): {e}");
                 }
                 tokio::time::sleep(super::backoff(attempt)).await;

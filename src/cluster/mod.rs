@@ -108,6 +108,8 @@ pub enum FromCluster {
 struct Append {
     ticket: u64,
     update: Bytes,
+    /// Sent again after Redis did not answer it.
+    retry: bool,
 }
 
 struct Subscription {
@@ -275,11 +277,16 @@ impl Cluster {
     }
 
     /// Hands `update` to the room's appender; the answer comes as
-    /// [`FromCluster::Appended`]. Never blocks.
-    pub fn append(&self, room: &Arc<str>, ticket: u64, update: Bytes) {
+    /// [`FromCluster::Appended`]. Never blocks. `retry`: an update Redis did not answer,
+    /// sent again (see [`Cluster::append_loop`] for why it matters).
+    pub fn append(&self, room: &Arc<str>, ticket: u64, update: Bytes, retry: bool) {
         let rooms = self.inner.rooms.lock().unwrap();
         if let Some(sub) = rooms.get(room) {
-            let _ = sub.appends.send(Append { ticket, update });
+            let _ = sub.appends.send(Append {
+                ticket,
+                update,
+                retry,
+            });
         }
     }
 
@@ -336,7 +343,13 @@ impl Cluster {
     }
 
     /// One room's appends, in the order the room made them: each batch that queued while
-    /// the previous one was in flight goes as one pipeline (one round trip, one slot).
+    /// the previous one was in flight goes as one script call (one round trip, one slot).
+    ///
+    /// Order matters beyond one batch: an update may build on the one before it, and the
+    /// log must hold them in that order (a node applying them out of order would hold the
+    /// later one as pending). So once a batch fails, the appender refuses every update
+    /// after it until the room sends the failed ones again (`retry`), which it does in
+    /// their original order before anything new.
     async fn append_loop(
         self,
         room: Arc<str>,
@@ -346,12 +359,33 @@ impl Cluster {
         const BATCH: usize = 128;
         let node = self.inner.node;
         let mut batch = Vec::with_capacity(BATCH);
+        let mut poisoned = false;
         while queue.recv_many(&mut batch, BATCH).await > 0 {
+            if poisoned && let Some(first_retry) = batch.iter().position(|a| a.retry) {
+                // The failed updates come again: refuse what came before them.
+                for append in batch.drain(..first_retry) {
+                    to.do_send(FromCluster::Appended {
+                        ticket: append.ticket,
+                        result: Err(StoreError::Unavailable("sent after a failed append".into())),
+                    });
+                }
+                poisoned = false;
+            }
+            if poisoned {
+                for append in batch.drain(..) {
+                    to.do_send(FromCluster::Appended {
+                        ticket: append.ticket,
+                        result: Err(StoreError::Unavailable("sent after a failed append".into())),
+                    });
+                }
+                continue;
+            }
             let updates: Vec<(u64, &[u8])> =
                 batch.iter().map(|a| (a.ticket, &a.update[..])).collect();
             let answers = roomlog::append(&self.inner.conn, &room, node, &updates).await;
             if let Err(e) = &answers {
                 self.inner.conn.failed(e);
+                poisoned = true;
             }
             for (i, append) in batch.drain(..).enumerate() {
                 let result = match &answers {

@@ -23,7 +23,7 @@ use crate::metrics::{ConnectionGauge, metrics};
 use crate::room::actor::Refused;
 use crate::room::cursor::{self, CatchUp};
 use crate::room::messages::{
-    ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, WaitDurable,
+    ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, SyncWithLog, WaitDurable,
 };
 use crate::room::{absent, ask, ask_existing};
 use crate::store::StoreError;
@@ -212,7 +212,24 @@ pub async fn post_update(
 /// Applies one update as the room's own writer (POST, and server code through a room
 /// handle): its seq, once durable.
 pub async fn apply(state: &AppState, room: &Arc<str>, update: Bytes) -> Result<u64, ApiError> {
-    let (_, applied) = ask(&state.registry, room, ApplyUpdate { update }).await?;
+    let (room_addr, mut applied) = ask(
+        &state.registry,
+        room,
+        ApplyUpdate {
+            update: update.clone(),
+        },
+    )
+    .await?;
+    if matches!(applied, Err(Refused::MissingDependencies)) && state.cluster.is_some() {
+        // It may build on a write another node acknowledged that this node has not
+        // received yet: read the log, then try once more.
+        if let Ok(caught_up) = room_addr.send(SyncWithLog).await
+            && caught_up.await.is_ok()
+            && let Ok(again) = room_addr.send(ApplyUpdate { update }).await
+        {
+            applied = again;
+        }
+    }
     let durable = applied.map_err(|refused| match refused {
         Refused::Invalid(_) => ApiError::bad_request("bad_update", refused.to_string()),
         Refused::TooLarge(_) => ApiError::new(

@@ -120,6 +120,12 @@ pub struct Room {
     /// read is on its way.
     gap_since: Option<Instant>,
     catching_up: bool,
+    /// A cluster check (gap, retries) is scheduled.
+    cluster_check_due: bool,
+    /// Who waits for the catch-up read in flight, and who waits for the next one (they
+    /// asked after the one in flight began).
+    caught_up_waiters: Vec<oneshot::Sender<()>>,
+    next_catch_up_waiters: Vec<oneshot::Sender<()>>,
     /// The durable seq — the only seq shown outside (ARCHITECTURE.md, contract 1) — with
     /// what waits for it: undurable updates, waiters, the compaction due.
     durability: Durability,
@@ -207,6 +213,9 @@ impl Room {
             sequencer: None,
             gap_since: None,
             catching_up: false,
+            cluster_check_due: false,
+            caught_up_waiters: Vec::new(),
+            next_catch_up_waiters: Vec::new(),
             durability: Durability::default(),
             snapshot_seq: 0,
             first_seq: None,

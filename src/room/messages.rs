@@ -146,6 +146,13 @@ pub struct GetAwareness;
 #[rtype(result = "u64")]
 pub struct GetDurableSeq;
 
+/// Cluster mode: resolves once the room applied what a read of its log, begun after this
+/// message arrived, found (at once on one node). A write that builds on an update another
+/// node acknowledged may arrive before that update did.
+#[derive(Message, Clone)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<()>")]
+pub struct SyncWithLog;
+
 /// Resolves once the room's durable seq reaches `seq` (with the durable seq then).
 #[derive(Message, Clone)]
 #[rtype(result = "tokio::sync::oneshot::Receiver<u64>")]

@@ -2,7 +2,8 @@
 //! data dir ([`server`]), a Yjs client built on yrs that speaks y-websocket over a real
 //! WebSocket ([`yclient`]), an SSE client ([`sse`]), HTTP helpers and raw TCP clients
 //! ([`http`]), node for the JavaScript tests ([`node`]), a seedable rng ([`rng`]), a room member for in-process tests ([`peer`]) and
-//! fresh PostgreSQL databases behind a proxy that can cut them ([`pg`]). Everything is re-exported here, so
+//! fresh PostgreSQL databases behind a proxy that can cut them ([`pg`]), and Redis servers
+//! and clusters for cluster mode ([`redis`]). Everything is re-exported here, so
 //! `use common::*;` brings it all.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
@@ -10,6 +11,7 @@ pub mod http;
 pub mod node;
 pub mod peer;
 pub mod pg;
+pub mod redis;
 pub mod rng;
 pub mod server;
 pub mod sse;
@@ -26,6 +28,8 @@ pub use node::*;
 pub use peer::*;
 #[allow(unused_imports)]
 pub use pg::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use rng::*;
 #[allow(unused_imports)]

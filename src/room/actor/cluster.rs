@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use actix::{AsyncContext, Context, Handler};
+use actix::{AsyncContext, Context, Handler, MessageResult};
 use bytes::Bytes;
 use log::{debug, error, warn};
+use tokio::sync::oneshot;
 use yrs::sync::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -19,6 +20,7 @@ use crate::cluster::{Entry, FromCluster};
 use crate::metrics::metrics;
 use crate::protocol;
 use crate::room::durability::Waiter;
+use crate::room::messages::SyncWithLog;
 use crate::store::{Snapshot, StoreError};
 
 /// How long entries may wait behind a missing seq before the room reads the log: the
@@ -42,7 +44,7 @@ impl Room {
         };
         let ticket = cluster.ticket();
         sequencer.sent(ticket, update.clone());
-        cluster.append(&self.name, ticket, update);
+        cluster.append(&self.name, ticket, update, false);
     }
 
     /// Applies what the sequencer now holds in order, answers who waited for it, and asks
@@ -85,7 +87,10 @@ impl Room {
         }
         self.gap_since = match (has_gap, self.gap_since) {
             (false, _) => None,
-            (true, None) => Some(Instant::now()),
+            (true, None) => {
+                self.check_cluster_later(ctx);
+                Some(Instant::now())
+            }
             (true, since) => since,
         };
         if own_logged
@@ -166,7 +171,25 @@ impl Room {
             return;
         };
         self.catching_up = true;
+        debug!(
+            "room {:?}: reading the log after seq {}",
+            self.name, self.seq
+        );
+        self.caught_up_waiters
+            .append(&mut self.next_catch_up_waiters);
         cluster.catch_up(&self.name, self.seq, ctx.address().recipient());
+    }
+
+    /// A catch-up read ended (applied, or failed): who waited for it hears so, and a read
+    /// asked for meanwhile starts.
+    fn catch_up_done(&mut self, ctx: &mut Context<Self>) {
+        self.catching_up = false;
+        for waiter in self.caught_up_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        if !self.next_catch_up_waiters.is_empty() {
+            self.catch_up(ctx);
+        }
     }
 
     /// Cluster mode's share of the room's tick: a gap that persisted is filled from the
@@ -181,6 +204,27 @@ impl Room {
         if gap_old || retry_due {
             self.catch_up(ctx);
         }
+        if self.gap_since.is_some() || self.sequencer.as_ref().is_some_and(|s| s.has_failed()) {
+            self.check_cluster_later(ctx);
+        }
+    }
+
+    /// Runs [`Room::cluster_tick`] again soon (a gap, or updates waiting to be sent again):
+    /// one timer per room only while it has something to repair.
+    fn check_cluster_later(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.cluster_check_due, true) {
+            return;
+        }
+        ctx.run_later(GAP_PATIENCE, |room, ctx| {
+            room.cluster_check_due = false;
+            room.cluster_tick(ctx);
+        });
+    }
+
+    /// Updates Redis did not take wait to be sent again: until they are, new writes are
+    /// refused (they could build on them, and must not reach the log before them).
+    pub(super) fn cluster_refuses_writes(&self) -> bool {
+        self.sequencer.as_ref().is_some_and(|s| s.has_failed())
     }
 
     /// Updates of this room wait for Redis: the room is not idle.
@@ -221,6 +265,7 @@ impl Handler<FromCluster> for Room {
                 Err(StoreError::Unavailable(why)) => {
                     debug!("room {:?}: append {ticket} not taken: {why}", self.name);
                     self.resync_when_stored = true;
+                    self.check_cluster_later(ctx);
                     let refused = self
                         .sequencer
                         .as_mut()
@@ -239,7 +284,6 @@ impl Handler<FromCluster> for Room {
                 }
             },
             FromCluster::CaughtUp { snapshot, entries } => {
-                self.catching_up = false;
                 if let Some(snapshot) = snapshot
                     && snapshot.seq > self.seq
                 {
@@ -255,8 +299,15 @@ impl Handler<FromCluster> for Room {
                         .map(|s| s.retry())
                         .unwrap_or_default();
                     if let Some(cluster) = &self.deps.cluster {
+                        if !again.is_empty() {
+                            debug!(
+                                "room {:?}: sending {} updates Redis did not take again",
+                                self.name,
+                                again.len()
+                            );
+                        }
                         for (ticket, update) in again {
-                            cluster.append(&self.name, ticket, update);
+                            cluster.append(&self.name, ticket, update, true);
                         }
                     }
                 }
@@ -264,8 +315,9 @@ impl Handler<FromCluster> for Room {
                     // More than one read's worth behind, or still a hole: read on.
                     self.gap_since = Some(Instant::now() - GAP_PATIENCE);
                 }
+                self.catch_up_done(ctx);
             }
-            FromCluster::CatchUpFailed => self.catching_up = false,
+            FromCluster::CatchUpFailed => self.catch_up_done(ctx),
             FromCluster::Awareness {
                 node,
                 session,
@@ -278,6 +330,21 @@ impl Handler<FromCluster> for Room {
             },
             FromCluster::Reconnected => self.catch_up(ctx),
         }
+    }
+}
+
+impl Handler<SyncWithLog> for Room {
+    type Result = MessageResult<SyncWithLog>;
+
+    fn handle(&mut self, _msg: SyncWithLog, ctx: &mut Context<Self>) -> Self::Result {
+        let (done, answer) = oneshot::channel();
+        if self.sequencer.is_none() {
+            let _ = done.send(());
+        } else {
+            self.next_catch_up_waiters.push(done);
+            self.catch_up(ctx);
+        }
+        MessageResult(answer)
     }
 }
 

@@ -40,7 +40,7 @@ impl Room {
         }
         // Nothing is taken that could not be stored: the sender keeps it, and WebSocket
         // members are re-synced once the store is back (see `tick`).
-        if self.deps.store.unavailable().is_some() {
+        if self.deps.store.unavailable().is_some() || self.cluster_refuses_writes() {
             self.resync_when_stored = true;
             return refused(Refused::StoreUnavailable);
         }
