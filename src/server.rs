@@ -79,9 +79,13 @@ impl Server {
             .run();
         let http = server.handle();
         actix_rt::spawn(server);
+        let data = match (&settings.redis_url, &settings.postgres_url) {
+            (Some(_), _) => "data in Redis".to_string(),
+            (None, Some(_)) => "data in PostgreSQL".to_string(),
+            (None, None) => format!("data in {}", settings.data_dir.display()),
+        };
         info!(
-            "listening on {addr} (data in {}, flush every {} ms)",
-            settings.data_dir.display(),
+            "listening on {addr} ({data}, flush every {} ms)",
             settings.flush_interval_ms
         );
         Ok(Server {

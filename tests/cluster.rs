@@ -297,6 +297,46 @@ fn check_log_at_or_before(
     }
 }
 
+/// Through nginx (`deploy/nginx.conf`, round robin, no stickiness): stock y-websocket
+/// clients and an EventSource converge; a node is killed with SIGKILL while they type,
+/// its clients reconnect through nginx to the others, and everyone converges with
+/// nothing lost.
+#[test]
+fn through_nginx_without_stickiness_and_a_node_killed() {
+    use std::io::{BufRead, BufReader};
+    let Some(redis) = redis_or_skip() else { return };
+    let mut cluster = nodes(&redis.url(), 3);
+    let upstreams: Vec<std::net::SocketAddr> = cluster.iter().map(|(s, _)| s.addr).collect();
+    let Some(nginx) = nginx_or_skip(&upstreams) else {
+        return;
+    };
+    let urls: Vec<String> = cluster.iter().map(|(s, _)| s.url("")).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("node")
+        .arg(root.join("tests/js/cluster.mjs"))
+        .env("CLUSTER_URLS", urls.join(","))
+        .env("NGINX_URL", nginx.url(""))
+        .env("KILL_URL", &urls[0])
+        .env("YJS_INTEROP_SERVER_BIN", env!("CARGO_BIN_EXE_collabd"))
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node must be installed");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        println!("{line}");
+        if line == "KILL" {
+            cluster[0].0.kill();
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "cluster.mjs through nginx failed: {status}"
+    );
+}
+
 /// Redis cut away (a TCP proxy drops every connection) while nodes take writes: writes
 /// are refused with 503 `store_unavailable` and `/healthz` says degraded; once Redis is
 /// reachable again writes resume; every acknowledged write is in the log exactly once,
@@ -530,4 +570,136 @@ fn a_redis_that_may_evict_room_keys_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("maxmemory-policy allkeys-lru"), "{stderr}");
+}
+
+/// Messages lost on the way: Redis drops node A's pub/sub connection again and again
+/// (`CLIENT KILL TYPE pubsub`) while node B takes writes. Node A notices each gap, reads
+/// the stream, and its SSE stream still carries every seq once, in order.
+#[actix_rt::test]
+async fn lost_channel_messages_are_read_from_the_stream() {
+    let Some(redis) = redis_or_skip() else { return };
+    let cluster = nodes(&redis.url(), 2);
+    let room = "cluster/lossy";
+    let mut sse = SseClient::open(
+        &cluster[0].0,
+        &format!("/rooms/{room}/events?since=0"),
+        None,
+    )
+    .await;
+    let w = HttpWriter::new();
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        if i % 10 == 5 {
+            redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        let marker = format!("[lossy{i}]");
+        let (status, answer) = post_update(&cluster[1].0, room, w.append("t", &marker)).await;
+        assert_eq!(status, 200, "{answer}");
+        acked.push((answer["seq"].as_u64().unwrap(), marker));
+    }
+    let seen = sse_until(&mut sse, 60).await;
+    check_log(&seen, &acked, "node A's SSE stream");
+    assert_eq!(seen, polled_log(&cluster[1].0, room, 0).await);
+    assert!(
+        cluster[0]
+            .0
+            .logs()
+            .iter()
+            .any(|l| l.contains("Redis pub/sub connection lost")),
+        "the pub/sub connection was really cut"
+    );
+}
+
+/// Snapshots and compaction in Redis: with a snapshot every 10 updates and a replay
+/// window of 10, the stream stays short while seqs go on; a node that loads the room
+/// later starts from the snapshot; a client resuming from before the window gets the
+/// snapshot, then exactly the rest.
+#[actix_rt::test]
+async fn snapshots_keep_the_redis_stream_short() {
+    let Some(redis) = redis_or_skip() else { return };
+    let small = ["--snapshot-every", "10", "--replay-window", "10"];
+    let (a, _da) = node(&redis.url(), &small);
+    let room = "cluster/compact";
+    let w = HttpWriter::new();
+    for i in 0..100 {
+        let (status, answer) = post_update(&a, room, w.append("t", &format!("[c{i}]"))).await;
+        assert_eq!(
+            (status, answer["seq"].as_u64()),
+            (200, Some(i + 1)),
+            "{answer}"
+        );
+    }
+    let key = format!("collabd:{{{room}}}:log");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let len: u64 = redis.command(&["XLEN", &key]).parse().unwrap();
+        if len <= 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream stays at {len} entries"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !redis
+            .command(&["HGET", &format!("collabd:{{{room}}}:snap"), "seq"])
+            .is_empty()
+    );
+    // A node that loads the room now, from the snapshot and the rest of the stream.
+    let (b, _db) = node(&redis.url(), &small);
+    let (doc, seq) = b.state(room).await;
+    assert_eq!(seq, 100);
+    let text = text_of(&doc, "t");
+    assert_eq!(
+        text,
+        (0..100).map(|i| format!("[c{i}]")).collect::<String>()
+    );
+    // A resume from seq 3 (compacted away): a snapshot, then the updates after it.
+    let (status, answer) = b.get_json(&format!("/rooms/{room}/updates?since=3")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["snapshot"].is_object() || answer["snapshot"].is_string(),
+        "{answer}"
+    );
+    // Writes on the second node continue the same seqs.
+    let (status, answer) = post_update(&b, room, w.append("t", "[after]")).await;
+    assert_eq!(
+        (status, answer["seq"].as_u64()),
+        (200, Some(101)),
+        "{answer}"
+    );
+}
+
+/// Presence crosses nodes, and the presence of a node that died expires everywhere else.
+#[actix_rt::test]
+async fn presence_crosses_nodes_and_a_dead_nodes_expires() {
+    let Some(redis) = redis_or_skip() else { return };
+    let timeout = ["--awareness-timeout-ms", "1500"];
+    let (mut a, _da) = node(&redis.url(), &timeout);
+    let (b, _db) = node(&redis.url(), &timeout);
+    let room = "cluster/presence";
+    let mut on_a = YClient::connect(&a, room).await;
+    on_a.until("synced", |c| c.synced).await;
+    let mut on_b = YClient::connect(&b, room).await;
+    on_b.until("synced", |c| c.synced).await;
+    on_a.set_awareness(r#"{"user":{"name":"ann"}}"#).await;
+    let ann = on_a.client_id();
+    on_b.until("ann's presence on node B", |c| {
+        c.awareness_state(ann).is_some_and(|s| s.contains("ann"))
+    })
+    .await;
+    on_b.set_awareness(r#"{"user":{"name":"bob"}}"#).await;
+    let bob = on_b.client_id();
+    on_a.until("bob's presence on node A", |c| {
+        c.awareness_state(bob).is_some_and(|s| s.contains("bob"))
+    })
+    .await;
+    // Node A dies with ann's state: node B expires it (no renewals come any more).
+    a.kill();
+    on_b.until("ann's presence expired", |c| {
+        c.awareness_state(ann).is_none()
+    })
+    .await;
 }

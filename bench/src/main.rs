@@ -41,7 +41,8 @@ use yrs::{Array, Doc, ReadTxn, Transact, Update};
 #[command(version, about)]
 struct Args {
     /// WebSocket base URL; a room is BASE/ROOM. collabd: ws://127.0.0.1:1234/ws;
-    /// the reference server: ws://127.0.0.1:1235.
+    /// the reference server: ws://127.0.0.1:1235. Several, comma-separated (the nodes of
+    /// a cluster): a room's members are spread over them, its writers on the first.
     #[arg(long, default_value = "ws://127.0.0.1:1234/ws")]
     url: String,
     /// Rooms.
@@ -79,6 +80,10 @@ struct Args {
     /// Server process id, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pid: Option<u32>,
+    /// More server processes (a cluster's other nodes, Redis), comma-separated: their
+    /// CPU time counts as the server's too.
+    #[arg(long, value_delimiter = ',')]
+    more_pids: Vec<u32>,
     /// Clock ticks per second of /proc/PID/stat's utime and stime (`getconf CLK_TCK`;
     /// 100 on every Linux this runs on; bench/compare.sh passes the real value).
     #[arg(long, default_value_t = 100)]
@@ -418,6 +423,18 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU ticks of `--pid` and every `--more-pids`.
+fn server_cpu_ticks(args: &Args) -> Option<u64> {
+    let main = cpu_ticks(args.pid?)?;
+    Some(
+        main + args
+            .more_pids
+            .iter()
+            .filter_map(|p| cpu_ticks(*p))
+            .sum::<u64>(),
+    )
+}
+
 /// CPU time of the server (given `--pid`) and of the generator itself over a window.
 struct CpuWindow {
     at: Instant,
@@ -439,7 +456,7 @@ impl CpuWindow {
     fn start(args: &Args) -> CpuWindow {
         CpuWindow {
             at: Instant::now(),
-            server: args.pid.and_then(cpu_ticks),
+            server: server_cpu_ticks(args),
             generator: cpu_ticks(std::process::id()),
         }
     }
@@ -452,7 +469,7 @@ impl CpuWindow {
                 .zip(after)
                 .map(|(b, a)| a.saturating_sub(b) as f64 / tck)
         };
-        let server = seconds(self.server, args.pid.and_then(cpu_ticks));
+        let server = seconds(self.server, server_cpu_ticks(args));
         let generator = seconds(self.generator, cpu_ticks(std::process::id()));
         CpuFigures {
             cpu_window_s: wall,
@@ -547,7 +564,9 @@ async fn round(args: Rc<Args>, rate: f64, tag: &str) -> Report {
         let room = index % args.rooms;
         let member = index / args.rooms;
         let writer = (member < args.writers).then_some(index as u64);
-        let mut url = format!("{}/{}-{tag}-{room}", args.url, args.room_prefix);
+        let bases: Vec<&str> = args.url.split(',').collect();
+        let base = bases[member % bases.len()];
+        let mut url = format!("{base}/{}-{tag}-{room}", args.room_prefix);
         if args.dest_ips > 1 {
             let host = format!("127.0.0.{}", 1 + index % usize::from(args.dest_ips));
             url = url.replacen("127.0.0.1", &host, 1);

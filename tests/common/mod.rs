@@ -2,12 +2,13 @@
 //! data dir ([`server`]), a Yjs client built on yrs that speaks y-websocket over a real
 //! WebSocket ([`yclient`]), an SSE client ([`sse`]), HTTP helpers and raw TCP clients
 //! ([`http`]), node for the JavaScript tests ([`node`]), a seedable rng ([`rng`]), a room member for in-process tests ([`peer`]) and
-//! fresh PostgreSQL databases behind a proxy that can cut them ([`pg`]), and Redis servers
-//! and clusters for cluster mode ([`redis`]). Everything is re-exported here, so
+//! fresh PostgreSQL databases behind a proxy that can cut them ([`pg`]), Redis servers
+//! and clusters for cluster mode ([`redis`]), and nginx in front of its nodes ([`nginx`]). Everything is re-exported here, so
 //! `use common::*;` brings it all.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod http;
+pub mod nginx;
 pub mod node;
 pub mod peer;
 pub mod pg;
@@ -22,6 +23,8 @@ use std::time::Duration;
 // Re-exported so `use common::*;` brings everything; a test file may use none of a part.
 #[allow(unused_imports)]
 pub use http::*;
+#[allow(unused_imports)]
+pub use nginx::*;
 #[allow(unused_imports)]
 pub use node::*;
 #[allow(unused_imports)]

@@ -75,12 +75,17 @@ run('stock Yjs clients share a room across cluster nodes', async () => {
     const typing = setInterval(() => {
       clients.forEach(c => c.text.insert(c.text.length, '.'))
     }, 30)
+    for (const c of clients) {
+      c.provider.on('status', e => { if (e.status === 'disconnected') c.dropped = true })
+    }
     console.log('KILL')
     await until('the node is gone', async () => {
       try { await fetch(`${process.env.KILL_URL}/healthz`); return false } catch { return true }
     })
     await new Promise(resolve => setTimeout(resolve, 300))
     clearInterval(typing)
+    // Round robin put some of the clients on the killed node.
+    if (!clients.some(c => c.dropped)) throw new Error('no client was on the killed node')
     clients.forEach(c => c.text.insert(c.text.length, `[${c.name}.end]`))
     await until('clients converge after the kill', () => converged() &&
       clients.every(c => clients.every(o => c.text.toString().includes(`[${o.name}.end]`))))

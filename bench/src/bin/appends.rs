@@ -18,7 +18,8 @@ use yrs::{Doc, GetString, Text, Transact};
 
 #[derive(Parser)]
 struct Args {
-    /// The server's base URL.
+    /// The server's base URL; several, comma-separated (a cluster's nodes): writer `w`
+    /// writes through the `w % n`-th.
     #[arg(long)]
     url: String,
     #[arg(long, default_value_t = 200)]
@@ -45,7 +46,12 @@ fn main() {
         let started = Instant::now();
         let writers = (0..args.writers).map(|w| {
             let (client, latency, failures) = (client.clone(), latency.clone(), failures.clone());
-            let url = format!("{}/rooms/appends/{}/updates", args.url, w % args.rooms);
+            let bases: Vec<&str> = args.url.split(',').collect();
+            let url = format!(
+                "{}/rooms/appends/{}/updates",
+                bases[w % bases.len()],
+                w % args.rooms
+            );
             async move {
                 let doc = Doc::new();
                 let text = doc.get_or_insert_text("t");
