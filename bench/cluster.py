@@ -5,7 +5,8 @@ Redis, three nodes on one Redis, side by side in one run.
 - Fan-out: 200 WebSocket clients in one room, one writer at RATE updates/s (20 and 100),
   clients spread over the nodes (`collabd-bench --url A,B,C`), the writer on the first.
   Latency p50/p99 from the writer's send to each delivery; CPU per delivery of every
-  server process (the nodes and Redis); Redis' CPU and commands per update.
+  server process (the nodes and Redis); Redis' CPU (INFO cpu, its whole process, cron
+  included: at low rates that dominates) and commands per update.
 - Durable appends: 200 concurrent HTTP writers (`appends`), each waiting for its answer
   before the next, spread over the nodes: appends/s, answer p50/p99, CPU per append of
   the nodes and of Redis, Redis commands per append.
@@ -78,6 +79,11 @@ class Redis:
         """Commands Redis ran, scripts' inner commands included (INFO commandstats)."""
         return sum(int(m) for m in re.findall(r"calls=(\d+)", self.cli("INFO", "commandstats")))
 
+    def cpu(self):
+        """Redis' own CPU seconds, to the microsecond (INFO cpu: getrusage)."""
+        info = self.cli("INFO", "cpu")
+        return sum(float(m) for m in re.findall(r"used_cpu_(?:sys|user):([0-9.]+)", info))
+
     def url(self):
         return f"redis://127.0.0.1:{self.port}"
 
@@ -125,7 +131,7 @@ def fanout(kind, rate, seconds):
         urls = ",".join(f"ws://127.0.0.1:{n.port}/ws" for n in nodes)
         more = [n.pid for n in nodes[1:]] + ([redis.proc.pid] if redis else [])
         calls0 = redis.calls() if redis else 0
-        r_ticks0 = cpu_ticks(redis.proc.pid) if redis else 0
+        r_cpu0 = redis.cpu() if redis else 0
         out = subprocess.check_output(
             ["taskset", "-c", BENCH_CPU, BENCH, "--url", urls, "--rooms", "1",
              "--clients", "200", "--writers", "1", "--rate", str(rate), "--duration",
@@ -141,7 +147,7 @@ def fanout(kind, rate, seconds):
             "cpu_us_per_delivery": report.get("server_cpu_us_per_delivery"),
         }
         if redis:
-            row["redis_cpu_us_per_update"] = (cpu_ticks(redis.proc.pid) - r_ticks0) / CLK_TCK / updates * 1e6
+            row["redis_cpu_us_per_update"] = (redis.cpu() - r_cpu0) / updates * 1e6
             row["redis_calls_per_update"] = (redis.calls() - calls0) / updates
         return row
     finally:
@@ -157,7 +163,7 @@ def appends(kind, seconds):
         urls = ",".join(f"http://127.0.0.1:{n.port}" for n in nodes)
         ticks0 = sum(cpu_ticks(n.pid) for n in nodes)
         calls0 = redis.calls() if redis else 0
-        r_ticks0 = cpu_ticks(redis.proc.pid) if redis else 0
+        r_cpu0 = redis.cpu() if redis else 0
         out = subprocess.check_output(
             ["taskset", "-c", BENCH_CPU, APPENDS, "--url", urls, "--writers", "200",
              "--rooms", "20", "--duration", str(seconds)], text=True)
@@ -170,7 +176,7 @@ def appends(kind, seconds):
             "collabd_cpu_us_per_append": (sum(cpu_ticks(x.pid) for x in nodes) - ticks0) / CLK_TCK / n * 1e6,
         }
         if redis:
-            row["redis_cpu_us_per_append"] = (cpu_ticks(redis.proc.pid) - r_ticks0) / CLK_TCK / n * 1e6
+            row["redis_cpu_us_per_append"] = (redis.cpu() - r_cpu0) / n * 1e6
             row["redis_calls_per_append"] = (redis.calls() - calls0) / n
         return row
     finally:

@@ -703,3 +703,43 @@ async fn presence_crosses_nodes_and_a_dead_nodes_expires() {
     })
     .await;
 }
+
+/// One bad entry (an update that does not decode, written straight into Redis the way a
+/// node writes, with its seq and on the room's channel) costs that entry only: the room
+/// goes on with the next seqs, every node agrees on the log, and other rooms never
+/// notice.
+#[actix_rt::test]
+async fn a_bad_entry_in_the_log_stalls_nothing() {
+    let Some(redis) = redis_or_skip() else { return };
+    let cluster = nodes(&redis.url(), 2);
+    let (room, other) = ("cluster/bad", "cluster/good");
+    let w = HttpWriter::new();
+    let (status, _) = post_update(&cluster[0].0, room, w.append("t", "[before]")).await;
+    assert_eq!(status, 200);
+    let mut sse = SseClient::open(&cluster[1].0, &format!("/rooms/{room}/events?since=0"), None).await;
+    let script = collabd::cluster::roomlog::APPEND;
+    let answer = redis.command(&[
+        "EVAL",
+        script,
+        "2",
+        &format!("collabd:{{{room}}}:seq"),
+        &format!("collabd:{{{room}}}:log"),
+        "12345",
+        &format!("collabd:{{{room}}}"),
+        "1",
+        "\u{1}not a yjs update",
+    ]);
+    assert_eq!(answer, "2", "the bad entry is seq 2");
+    let (status, answer) = post_update(&cluster[1].0, room, w.append("t", "[after]")).await;
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(3)), "{answer}");
+    let seen = sse_until(&mut sse, 3).await;
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    for (server, _) in &cluster {
+        server.wait_for_seq(room, 3).await;
+        let (doc, seq) = server.state(room).await;
+        assert_eq!((text_of(&doc, "t"), seq), ("[before][after]".to_string(), 3));
+    }
+    let w2 = HttpWriter::new();
+    let (status, answer) = post_update(&cluster[0].0, other, w2.append("t", "x")).await;
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(1)), "{answer}");
+}
