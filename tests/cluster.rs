@@ -533,11 +533,38 @@ async fn a_redis_cluster_of_three_masters_keeps_the_contracts() {
         }
     }
     for room in &rooms {
+        let mut logs = Vec::new();
         for (server, _) in &cluster {
             server.wait_for_seq(room, 6).await;
             let log = polled_log(server, room, 0).await;
             check_log(&log, &acked[room], room);
+            // SSE on every node: the same seqs and updates, and a resume from seq 3.
+            let mut sse =
+                SseClient::open(server, &format!("/rooms/{room}/events?since=0"), None).await;
+            assert_eq!(sse_until(&mut sse, 6).await, log, "{room}: SSE");
+            let mut resumed = SseClient::connect(server, room, Some("3")).await;
+            let rest: BTreeMap<u64, Vec<u8>> =
+                log.range(4..).map(|(s, u)| (*s, u.clone())).collect();
+            assert_eq!(sse_until(&mut resumed, 6).await, rest, "{room}: resume");
+            logs.push(log);
         }
+        assert!(logs.windows(2).all(|w| w[0] == w[1]), "{room}: nodes agree");
+    }
+    // WebSocket clients of one room on every node converge.
+    let mut clients = Vec::new();
+    for (server, _) in &cluster {
+        let mut c = YClient::connect(server, &rooms[0]).await;
+        c.until("synced", |c| c.synced).await;
+        clients.push(c);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.append("ws", &format!("[ws{i}]")).await;
+    }
+    for c in clients.iter_mut() {
+        c.until("every node's edit", |c| {
+            (0..3).all(|i| c.text("ws").contains(&format!("[ws{i}]")))
+        })
+        .await;
     }
     // The rooms' keys live on every master, not on one.
     let holding = redis
@@ -552,6 +579,44 @@ async fn a_redis_cluster_of_three_masters_keeps_the_contracts() {
         })
         .count();
     assert_eq!(holding, 3, "rooms on every shard");
+}
+
+/// A node says at startup what an ack is worth: on disk with `appendfsync always`, and a
+/// loud warning with anything less.
+#[test]
+fn a_node_says_what_an_ack_is_worth() {
+    let Some(always) = redis_or_skip() else {
+        return;
+    };
+    let (node_always, _d1) = node(&always.url(), &[]);
+    assert!(
+        node_always
+            .logs()
+            .iter()
+            .any(|l| l.contains("an ack means on disk")),
+        "{:?}",
+        node_always.logs()
+    );
+    let everysec = RedisServer::start_with(&["--appendfsync", "everysec"]);
+    let (node_everysec, _d2) = node(&everysec.url(), &[]);
+    assert!(
+        node_everysec
+            .logs()
+            .iter()
+            .any(|l| l.contains("DURABILITY") && l.contains("appendfsync everysec")),
+        "{:?}",
+        node_everysec.logs()
+    );
+    let no_aof = RedisServer::start_with(&["--appendonly", "no"]);
+    let (node_no_aof, _d3) = node(&no_aof.url(), &[]);
+    assert!(
+        node_no_aof
+            .logs()
+            .iter()
+            .any(|l| l.contains("DURABILITY") && l.contains("appendonly no")),
+        "{:?}",
+        node_no_aof.logs()
+    );
 }
 
 /// A Redis whose `maxmemory-policy` may evict room keys is refused at startup, with a
@@ -716,7 +781,12 @@ async fn a_bad_entry_in_the_log_stalls_nothing() {
     let w = HttpWriter::new();
     let (status, _) = post_update(&cluster[0].0, room, w.append("t", "[before]")).await;
     assert_eq!(status, 200);
-    let mut sse = SseClient::open(&cluster[1].0, &format!("/rooms/{room}/events?since=0"), None).await;
+    let mut sse = SseClient::open(
+        &cluster[1].0,
+        &format!("/rooms/{room}/events?since=0"),
+        None,
+    )
+    .await;
     let script = collabd::cluster::roomlog::APPEND;
     let answer = redis.command(&[
         "EVAL",
@@ -737,7 +807,10 @@ async fn a_bad_entry_in_the_log_stalls_nothing() {
     for (server, _) in &cluster {
         server.wait_for_seq(room, 3).await;
         let (doc, seq) = server.state(room).await;
-        assert_eq!((text_of(&doc, "t"), seq), ("[before][after]".to_string(), 3));
+        assert_eq!(
+            (text_of(&doc, "t"), seq),
+            ("[before][after]".to_string(), 3)
+        );
     }
     let w2 = HttpWriter::new();
     let (status, answer) = post_update(&cluster[0].0, other, w2.append("t", "x")).await;
