@@ -424,6 +424,23 @@ settings! {
     /// node of a Redis Cluster works too; separate several seed URLs with commas.
     redis_url: Option<String> = None, example "redis://127.0.0.1:6379";
 
+    /// Cluster mode with `postgres_url`: a room's entries in Redis beyond what PostgreSQL
+    /// archived, before the node that holds the room's archive lease archives them.
+    ///
+    /// PostgreSQL is then the archive: every update with its seq, and the snapshots.
+    /// Redis keeps the unarchived entries and about this many archived ones (for quick
+    /// catch-ups); older ones are trimmed from Redis only after the PostgreSQL commit
+    /// that holds them.
+    archive_after: u64 = 1_000;
+
+    /// Cluster mode with `postgres_url`: milliseconds without a write after which a room
+    /// whose log is fully archived leaves Redis entirely.
+    ///
+    /// Redis' memory is then bounded by the rooms in use, not by every room ever written.
+    /// A room not in Redis loads from PostgreSQL, exactly, and its seqs go on where they
+    /// stopped.
+    archive_idle_ms: u64 = 600_000;
+
     /// Longest a hook of an embedding application may run, in milliseconds.
     ///
     /// Applies to every hook (authenticate, load, change, connect, disconnect; see the

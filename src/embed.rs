@@ -113,7 +113,12 @@ impl Builder {
             None => None,
         };
         let store = match &cluster {
-            Some(cluster) => Arc::new(RedisStore::new(cluster.clone())) as Arc<dyn Store>,
+            Some(cluster) => {
+                if let Some(url) = &settings.postgres_url {
+                    set_archive(cluster, url, &settings)?;
+                }
+                Arc::new(RedisStore::new(cluster.clone())) as Arc<dyn Store>
+            }
             None => open_store(&settings)?,
         };
         let hooks = Arc::new(hooks);
@@ -151,6 +156,25 @@ impl Builder {
                 stopped: AtomicBool::new(false),
             }),
         })
+    }
+}
+
+/// Cluster mode with `postgres_url`: PostgreSQL is the archive behind Redis.
+fn set_archive(cluster: &Cluster, url: &str, settings: &Settings) -> io::Result<()> {
+    #[cfg(feature = "postgres")]
+    {
+        let pg = crate::store::postgres::PostgresStore::open(url)
+            .map_err(|e| io::Error::other(format!("postgres_url: {e}")))?;
+        cluster.set_archive(Arc::new(pg), settings);
+        Ok(())
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (cluster, settings);
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("postgres_url ({url:?}) needs collabd built with the `postgres` feature"),
+        ))
     }
 }
 

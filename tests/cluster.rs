@@ -791,11 +791,14 @@ async fn a_bad_entry_in_the_log_stalls_nothing() {
     let answer = redis.command(&[
         "EVAL",
         script,
-        "2",
+        "3",
         &format!("collabd:{{{room}}}:seq"),
         &format!("collabd:{{{room}}}:log"),
+        &format!("collabd:{{{room}}}:touched"),
         "12345",
         &format!("collabd:{{{room}}}"),
+        "0",
+        "0",
         "1",
         "\u{1}not a yjs update",
     ]);

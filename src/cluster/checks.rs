@@ -10,14 +10,12 @@
 //! - A Redis that forbids `CONFIG GET` (some managed services): a warning that the
 //!   settings could not be checked.
 
-use log::{info, warn};
-use redis::Value;
-
 use super::conn::Conn;
+use log::{info, warn};
 
 /// Checks every master's persistence settings; `Err` for settings that can lose data.
 pub async fn persistence(conn: &Conn) -> Result<(), String> {
-    for addr in masters(conn).await? {
+    for addr in conn.master_addrs().await? {
         let client = redis::Client::open(format!("redis://{addr}"))
             .map_err(|e| format!("Redis master {addr}: {e}"))?;
         let mut c = client
@@ -82,38 +80,6 @@ pub fn verdict(
         ),
     }
     Ok(())
-}
-
-/// The masters' addresses: every master of a Redis Cluster, else the one Redis.
-async fn masters(conn: &Conn) -> Result<Vec<String>, String> {
-    let first = conn.first();
-    let addr = first.get_connection_info().addr().to_string();
-    if !conn.is_cluster() {
-        return Ok(vec![addr]);
-    }
-    let mut c = first
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("Redis at {addr}: {e}"))?;
-    let nodes: Value = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut c)
-        .await
-        .map_err(|e| format!("CLUSTER NODES at {addr}: {e}"))?;
-    let text = match nodes {
-        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        Value::VerbatimString { text, .. } => text,
-        other => return Err(format!("CLUSTER NODES answered {other:?}")),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let flags = fields.get(2)?;
-            (flags.contains("master") && !flags.contains("fail"))
-                .then(|| fields.get(1)?.split('@').next().map(str::to_string))?
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -141,6 +141,50 @@ impl Conn {
         &self.inner.first
     }
 
+    /// The masters' addresses (`host:port`): every master of a Redis Cluster, else the
+    /// one Redis.
+    pub async fn master_addrs(&self) -> Result<Vec<String>, String> {
+        let first = self.first();
+        let addr = first.get_connection_info().addr().to_string();
+        if !self.is_cluster() {
+            return Ok(vec![addr]);
+        }
+        let mut c = first
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("Redis at {addr}: {e}"))?;
+        let nodes: Value = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| format!("CLUSTER NODES at {addr}: {e}"))?;
+        let text = match nodes {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            other => return Err(format!("CLUSTER NODES answered {other:?}")),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags = fields.get(2)?;
+                (flags.contains("master") && !flags.contains("fail"))
+                    .then(|| fields.get(1)?.split('@').next().map(str::to_string))?
+            })
+            .collect())
+    }
+
+    /// A client for each master (see [`Conn::master_addrs`]).
+    pub async fn masters(&self) -> Result<Vec<Client>, StoreError> {
+        let addrs = self.master_addrs().await.map_err(StoreError::Unavailable)?;
+        addrs
+            .iter()
+            .map(|a| {
+                Client::open(format!("redis://{a}")).map_err(|e| StoreError::Failed(e.to_string()))
+            })
+            .collect()
+    }
+
     /// Runs one command.
     pub async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
         let mut live = self.live()?;

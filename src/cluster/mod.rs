@@ -47,13 +47,18 @@
 //! ([`crate::store::redis::RedisStore`]) wait for it from the blocking pool. A room
 //! thread never waits on the network.
 
+#[cfg(feature = "postgres")]
+pub mod archive;
+#[cfg(not(feature = "postgres"))]
+#[path = "archive_off.rs"]
+pub mod archive;
 pub mod checks;
 mod conn;
 pub mod roomlog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::{Message, Recipient};
@@ -133,6 +138,8 @@ struct Inner {
     pubsub: mpsc::UnboundedSender<conn::PubSubCommand>,
     tickets: AtomicU64,
     stopping: AtomicBool,
+    /// PostgreSQL as the archive (with `postgres_url`).
+    archive: OnceLock<archive::Archive>,
 }
 
 impl Cluster {
@@ -171,6 +178,7 @@ impl Cluster {
                         pubsub: pubsub_tx,
                         tickets: AtomicU64::new(1),
                         stopping: AtomicBool::new(false),
+                        archive: OnceLock::new(),
                     });
                     let cluster = Cluster {
                         inner: inner.clone(),
@@ -190,6 +198,31 @@ impl Cluster {
             cluster.inner.conn.describe()
         );
         Ok(cluster)
+    }
+
+    /// Makes PostgreSQL the archive behind Redis (see [`archive`]) and starts the sweep
+    /// that lets idle, archived rooms leave Redis. Before any room loads.
+    #[cfg(feature = "postgres")]
+    pub fn set_archive(
+        &self,
+        pg: Arc<crate::store::postgres::PostgresStore>,
+        settings: &crate::config::Settings,
+    ) {
+        let archive = archive::Archive::new(pg, settings.archive_after, settings.archive_idle_ms);
+        if self.inner.archive.set(archive).is_ok() {
+            let cluster = self.clone();
+            self.inner.runtime.spawn(cluster.sweep_forever());
+        }
+    }
+
+    /// The archive, when there is one.
+    pub fn archive(&self) -> Option<&archive::Archive> {
+        self.inner.archive.get()
+    }
+
+    /// Whether a room instance of `room` is loaded on this node.
+    pub fn is_loaded(&self, room: &str) -> bool {
+        self.inner.rooms.lock().unwrap().contains_key(room)
     }
 
     /// This node's id (random per process).
@@ -274,6 +307,9 @@ impl Cluster {
                 channel: roomlog::channel(room),
             });
         }
+        drop(rooms);
+        // What it wrote goes to the archive; the sweep lets it leave Redis once idle.
+        self.archive_soon(room);
     }
 
     /// Hands `update` to the room's appender; the answer comes as
@@ -293,9 +329,10 @@ impl Cluster {
     /// Reads what follows `after` in the room's log; the answer comes as
     /// [`FromCluster::CaughtUp`] (or `CatchUpFailed`).
     pub fn catch_up(&self, room: &Arc<str>, after: u64, to: Recipient<FromCluster>) {
-        let (conn, room) = (self.inner.conn.clone(), room.clone());
+        let (cluster, room) = (self.clone(), room.clone());
         self.inner.runtime.spawn(async move {
-            match roomlog::catch_up(&conn, &room, after).await {
+            let conn = cluster.inner.conn.clone();
+            match cluster.read_after(&room, after).await {
                 Ok((snapshot, entries)) => to.do_send(FromCluster::CaughtUp { snapshot, entries }),
                 Err(e) => {
                     warn!("room {room:?}: catch-up read failed: {e}");
@@ -304,6 +341,31 @@ impl Cluster {
                 }
             }
         });
+    }
+
+    /// What follows `after` in `room`'s log: from the stream; with an archive, what the
+    /// stream no longer holds comes from PostgreSQL first.
+    async fn read_after(
+        &self,
+        room: &Arc<str>,
+        after: u64,
+    ) -> Result<(Option<Snapshot>, Vec<Entry>), StoreError> {
+        let conn = &self.inner.conn;
+        let Some(archive) = self.archive() else {
+            return roomlog::catch_up(conn, room, after).await;
+        };
+        let entries = roomlog::range(conn, room, after, 10_000).await?;
+        if entries.first().is_some_and(|e| e.seq == after + 1) {
+            return Ok((None, entries));
+        }
+        let older = archive::archived_after(archive, room, after, 10_000).await?;
+        if older.is_empty() {
+            return Ok((None, entries));
+        }
+        let first_redis = entries.first().map_or(u64::MAX, |e| e.seq);
+        let mut all: Vec<Entry> = older.into_iter().filter(|e| e.seq < first_redis).collect();
+        all.extend(entries);
+        Ok((None, all))
     }
 
     /// Publishes a presence update of local `session` to the room's other nodes.
@@ -382,7 +444,18 @@ impl Cluster {
             }
             let updates: Vec<(u64, &[u8])> =
                 batch.iter().map(|a| (a.ticket, &a.update[..])).collect();
-            let answers = roomlog::append(&self.inner.conn, &room, node, &updates).await;
+            let strict = self.archive().is_some();
+            let mut answers =
+                roomlog::append(&self.inner.conn, &room, node, strict, &updates).await;
+            if matches!(&answers, Err(StoreError::Failed(why)) if why.contains("NOCOUNTER")) {
+                // The room left Redis for the archive: its counter comes back first.
+                answers = match self.restore(&room).await {
+                    Ok(()) => {
+                        roomlog::append(&self.inner.conn, &room, node, strict, &updates).await
+                    }
+                    Err(e) => Err(e),
+                };
+            }
             if let Err(e) = &answers {
                 self.inner.conn.failed(e);
                 poisoned = true;

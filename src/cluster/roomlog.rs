@@ -9,11 +9,18 @@ use super::{Entry, FromCluster};
 use crate::store::{LoggedUpdate, Snapshot, StoreError, now_ms};
 
 /// Appends updates to a room's log, each with the next seq: the counter, the stream and
-/// the channel change together (a script runs atomically). `KEYS`: counter, stream.
-/// `ARGV`: node, channel, then (ticket, update) pairs. Returns the seqs, in order.
+/// the channel change together (a script runs atomically), and the room's last-write
+/// time. `KEYS`: counter, stream, touched. `ARGV`: node, channel, strict, now (ms), then
+/// (ticket, update) pairs. Returns the seqs, in order. With `strict` (an archive in
+/// PostgreSQL), a room without a counter may have left Redis for the archive: the
+/// script refuses (`NOCOUNTER`) until the counter is restored from it ([`RESTORE`]), so
+/// that no seq is ever given twice.
 pub const APPEND: &str = r#"
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOCOUNTER the room is not in Redis')
+end
 local seqs = {}
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local seq = redis.call('INCR', KEYS[1])
   local id = string.format('%d-0', seq)
   redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 1], 'n', ARGV[1], 't', ARGV[i])
@@ -21,7 +28,82 @@ for i = 3, #ARGV, 2 do
     'u' .. string.format('%d', seq) .. ':' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[i + 1])
   seqs[#seqs + 1] = seq
 end
+redis.call('SET', KEYS[3], ARGV[4])
 return seqs
+"#;
+
+/// Puts a room that left Redis back: its counter (and what is archived) at the newest
+/// seq PostgreSQL holds, unless a node did it first. `KEYS`: counter, archived.
+/// `ARGV`: seq.
+pub const RESTORE: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+redis.call('HSETNX', KEYS[2], 'seq', ARGV[1])
+return 1
+"#;
+
+/// Takes or renews the room's archive lease for `node`. `KEYS`: lease. `ARGV`: node,
+/// milliseconds. Returns 1 if `node` holds it now.
+pub const LEASE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Records that PostgreSQL holds the room's log up to `seq` (and its snapshot at
+/// `snap`), then trims the stream below `keep_from` (never past what is archived), if
+/// `node` still holds the lease. `KEYS`: lease, archived, stream. `ARGV`: node, seq,
+/// snap, keep_from. Returns 1 if recorded.
+pub const ARCHIVED: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if tonumber(ARGV[2]) > seq then
+  redis.call('HSET', KEYS[2], 'seq', ARGV[2])
+  seq = tonumber(ARGV[2])
+end
+local snap = tonumber(redis.call('HGET', KEYS[2], 'snap') or '0')
+if tonumber(ARGV[3]) > snap then
+  redis.call('HSET', KEYS[2], 'snap', ARGV[3])
+end
+local keep = math.min(tonumber(ARGV[4]), seq + 1)
+if keep > 1 then
+  redis.call('XTRIM', KEYS[3], 'MINID', string.format('%d-0', keep))
+end
+return 1
+"#;
+
+/// Releases the lease if `node` holds it. `KEYS`: lease. `ARGV`: node.
+pub const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;
+
+/// Removes a room from Redis when PostgreSQL holds all of it (log and snapshot) and
+/// nothing was written for `idle` ms; a write meanwhile keeps it. `KEYS`: counter,
+/// stream, snapshot, archived, touched, lease. `ARGV`: now, idle. Returns 1 if removed.
+pub const LEAVE: &str = r#"
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local archived = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+if seq ~= archived then
+  return 0
+end
+local snap = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+local snap_archived = tonumber(redis.call('HGET', KEYS[4], 'snap') or '0')
+if snap > snap_archived then
+  return 0
+end
+local touched = tonumber(redis.call('GET', KEYS[5]) or '0')
+if tonumber(ARGV[1]) - touched < tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return 1
 "#;
 
 /// Replaces a room's snapshot, only by a newer one (several nodes may write one for the
@@ -54,6 +136,18 @@ pub fn snapshot_key(room: &str) -> String {
     key(room, "snap")
 }
 
+pub fn touched_key(room: &str) -> String {
+    key(room, "touched")
+}
+
+pub fn archived_key(room: &str) -> String {
+    key(room, "archived")
+}
+
+pub fn lease_key(room: &str) -> String {
+    key(room, "lease")
+}
+
 /// The room's pub/sub channel.
 pub fn channel(room: &str) -> String {
     format!("collabd:{{{room}}}")
@@ -65,15 +159,19 @@ pub async fn append(
     conn: &Conn,
     room: &str,
     node: u64,
+    strict: bool,
     updates: &[(u64, &[u8])],
 ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(APPEND)
-        .arg(2)
+        .arg(3)
         .arg(seq_key(room))
         .arg(log_key(room))
+        .arg(touched_key(room))
         .arg(node.to_string())
-        .arg(channel(room));
+        .arg(channel(room))
+        .arg(if strict { "1" } else { "0" })
+        .arg(now_ms());
     for (ticket, update) in updates {
         cmd.arg(ticket.to_string()).arg(*update);
     }

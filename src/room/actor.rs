@@ -122,6 +122,8 @@ pub struct Room {
     catching_up: bool,
     /// A cluster check (gap, retries) is scheduled.
     cluster_check_due: bool,
+    /// Cluster mode with an archive: the seq at which this room last asked for one.
+    archive_asked_at: u64,
     /// Who waits for the catch-up read in flight, and who waits for the next one (they
     /// asked after the one in flight began).
     caught_up_waiters: Vec<oneshot::Sender<()>>,
@@ -190,6 +192,7 @@ impl Room {
         self.version += 1;
         if let Some(cluster) = &self.deps.cluster {
             self.sequencer = Some(Sequencer::new(cluster.node(), loaded.seq));
+            self.archive_asked_at = loaded.seq;
         }
         self.durability = Durability::at(loaded.seq);
         self.snapshot_seq = loaded.snapshot_seq;
@@ -214,6 +217,7 @@ impl Room {
             gap_since: None,
             catching_up: false,
             cluster_check_due: false,
+            archive_asked_at: 0,
             caught_up_waiters: Vec::new(),
             next_catch_up_waiters: Vec::new(),
             durability: Durability::default(),

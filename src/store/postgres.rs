@@ -247,6 +247,27 @@ impl PostgresStore {
     }
 
     /// `which` connection, reconnected first if the database closed it.
+    /// The room's newest stored seq (0 if none), committed or waiting to be.
+    pub fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
+        let stored: Option<i64> = self
+            .conn(&self.reader)?
+            .query_one(
+                "select max(seq) from collabd_updates where room = $1",
+                &[&room],
+            )
+            .map_err(transient)?
+            .get(0);
+        let from = (room.to_string(), 0);
+        let to = (room.to_string(), u64::MAX);
+        let pending = self.with_pending(|p: &Pending, _: Option<u64>| {
+            p.updates
+                .range(from.clone()..=to.clone())
+                .next_back()
+                .map(|((_, s), _)| *s)
+        });
+        Ok(stored.map(seq_of).unwrap_or(0).max(pending.unwrap_or(0)))
+    }
+
     fn conn<'a>(&self, which: &'a Mutex<Conn>) -> Result<MutexGuard<'a, Conn>, StoreError> {
         let mut conn = lock(which);
         if conn.is_closed() {

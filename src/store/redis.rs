@@ -56,35 +56,77 @@ impl Store for RedisStore {
     }
 
     fn snapshot(&self, room: &str) -> Result<Option<Snapshot>, StoreError> {
-        let (conn, room) = (self.cluster.conn().clone(), room.to_string());
-        self.call(async move { roomlog::snapshot(&conn, &room).await })
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        let hot = self.call(async move { roomlog::snapshot(&conn, &name).await })?;
+        let Some(archive) = self.cluster.archive() else {
+            return Ok(hot);
+        };
+        let cold = archive.log().snapshot(room)?;
+        Ok(match (hot, cold) {
+            (Some(h), Some(c)) => Some(if c.seq > h.seq { c } else { h }),
+            (h, c) => h.or(c),
+        })
     }
 
     fn has_snapshot(&self, room: &str) -> Result<bool, StoreError> {
-        let (conn, room) = (self.cluster.conn().clone(), room.to_string());
-        self.call(async move { roomlog::has_snapshot(&conn, &room).await })
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        if self.call(async move { roomlog::has_snapshot(&conn, &name).await })? {
+            return Ok(true);
+        }
+        match self.cluster.archive() {
+            Some(archive) => archive.log().has_snapshot(room),
+            None => Ok(false),
+        }
     }
 
+    /// From the stream; with an archive, what the stream no longer holds (trimmed after
+    /// archiving, or the room left Redis) comes from PostgreSQL first.
     fn updates_after(
         &self,
         room: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<LoggedUpdate>, StoreError> {
-        let (conn, room) = (self.cluster.conn().clone(), room.to_string());
-        self.call(async move {
-            roomlog::range(&conn, &room, after, limit)
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        let hot = self.call(async move {
+            roomlog::range(&conn, &name, after, limit)
                 .await
                 .map(roomlog::logged)
-        })
+        })?;
+        let Some(archive) = self.cluster.archive() else {
+            return Ok(hot);
+        };
+        if hot.first().is_some_and(|u| u.seq == after + 1) {
+            return Ok(hot);
+        }
+        let first_hot = hot.first().map_or(u64::MAX, |u| u.seq);
+        let mut all: Vec<LoggedUpdate> = archive
+            .log()
+            .updates_after(room, after, limit)?
+            .into_iter()
+            .filter(|u| u.seq < first_hot)
+            .collect();
+        all.extend(hot);
+        all.truncate(limit);
+        Ok(all)
     }
 
     fn first_seq(&self, room: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(archive) = self.cluster.archive()
+            && let Some(first) = archive.log().first_seq(room)?
+        {
+            return Ok(Some(first));
+        }
         let (conn, room) = (self.cluster.conn().clone(), room.to_string());
         self.call(async move { roomlog::first_seq(&conn, &room).await })
     }
 
+    /// Compaction after a snapshot. With an archive, PostgreSQL keeps the whole history
+    /// and only the archive trims the stream (after its commit): nothing to do here.
     fn delete_before(&self, room: &str, seq: u64) -> Result<usize, StoreError> {
+        if self.cluster.archive().is_some() {
+            return Ok(0);
+        }
         let (conn, room) = (self.cluster.conn().clone(), room.to_string());
         self.call(async move { roomlog::delete_before(&conn, &room, seq).await })
     }

@@ -70,10 +70,12 @@ impl Drop for FreshDb {
 }
 
 /// A TCP proxy to `target`. `cut()` closes every connection and refuses new ones until
-/// `restore()`.
+/// `restore()`; `stall()` closes every connection and accepts new ones that never get an
+/// answer (a server that hangs).
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -82,12 +84,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (is_cut, conns) = (cut.clone(), open.clone());
+        let (is_cut, is_stalled, conns) = (cut.clone(), stalled.clone(), open.clone());
         std::thread::spawn(move || {
+            let mut held = Vec::new();
             for client in listener.incoming().map_while(Result::ok) {
                 if is_cut.load(Ordering::SeqCst) {
                     continue; // dropped: refused
+                }
+                if is_stalled.load(Ordering::SeqCst) {
+                    held.push(client); // open, never answered
+                    continue;
                 }
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
@@ -100,7 +108,12 @@ impl Proxy {
                 pump(server, client);
             }
         });
-        Proxy { addr, cut, open }
+        Proxy {
+            addr,
+            cut,
+            stalled,
+            open,
+        }
     }
 
     pub fn to_postgres() -> Proxy {
@@ -116,6 +129,14 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        for conn in self.open.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
     }
 }
 

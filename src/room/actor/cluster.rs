@@ -93,6 +93,14 @@ impl Room {
             }
             (true, since) => since,
         };
+        if let Some(cluster) = &self.deps.cluster
+            && let Some(archive) = cluster.archive()
+            && self.seq.saturating_sub(self.archive_asked_at) >= archive.archive_after()
+        {
+            // Every node asks; the lease lets one archive at a time.
+            self.archive_asked_at = self.seq;
+            cluster.archive_soon(&self.name);
+        }
         if own_logged
             && self.seq - self.snapshot_seq >= self.deps.settings.snapshot_every
             && self.sequencer.as_ref().is_some_and(|s| s.settled())
