@@ -416,9 +416,9 @@ settings! {
     /// Redis URL: when set, the node runs in cluster mode. Several nodes started with the
     /// same `redis_url` serve the same rooms, behind a load balancer without stickiness.
     ///
-    /// Redis holds every room's log, seq counter and snapshot (sled is not opened; with
-    /// `postgres_url` too, PostgreSQL is not used for the log either); an ack means Redis
-    /// has the entry. Start Redis with `appendonly yes` and `appendfsync always` for an
+    /// Redis holds every room's log, seq counter and snapshot (sled is not opened); an ack
+    /// means Redis has the entry. With `postgres_url` too, PostgreSQL is the archive
+    /// behind Redis (see `archive_after`, `archive_idle_ms`). Start Redis with `appendonly yes` and `appendfsync always` for an
     /// ack to mean "on disk" (collabd says at startup what it means otherwise), and a
     /// `maxmemory-policy` that never evicts (`noeviction`; `allkeys-*` is refused). A
     /// node of a Redis Cluster works too; separate several seed URLs with commas.
