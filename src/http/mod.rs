@@ -5,6 +5,7 @@ pub mod access;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod patch;
 pub mod presence;
 pub mod rooms;
 pub mod sse;
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ws/{room:.*}", web::get().to(websocket))
         .route("/rooms/{rest:.*}", web::get().to(get_room))
         .route("/rooms/{rest:.*}", web::post().to(post_room))
+        .route("/rooms/{rest:.*}", web::patch().to(patch_room))
         .default_service(web::to(not_found));
 }
 
@@ -226,6 +228,26 @@ async fn post_room(
         "method_not_allowed",
         "POST goes to /rooms/{room}/updates or /rooms/{room}/awareness",
     ))
+}
+
+/// `PATCH /rooms/{room}/json`: JSON operations, for clients that do not speak Yjs.
+async fn patch_room(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    access::limit_request(&req, &state)?;
+    let tail = raw_tail(&req, &state, "/rooms/");
+    let Some(raw) = tail.strip_suffix("/json") else {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "PATCH goes to /rooms/{room}/json",
+        ));
+    };
+    let name = room_name(raw)?;
+    access::authorize(&req, &state, &name, Access::Write).await?;
+    patch::patch_json(req.clone(), payload, state, name).await
 }
 
 #[cfg(test)]

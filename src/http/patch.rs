@@ -1,0 +1,76 @@
+//! `PATCH /rooms/{room}/json`: JSON operations (see [`crate::room::json_patch`]) applied
+//! as one Yjs update, answered with its seq once durable.
+//!
+//! The operations run in one transaction on a copy of the room's state, as a peer of
+//! their own (a fresh Yjs client id per request, so that two requests at once never
+//! collide); what they did goes to the room like a POSTed update. The first operation
+//! that fails answers 400 `bad_operation` with its index (`"op"`), and nothing is
+//! applied.
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use log::warn;
+use serde_json::json;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Transact, Update};
+
+use super::AppState;
+use super::error::ApiError;
+use super::rooms::{self, read_body};
+use crate::room::json_patch::{self, Op};
+
+/// The body: a list of operations, or `{"ops": [...]}`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Body {
+    List(Vec<Op>),
+    Wrapped { ops: Vec<Op> },
+}
+
+pub async fn patch_json(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.settings.max_frame_bytes).await?;
+    let ops = match serde_json::from_slice::<Body>(&body) {
+        Ok(Body::List(ops) | Body::Wrapped { ops }) => ops,
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "bad_patch",
+                format!("a JSON list of operations ({e})"),
+            ));
+        }
+    };
+    let current = rooms::full_state(&state, &room).await?;
+    let doc = Doc::new();
+    {
+        let base =
+            Update::decode_v1(&current.state).map_err(|e| ApiError::internal(e.to_string()))?;
+        doc.transact_mut()
+            .apply_update(base)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let diff = {
+        let mut txn = doc.transact_mut();
+        if let Err(failed) = json_patch::apply(&mut txn, &ops) {
+            warn!(
+                "HTTP 400: bad_operation: room {room:?}: operation {}: {}",
+                failed.op, failed.reason
+            );
+            return Ok(HttpResponse::BadRequest().json(json!({
+                "error": "bad_operation",
+                "message": format!("operation {}: {}", failed.op, failed.reason),
+                "op": failed.op,
+            })));
+        }
+        txn.encode_update_v1()
+    };
+    if Update::decode_v1(&diff).is_ok_and(|u| u.is_empty()) {
+        return Ok(HttpResponse::Ok().json(json!({ "seq": current.seq })));
+    }
+    let seq = rooms::apply(&state, &room, diff.into()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
+}

@@ -1,0 +1,182 @@
+//! JSON for clients that do not speak Yjs: `PATCH /rooms/{room}/json` against the real
+//! server. Operations land as one update with its seq, reach WebSocket clients like any
+//! update and survive a restart; a failing operation answers 400 with its index and
+//! nothing is applied; a body that is not a list of operations answers 400; a read-only
+//! token cannot patch.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn patch(server: &TestServer, room: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+    let mut req = awc::Client::new().patch(server.url(&format!("/rooms/{room}/json")));
+    if let Some(token) = token {
+        req = req.insert_header(("Authorization", format!("Bearer {token}")));
+    }
+    let mut res = req.send_json(&body).await.unwrap();
+    let body = res.body().await.unwrap();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    (res.status().as_u16(), json)
+}
+
+#[actix_rt::test]
+async fn patches_apply_as_one_update_and_reach_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let room = "json/doc";
+    let mut ws = YClient::connect(&server, room).await;
+    ws.until("synced", |c| c.synced).await;
+    ws.append("body", "Hello").await;
+    server.wait_for_seq(room, 1).await;
+
+    let (status, answer) = patch(
+        &server,
+        room,
+        json!([
+            {"op": "insert_text", "path": ["body"], "index": 5, "text": ", wörld"},
+            {"op": "set", "path": ["meta", "title"], "value": "Greeting"},
+            {"op": "set", "path": ["meta", "tags"], "value": ["a", "b"]},
+            {"op": "insert", "path": ["log"], "index": 0, "values": [{"at": 1}, {"at": 2}]}
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(2)), "{answer}");
+    let (_, doc) = server.get_json(&format!("/rooms/{room}/json")).await;
+    assert_eq!(doc["body"], "Hello, wörld");
+    assert_eq!(
+        doc["meta"],
+        json!({"title": "Greeting", "tags": ["a", "b"]})
+    );
+    assert_eq!(doc["log"], json!([{"at": 1}, {"at": 2}]));
+    ws.until("the patch over WebSocket", |c| {
+        c.text("body") == "Hello, wörld"
+    })
+    .await;
+
+    // The WebSocket client edits; a patch that deletes around it converges with it.
+    ws.append("body", "!").await;
+    server.wait_for_seq(room, 3).await;
+    let (status, answer) = patch(
+        &server,
+        room,
+        json!({"ops": [
+            {"op": "delete_text", "path": ["body"], "index": 0, "length": 7},
+            {"op": "delete", "path": ["meta", "tags"]},
+            {"op": "remove", "path": ["log"], "index": 0}
+        ]}),
+        None,
+    )
+    .await;
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(4)), "{answer}");
+    ws.until("the second patch", |c| c.text("body") == "wörld!")
+        .await;
+    let (_, doc) = server.get_json(&format!("/rooms/{room}/json")).await;
+    assert_eq!(doc["meta"], json!({"title": "Greeting"}));
+    assert_eq!(doc["log"], json!([{"at": 2}]));
+
+    // A patch that changes nothing answers the room's seq.
+    let (status, answer) = patch(&server, room, json!([]), None).await;
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(4)), "{answer}");
+}
+
+#[actix_rt::test]
+async fn a_failing_operation_applies_nothing_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let room = "json/bad";
+    let (status, _) = patch(
+        &server,
+        room,
+        json!([{"op": "insert_text", "path": ["body"], "index": 0, "text": "abc"}]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, before) = server.get_json(&format!("/rooms/{room}/json")).await;
+    for (ops, index) in [
+        // The first two are fine; the third sets a key in a text.
+        (
+            json!([
+                {"op": "set", "path": ["m", "k"], "value": 1},
+                {"op": "insert_text", "path": ["body"], "index": 3, "text": "d"},
+                {"op": "set", "path": ["body", "k"], "value": 1}
+            ]),
+            2,
+        ),
+        (
+            json!([{"op": "insert_text", "path": ["body"], "index": 4, "text": "x"}]),
+            0,
+        ),
+        (json!([{"op": "delete", "path": ["m", "missing"]}]), 0),
+        (
+            json!([{"op": "insert", "path": ["body"], "index": 0, "values": [1]}]),
+            0,
+        ),
+        (
+            json!([{"op": "set", "path": ["m", "a", "b"], "value": 1}]),
+            0,
+        ),
+    ] {
+        let (status, answer) = patch(&server, room, ops, None).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"], "bad_operation");
+        assert_eq!(answer["op"], index, "{answer}");
+    }
+    for body in [
+        json!({"op": "set"}),
+        json!([{"op": "explode", "path": ["x"]}]),
+        json!("nope"),
+    ] {
+        let (status, answer) = patch(&server, room, body, None).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("bad_patch")),
+            "{answer}"
+        );
+    }
+    let (_, after) = server.get_json(&format!("/rooms/{room}/json")).await;
+    assert_eq!(after, before, "nothing applied");
+    assert_eq!(server.seq(room).await, 1);
+}
+
+#[actix_rt::test]
+async fn patches_need_write_access_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "json-api-test-secret";
+    let env = [("COLLABD_AUTH_SECRET", secret)];
+    let mut server = TestServer::start_env(dir.path(), &[], &env);
+    let token = |perm: &str| {
+        let mut args = vec!["token", "--room", "json/*"];
+        if perm == "write" {
+            args.push("--write");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
+            .args(&args)
+            .env("COLLABD_AUTH_SECRET", secret)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let ops = json!([{"op": "set", "path": ["m", "k"], "value": "v"}]);
+    let (status, _) = patch(&server, "json/auth", ops.clone(), None).await;
+    assert_eq!(status, 401);
+    let (status, answer) = patch(&server, "json/auth", ops.clone(), Some(&token("read"))).await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = patch(&server, "json/auth", ops, Some(&token("write"))).await;
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(1)), "{answer}");
+    server.kill();
+    let server = TestServer::start_env(dir.path(), &[], &env);
+    let (status, doc) = awc::Client::new()
+        .get(server.url("/rooms/json/auth/json"))
+        .insert_header(("Authorization", format!("Bearer {}", token("read"))))
+        .send()
+        .await
+        .map(|mut r| (r.status().as_u16(), r.body()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_slice(&doc.await.unwrap()).unwrap();
+    assert_eq!(doc["m"], json!({"k": "v"}));
+}
