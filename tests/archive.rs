@@ -252,3 +252,61 @@ async fn a_node_killed_holding_the_archive_lease_leaves_it_to_another() {
     }
     wait_archived(&db, room, last, PATIENCE + Duration::from_secs(15)).await;
 }
+
+/// Time travel and history for seqs Redis no longer holds come from the archive, exact.
+#[actix_rt::test]
+async fn history_beyond_redis_reads_the_archive() {
+    let Some(redis) = redis_or_skip() else { return };
+    let db = FreshDb::new();
+    let small = [
+        "--archive-after",
+        "10",
+        "--snapshot-every",
+        "10",
+        "--replay-window",
+        "10",
+    ];
+    let (a, _da) = node(&redis.url(), &db.url, &small);
+    let room = "archive/history";
+    let w = HttpWriter::new();
+    for i in 1..=60 {
+        let (status, _) = post_update(&a, room, w.append("t", &format!("<{i}>"))).await;
+        assert_eq!(status, 200);
+    }
+    wait_archived(&db, room, 60, PATIENCE).await;
+    let first_in_redis = redis
+        .command(&[
+            "XRANGE",
+            &format!("collabd:{{{room}}}:log"),
+            "-",
+            "+",
+            "COUNT",
+            "1",
+        ])
+        .lines()
+        .next()
+        .and_then(|id| id.strip_suffix("-0")?.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        first_in_redis > 5,
+        "seq 5 is only in the archive (Redis from {first_in_redis})"
+    );
+    let (status, json) = a.get_json(&format!("/rooms/{room}/json?at=5")).await;
+    assert_eq!(
+        (status, json["t"].as_str()),
+        (200, Some("<1><2><3><4><5>")),
+        "{json}"
+    );
+    let (status, history) = a
+        .get_json(&format!("/rooms/{room}/history?before=8&limit=3"))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let seqs: Vec<u64> = history["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![7, 6, 5]);
+    assert_eq!(history["first_seq"], 1);
+}

@@ -350,6 +350,7 @@ pub(super) async fn archived_after(
             node: 0,
             ticket: 0,
             update: bytes::Bytes::from(u.update),
+            at_ms: u.at_ms,
         })
         .collect())
 }

@@ -26,7 +26,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `collabd:{ROOM}:seq` | string | the room's counter: its newest seq |
-//! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket) |
+//! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket), `w` (ms since the epoch) |
 //! | `collabd:{ROOM}:snap` | hash | `seq`, `state` (Yjs update v1), `at` (ms since the epoch) |
 //!
 //! Channel `collabd:{ROOM}`: `u<seq>:<node>:<ticket>:<update>` for each entry, and
@@ -78,6 +78,8 @@ pub struct Entry {
     pub node: u64,
     pub ticket: u64,
     pub update: Bytes,
+    /// When Redis took it, ms since the epoch (0: not known).
+    pub at_ms: u64,
 }
 
 /// What the cluster tells a room.

@@ -23,7 +23,7 @@ local seqs = {}
 for i = 5, #ARGV, 2 do
   local seq = redis.call('INCR', KEYS[1])
   local id = string.format('%d-0', seq)
-  redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 1], 'n', ARGV[1], 't', ARGV[i])
+  redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 1], 'n', ARGV[1], 't', ARGV[i], 'w', ARGV[4])
   redis.call('PUBLISH', ARGV[2],
     'u' .. string.format('%d', seq) .. ':' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[i + 1])
   seqs[#seqs + 1] = seq
@@ -326,6 +326,7 @@ pub fn decode_message<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, 
                 node: fields[1],
                 ticket: fields[2],
                 update: Bytes::copy_from_slice(update),
+                at_ms: now_ms(),
             };
             Some((room, FromCluster::Entries(vec![entry])))
         }
@@ -378,6 +379,7 @@ fn entries(room: &str, answer: Value) -> Result<Vec<Entry>, StoreError> {
                 node: 0,
                 ticket: 0,
                 update: Bytes::new(),
+                at_ms: 0,
             };
             let Some(Value::Array(fields)) = fields else {
                 return Err(corrupt(room, seq, "stream entry fields"));
@@ -392,6 +394,7 @@ fn entries(room: &str, answer: Value) -> Result<Vec<Entry>, StoreError> {
                         entry.update = Bytes::copy_from_slice(bytes);
                     }
                     Some("n") => entry.node = int(value).unwrap_or(0),
+                    Some("w") => entry.at_ms = int(value).unwrap_or(0),
                     Some("t") => entry.ticket = int(value).unwrap_or(0),
                     _ => {}
                 }
@@ -408,6 +411,7 @@ pub fn logged(entries: Vec<Entry>) -> Vec<LoggedUpdate> {
         .map(|e| LoggedUpdate {
             seq: e.seq,
             update: e.update.to_vec(),
+            at_ms: e.at_ms,
         })
         .collect()
 }

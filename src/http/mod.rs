@@ -5,6 +5,7 @@ pub mod access;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod history;
 pub mod patch;
 pub mod presence;
 pub mod rooms;
@@ -189,7 +190,7 @@ async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         return sse::events(req.clone(), state.clone(), room_name(raw)?).await;
     }
     access::limit_request(&req, &state)?;
-    let (raw, what) = ["/state", "/json", "/updates", "/awareness"]
+    let (raw, what) = ["/state", "/json", "/updates", "/awareness", "/history"]
         .into_iter()
         .find_map(|suffix| tail.strip_suffix(suffix).map(|raw| (raw, suffix)))
         .unwrap_or((tail, ""));
@@ -197,7 +198,11 @@ async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     access::authorize(&req, &state, &name, Access::Read).await?;
     match what {
         "/state" => rooms::doc_state(req.clone(), state.clone(), name).await,
-        "/json" => rooms::doc_json(state.clone(), name).await,
+        "/json" => match rooms::query_param(&req, "at")? {
+            Some(at) => history::state_at(state.clone(), name, &at, true).await,
+            None => rooms::doc_json(state.clone(), name).await,
+        },
+        "/history" => history::history(req.clone(), state.clone(), name).await,
         "/updates" => rooms::poll(req.clone(), state.clone(), name).await,
         "/awareness" => presence::get(state.clone(), name).await,
         _ => rooms::info(state.clone(), name).await,

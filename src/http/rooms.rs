@@ -101,15 +101,24 @@ pub async fn doc_state(
     state: web::Data<AppState>,
     room: Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
+    let at = query_param(&req, "at")?;
     match query_param(&req, "format")?.as_deref() {
         None | Some("binary") => {}
-        Some("json") => return doc_json(state, room).await,
+        Some("json") => {
+            return match at {
+                Some(at) => super::history::state_at(state, room, &at, true).await,
+                None => doc_json(state, room).await,
+            };
+        }
         Some(other) => {
             return Err(ApiError::bad_request(
                 "bad_format",
                 format!("format must be json or binary, got {other:?}"),
             ));
         }
+    }
+    if let Some(at) = at {
+        return super::history::state_at(state, room, &at, false).await;
     }
     let doc = full_state(&state, &room).await?;
     Ok(HttpResponse::Ok()

@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod doc_json;
 pub mod durability;
 pub mod fanout;
+pub mod history;
 pub mod json_patch;
 pub mod live;
 pub mod load;

@@ -255,6 +255,7 @@ mod tests {
             node,
             ticket,
             update: Bytes::from(vec![seq as u8]),
+            at_ms: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use super::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name};
 
 #[derive(Default, Clone)]
 struct RoomRecords {
-    log: BTreeMap<u64, Vec<u8>>,
+    log: BTreeMap<u64, (Vec<u8>, u64)>,
     snapshot: Option<Snapshot>,
 }
 
@@ -82,7 +82,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
         self.write(room, |r| {
-            r.log.insert(seq, update.to_vec());
+            r.log.insert(seq, (update.to_vec(), super::now_ms()));
         })
     }
 
@@ -105,9 +105,10 @@ impl Store for MemoryStore {
                 .range(after.saturating_add(1)..)
                 .filter(|(seq, _)| **seq > after)
                 .take(limit)
-                .map(|(seq, update)| LoggedUpdate {
+                .map(|(seq, (update, at_ms))| LoggedUpdate {
                     seq: *seq,
                     update: update.clone(),
+                    at_ms: *at_ms,
                 })
                 .collect()
         }))

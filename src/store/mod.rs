@@ -104,6 +104,8 @@ pub struct Snapshot {
 pub struct LoggedUpdate {
     pub seq: u64,
     pub update: Vec<u8>,
+    /// When it was stored, in milliseconds since the Unix epoch (0: not known).
+    pub at_ms: u64,
 }
 
 /// Everything needed to rebuild a room: the snapshot (if any) and the records after it.

@@ -378,7 +378,8 @@ impl Store for PostgresStore {
         let rows = self
             .conn(&self.reader)?
             .query(
-                "select seq, bytes from collabd_updates where room = $1 and seq > $2
+                "select seq, bytes, (extract(epoch from written_at) * 1000)::bigint
+                 from collabd_updates where room = $1 and seq > $2
                  order by seq limit $3",
                 &[
                     &room,
@@ -387,22 +388,23 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(transient)?;
-        let mut found: BTreeMap<u64, Vec<u8>> = rows
+        let mut found: BTreeMap<u64, (Vec<u8>, u64)> = rows
             .into_iter()
-            .map(|row| (seq_of(row.get(0)), row.get(1)))
+            .map(|row| (seq_of(row.get(0)), (row.get(1), seq_of(row.get(2)))))
             .collect();
         let from = (room.to_string(), after.saturating_add(1));
         let to = (room.to_string(), u64::MAX);
+        let now = super::now_ms();
         self.with_pending(|p: &Pending, _: Option<()>| {
             for ((_, seq), update) in p.updates.range(from.clone()..=to.clone()) {
-                found.insert(*seq, update.clone());
+                found.insert(*seq, (update.clone(), now));
             }
             None
         });
         Ok(found
             .into_iter()
             .take(limit)
-            .map(|(seq, update)| LoggedUpdate { seq, update })
+            .map(|(seq, (update, at_ms))| LoggedUpdate { seq, update, at_ms })
             .collect())
     }
 

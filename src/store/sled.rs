@@ -53,7 +53,6 @@ struct UpdateHead {
 /// Version 1's log value: the whole update inline.
 #[derive(Deserialize)]
 struct UpdateRecordV1 {
-    #[allow(dead_code)]
     at_ms: u64,
     #[serde(with = "serde_bytes")]
     update: Vec<u8>,
@@ -399,8 +398,11 @@ impl Store for SledStore {
                 continue;
             }
             let seq = seq_of(&key, prefix_len);
-            let update = match version(room, seq, &value)? {
-                (FORMAT_V1, body) => decode::<UpdateRecordV1>(room, seq, body)?.update,
+            let (update, at_ms) = match version(room, seq, &value)? {
+                (FORMAT_V1, body) => {
+                    let record = decode::<UpdateRecordV1>(room, seq, body)?;
+                    (record.update, record.at_ms)
+                }
                 (_, body) => {
                     let head: UpdateHead = decode(room, seq, body)?;
                     let chunks = std::iter::from_fn(|| {
@@ -408,10 +410,13 @@ impl Store for SledStore {
                             .next_if(|e| e.as_ref().map_or(true, |(k, _)| k.len() != head_len))
                             .map(|e| e.map(|(_, v)| v))
                     });
-                    assemble(room, seq, head.first, head.len, chunks)?
+                    (
+                        assemble(room, seq, head.first, head.len, chunks)?,
+                        head.at_ms,
+                    )
                 }
             };
-            out.push(LoggedUpdate { seq, update });
+            out.push(LoggedUpdate { seq, update, at_ms });
         }
         Ok(out)
     }

@@ -1,0 +1,137 @@
+//! History over HTTP: `GET /rooms/{room}/state?at=SEQ` and `/json?at=SEQ` (the document
+//! right after seq SEQ), and `GET /rooms/{room}/history?before=&limit=` (seq, time and
+//! size of each update, newest first). See [`crate::room::history`] for what stays
+//! reachable after compaction.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use super::AppState;
+use super::error::ApiError;
+use super::rooms::{parse_seq, query_param};
+use crate::room::history::{self, At};
+use crate::room::messages::GetDurableSeq;
+use crate::room::{ask_existing, doc_json};
+use crate::store::StoreError;
+
+/// Most updates one `/history` page lists.
+const MAX_LIMIT: usize = 1_000;
+
+/// The room's durable seq (0 for a room that does not exist; nothing is loaded then).
+async fn durable_seq(state: &AppState, room: &Arc<str>) -> Result<u64, ApiError> {
+    let found = ask_existing(&state.registry, &state.store, room, GetDurableSeq).await?;
+    Ok(found.map_or(0, |(_, seq)| seq))
+}
+
+/// Runs a history read on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    actix_rt::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| match e {
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+            .retry_after(1),
+            e => ApiError::internal(e.to_string()),
+        })
+}
+
+/// The document right after seq `at`, as a Yjs update v1 (`json`: its root types as
+/// JSON). 400 `bad_seq` beyond the room's durable seq; 410 `history_compacted`, with the
+/// oldest reachable seq, before what the log still holds.
+pub async fn state_at(
+    state: web::Data<AppState>,
+    room: Arc<str>,
+    at: &str,
+    json: bool,
+) -> Result<HttpResponse, ApiError> {
+    let at = parse_seq("at", at)?;
+    let durable = durable_seq(&state, &room).await?;
+    if at > durable {
+        return Err(ApiError::bad_request(
+            "bad_seq",
+            format!("at={at} is beyond the room's seq {durable}"),
+        ));
+    }
+    let (store, name) = (state.store.clone(), room.clone());
+    let found = blocking(move || history::state_at(&*store, &name, at)).await?;
+    let doc = match found {
+        At::State(doc) => doc,
+        At::Compacted { nearest } => {
+            return Ok(HttpResponse::Gone().json(json!({
+                "error": "history_compacted",
+                "message": format!(
+                    "seq {at} is no longer reachable; the oldest reachable seq is {nearest}"
+                ),
+                "nearest": nearest,
+            })));
+        }
+    };
+    let mut answer = HttpResponse::Ok();
+    answer
+        .insert_header(("X-Seq", at.to_string()))
+        .insert_header((CACHE_CONTROL, "no-store"));
+    if json {
+        return Ok(answer.json(doc_json::to_json(&doc)));
+    }
+    let bytes = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    Ok(answer
+        .insert_header((CONTENT_TYPE, "application/octet-stream"))
+        .body(bytes))
+}
+
+/// `GET /rooms/{room}/history?before=SEQ&limit=N`: `{"room", "seq", "first_seq",
+/// "updates": [{"seq", "at_ms", "size"}]}`, newest first, only durable seqs.
+pub async fn history(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let durable = durable_seq(&state, &room).await?;
+    let before = match query_param(&req, "before")? {
+        Some(v) => parse_seq("before", &v)?.min(durable + 1),
+        None => durable + 1,
+    };
+    let limit = match query_param(&req, "limit")? {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("bad_limit", format!("limit is 1 to {MAX_LIMIT}"))
+            })?,
+        None => 100,
+    };
+    let (store, name) = (state.store.clone(), room.clone());
+    let (updates, first) = blocking(move || {
+        Ok((
+            history::before(&*store, &name, before, limit)?,
+            store.first_seq(&name)?,
+        ))
+    })
+    .await?;
+    let updates: Vec<_> = updates
+        .iter()
+        .map(|u| json!({ "seq": u.seq, "at_ms": u.at_ms, "size": u.update.len() }))
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "room": &*room,
+            "seq": durable,
+            "first_seq": first,
+            "updates": updates,
+        })))
+}

@@ -1,0 +1,154 @@
+//! Time travel over the op log, against the real server: `GET /rooms/{room}/state?at=SEQ`
+//! and `/json?at=SEQ` give the document right after SEQ (checked against what the writer
+//! had at each seq), `/history` lists updates newest first with time and size, a seq
+//! beyond the room is refused and one compacted away answers 410 with the nearest
+//! reachable seq.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Transact, Update};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn state_at(
+    server: &TestServer,
+    room: &str,
+    at: u64,
+) -> (u16, Option<(String, u64)>, serde_json::Value) {
+    let mut res = awc::Client::new()
+        .get(server.url(&format!("/rooms/{room}/state?at={at}")))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let seq = res
+        .headers()
+        .get("X-Seq")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = res.body().limit(1 << 24).await.unwrap();
+    if status != 200 {
+        return (status, None, serde_json::from_slice(&body).unwrap());
+    }
+    let doc = Doc::new();
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&body).unwrap())
+        .unwrap();
+    (
+        status,
+        Some((text_of(&doc, "t"), seq.unwrap())),
+        serde_json::Value::Null,
+    )
+}
+
+#[actix_rt::test]
+async fn the_document_at_every_seq_and_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let room = "history/doc";
+    let w = HttpWriter::new();
+    let started = now_ms();
+    let mut expected = vec![String::new()];
+    for i in 1..=30u64 {
+        let (status, answer) = post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
+        assert_eq!((status, answer["seq"].as_u64()), (200, Some(i)));
+        expected.push(format!("{}<{i}>", expected.last().unwrap()));
+    }
+    for at in [0u64, 1, 7, 15, 29, 30] {
+        let (status, got, _) = state_at(&server, room, at).await;
+        assert_eq!(status, 200);
+        assert_eq!(got, Some((expected[at as usize].clone(), at)), "at={at}");
+    }
+    let (status, json) = server.get_json(&format!("/rooms/{room}/json?at=3")).await;
+    assert_eq!((status, json["t"].as_str()), (200, Some("<1><2><3>")));
+    let (status, json) = server
+        .get_json(&format!("/rooms/{room}/state?at=2&format=json"))
+        .await;
+    assert_eq!((status, json["t"].as_str()), (200, Some("<1><2>")));
+    let (status, answer) = server.get_json(&format!("/rooms/{room}/state?at=31")).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("bad_seq")),
+        "{answer}"
+    );
+
+    let (status, history) = server
+        .get_json(&format!("/rooms/{room}/history?limit=5"))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["seq"], 30);
+    assert_eq!(history["first_seq"], 1);
+    let seqs: Vec<u64> = history["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![30, 29, 28, 27, 26]);
+    for u in history["updates"].as_array().unwrap() {
+        let at = u["at_ms"].as_u64().unwrap();
+        assert!(at >= started && at <= now_ms(), "{u}");
+        assert!(u["size"].as_u64().unwrap() > 0);
+    }
+    let (_, page) = server
+        .get_json(&format!("/rooms/{room}/history?before=10&limit=3"))
+        .await;
+    let seqs: Vec<u64> = page["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![9, 8, 7]);
+    let (status, answer) = server
+        .get_json(&format!("/rooms/{room}/history?limit=0"))
+        .await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("bad_limit")));
+    // A room that does not exist has an empty history and is not created.
+    let (_, none) = server.get_json("/rooms/history/none/history").await;
+    assert_eq!(none["updates"], serde_json::json!([]));
+    let (_, info) = server.get_json("/rooms/history/none").await;
+    assert_eq!(info["seq"], 0);
+}
+
+#[actix_rt::test]
+async fn a_compacted_seq_answers_410_with_the_nearest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &["--snapshot-every", "10", "--replay-window", "10"],
+    );
+    let room = "history/compacted";
+    let w = HttpWriter::new();
+    let mut expected = vec![String::new()];
+    for i in 1..=45u64 {
+        let (status, _) = post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
+        assert_eq!(status, 200);
+        expected.push(format!("{}<{i}>", expected.last().unwrap()));
+    }
+    // Snapshots at 10, 20, 30, 40; records before (40 + 1 - 10) compacted.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let nearest = loop {
+        let (status, _, answer) = state_at(&server, room, 2).await;
+        if status == 410 {
+            assert_eq!(answer["error"], "history_compacted");
+            break answer["nearest"].as_u64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!((30..=45).contains(&nearest), "nearest {nearest}");
+    let (status, got, _) = state_at(&server, room, nearest).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, Some((expected[nearest as usize].clone(), nearest)));
+    let (status, got, _) = state_at(&server, room, 45).await;
+    assert_eq!((status, got), (200, Some((expected[45].clone(), 45))));
+}
