@@ -334,3 +334,90 @@ async fn origins_outside_the_allow_list_are_refused() {
         2.0
     );
 }
+
+/// A session changes its token without reconnecting (`MSG_TOKEN`): a read-only session
+/// becomes a writer, the new token's expiry replaces the old one's, and a token for
+/// another room or a forged one is refused while the session keeps its current token.
+#[actix_rt::test]
+async fn a_fresh_token_changes_a_session_without_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let room = "refresh/doc";
+    let read = token(room, Access::Read, 2);
+    let url = format!("{}?token={read}", server.ws_url(room));
+    let mut client = YClient::try_connect(&url, &[], Doc::new()).await.unwrap();
+    client.until("synced", |c| c.synced).await;
+    client.append("t", "[denied]").await;
+    client.until("denied", |c| !c.denied.is_empty()).await;
+    // Its ack says something was refused (and clears that for the next one).
+    client.request_ack(0).await;
+    client.until("the first ack", |c| !c.acks.is_empty()).await;
+    assert!(!client.acks[0].2);
+
+    // Refused: another room's token, a forged one. The session stays as it was.
+    client
+        .send_raw(collabd::protocol::encode_token(&token(
+            "other/room",
+            Access::Write,
+            60,
+        )))
+        .await;
+    client
+        .send_raw(collabd::protocol::encode_token("not.a.token"))
+        .await;
+    client
+        .until("two refusals", |c| c.token_answers.len() == 2)
+        .await;
+    assert!(
+        client.token_answers.iter().all(|(ok, _)| !ok),
+        "{:?}",
+        client.token_answers
+    );
+    assert!(
+        client.token_answers[0].1.contains("token_wrong_room"),
+        "{:?}",
+        client.token_answers
+    );
+
+    // A write token for this room, valid a minute: accepted, and the next edit is stored.
+    client
+        .send_raw(collabd::protocol::encode_token(&token(
+            room,
+            Access::Write,
+            60,
+        )))
+        .await;
+    client
+        .until("accepted", |c| c.token_answers.len() == 3)
+        .await;
+    assert_eq!(client.token_answers[2], (true, "write".to_string()));
+    // The new edit builds on the one refused before, which the client still holds: the
+    // room asks for what it lacks (a re-sync), and a writer now sends both.
+    client.append("t", "[stored]").await;
+    client.request_ack(1).await;
+    client.until("the ack", |c| c.acks.len() == 2).await;
+    client.request_ack(2).await;
+    client.until("the next ack", |c| c.acks.len() == 3).await;
+    assert!(
+        client.acks[2].2,
+        "stored under the new token: {:?}",
+        client.acks
+    );
+    let reader = token(room, Access::Read, 60);
+    let (doc, _) = server
+        .state_at(&format!("/rooms/{room}/state?token={reader}"))
+        .await;
+    assert_eq!(text_of(&doc, "t"), "[denied][stored]");
+    // The first token's expiry passes: the session stays (its token is the new one).
+    client.drain_for(Duration::from_millis(2_500)).await;
+    assert!(client.closed.is_none(), "closed at the old token's expiry");
+    // A fresh token that expires soon: the session closes with 4401 then.
+    client
+        .send_raw(collabd::protocol::encode_token(&token(
+            room,
+            Access::Write,
+            1,
+        )))
+        .await;
+    assert_eq!(client.until_closed().await, Some(4401));
+}

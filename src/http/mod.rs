@@ -164,6 +164,7 @@ async fn websocket(
         grant,
         permit,
         hooks: state.hooks.clone(),
+        auth: state.auth.clone(),
     };
     let mut handshake = actix_http::ws::handshake_response(req.head());
     if upgrade::owns_socket(&req) {

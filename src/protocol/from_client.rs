@@ -7,10 +7,10 @@ use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, StateVector, Update};
 
-use super::lib0::{Reader, write_var};
+use super::lib0::{Reader, write_buf, write_var};
 use super::{
-    MSG_ACK, MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, ProtocolError, SYNC_STEP1,
-    SYNC_STEP2, SYNC_UPDATE, frame,
+    MSG_ACK, MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_TOKEN, ProtocolError,
+    SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE, frame,
 };
 
 /// Yjs client ids are at most 53 bits (JavaScript's safe integers).
@@ -36,6 +36,8 @@ pub enum ClientMessage {
         /// The client's token, echoed in the answer.
         token: u64,
     },
+    /// A fresh access token for the session ([`MSG_TOKEN`]).
+    Token(String),
     /// A tag this server does not know, with its payload.
     Custom {
         /// The message tag.
@@ -78,6 +80,12 @@ fn decode_message(r: &mut Reader<'_>) -> Result<ClientMessage, ProtocolError> {
             let mut payload = Reader::new(r.buf()?);
             let token = payload.var()?;
             Ok(ClientMessage::AckRequest { token })
+        }
+        MSG_TOKEN => {
+            let mut payload = Reader::new(r.buf()?);
+            let token = std::str::from_utf8(payload.buf()?)
+                .map_err(|_| ProtocolError::NotUtf8("access token"))?;
+            Ok(ClientMessage::Token(token.to_string()))
         }
         tag => {
             let payload = r.buf()?;
@@ -157,6 +165,14 @@ pub fn encode_ack_request(token: u64) -> Bytes {
     let mut payload = Vec::with_capacity(10);
     write_var(&mut payload, token);
     frame(&[MSG_ACK], &payload)
+}
+
+/// collabd's access change: run this session under `token` from now on; the server
+/// answers with [`encode_token_answer`](super::encode_token_answer).
+pub fn encode_token(token: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(token.len() + 4);
+    write_buf(&mut payload, token.as_bytes());
+    frame(&[MSG_TOKEN], &payload)
 }
 
 #[cfg(test)]

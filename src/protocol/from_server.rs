@@ -6,10 +6,11 @@ use yrs::StateVector;
 use yrs::sync::AwarenessUpdate;
 
 use super::from_client::{decode_awareness, decode_state_vector};
-use super::lib0::{Reader, write_var};
+use super::lib0::{Reader, write_buf, write_var};
 use super::{
     ACK_REFUSED, ACK_STORED, AUTH_PERMISSION_DENIED, MSG_ACK, MSG_AUTH, MSG_AWARENESS,
-    MSG_QUERY_AWARENESS, MSG_SYNC, ProtocolError, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE, frame,
+    MSG_QUERY_AWARENESS, MSG_SYNC, MSG_TOKEN, ProtocolError, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
+    TOKEN_ACCEPTED, TOKEN_REFUSED, frame,
 };
 
 /// The answer to an ack request: everything the session sent before `token` that the
@@ -22,6 +23,22 @@ pub fn encode_ack(token: u64, seq: u64, ok: bool) -> Bytes {
     write_var(&mut payload, seq);
     write_var(&mut payload, if ok { ACK_STORED } else { ACK_REFUSED });
     frame(&[MSG_ACK], &payload)
+}
+
+/// The answer to a client's [`MSG_TOKEN`]: accepted (`detail`: `read` or `write`) or
+/// refused (`detail`: why).
+pub fn encode_token_answer(accepted: bool, detail: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(detail.len() + 4);
+    write_var(
+        &mut payload,
+        if accepted {
+            TOKEN_ACCEPTED
+        } else {
+            TOKEN_REFUSED
+        },
+    );
+    write_buf(&mut payload, detail.as_bytes());
+    frame(&[MSG_TOKEN], &payload)
 }
 
 /// y-protocols' "permission denied" auth message: a read-only session tried to write, or
@@ -66,6 +83,13 @@ pub enum ServerMessage<'a> {
         seq: u64,
         /// Everything sent since the previous request was stored (else something was refused).
         stored: bool,
+    },
+    /// The answer to our access token ([`MSG_TOKEN`]).
+    TokenAnswer {
+        /// The session runs under the new token now.
+        accepted: bool,
+        /// `read` or `write` when accepted, else why not.
+        detail: &'a str,
     },
     /// A tag this codec does not know, with its payload.
     Custom {
@@ -135,6 +159,13 @@ fn decode_server_message<'a>(r: &mut Reader<'a>) -> Result<ServerMessage<'a>, Pr
                 other => return Err(ProtocolError::UnknownAckStatus(other)),
             };
             Ok(ServerMessage::Ack { token, seq, stored })
+        }
+        MSG_TOKEN => {
+            let mut payload = Reader::new(r.buf()?);
+            let accepted = payload.var()? == TOKEN_ACCEPTED;
+            let detail = std::str::from_utf8(payload.buf()?)
+                .map_err(|_| ProtocolError::NotUtf8("token answer"))?;
+            Ok(ServerMessage::TokenAnswer { accepted, detail })
         }
         tag => Ok(ServerMessage::Custom {
             tag,

@@ -12,6 +12,7 @@
 //! | 2 | auth | varuint 0 + varstring reason (permission denied) or 1 (granted) |
 //! | 3 | query awareness | nothing |
 //! | 100 | collabd write ack (see [`MSG_ACK`]) | varbuf: varuint token (client → server); varuint token, varuint seq, varuint status (server → client; 0 stored, 1 something since the previous request was refused) |
+//! | 101 | collabd access token (see [`MSG_TOKEN`]) | varbuf: varstring token (client → server); varuint status, varstring detail (server → client; 0 accepted, detail `read` or `write`; 1 refused, detail the reason) |
 //! | other ≥ 4 | custom, ignored | varbuf payload |
 //!
 //! Decoding checks every length against what is left of the frame, decodes updates and
@@ -34,10 +35,11 @@ pub mod websocket;
 
 pub use from_client::{
     ClientMessage, decode_awareness, decode_frame, decode_update, encode_ack_request,
-    encode_query_awareness,
+    encode_query_awareness, encode_token,
 };
 pub use from_server::{
     ServerMessage, ServerMessages, decode_server_frame, encode_ack, encode_permission_denied,
+    encode_token_answer,
 };
 pub use lib0::{write_buf, write_var};
 
@@ -60,6 +62,18 @@ pub const MSG_QUERY_AWARENESS: u64 = 3;
 /// token, varuint seq, varuint status)]`, where `seq` is the room's durable seq covering
 /// them and the status is [`ACK_STORED`] or [`ACK_REFUSED`].
 pub const MSG_ACK: u64 = 100;
+/// collabd's access change without reconnecting, outside y-protocols' 0–3. A client sends
+/// `[101, varbuf(varstring token)]` with a fresh access token for its room (before the
+/// current one expires, or to change read to write); the server checks it as it checks
+/// a connection's token and answers `[101, varbuf(varuint status, varstring detail)]`:
+/// [`TOKEN_ACCEPTED`] with `read` or `write` (the session now runs under the new token:
+/// its access and expiry), or [`TOKEN_REFUSED`] with the reason (the session keeps its
+/// current token, and closes with 4401 when that expires).
+pub const MSG_TOKEN: u64 = 101;
+/// Token answer: the session now runs under the new token.
+pub const TOKEN_ACCEPTED: u64 = 0;
+/// Token answer: refused; the session keeps its current token.
+pub const TOKEN_REFUSED: u64 = 1;
 /// Ack status: everything sent since the previous ack request is stored.
 pub const ACK_STORED: u64 = 0;
 /// Ack status: something sent since the previous ack request was refused (invalid, too

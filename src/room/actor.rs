@@ -450,6 +450,8 @@ impl Handler<FromClient> for Room {
                         .is_some_and(|m| !std::mem::take(&mut m.refused_since_ack));
                     self.wait_for_accepted(Waiter::Ack { session, token, ok });
                 }
+                // The session handles tokens; none reach the room.
+                ClientMessage::Token(_) => {}
                 ClientMessage::Custom { tag, .. } => {
                     debug!(
                         "room {:?}: session {session} sent unknown message type {tag}",

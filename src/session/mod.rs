@@ -61,6 +61,8 @@ pub struct Handoff {
     pub grant: Grant,
     pub permit: Permit,
     pub hooks: Arc<crate::hooks::Hooks>,
+    /// How fresh tokens are checked (`MSG_TOKEN`).
+    pub auth: crate::auth::Auth,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -83,6 +85,11 @@ pub struct WsSession {
     expires: Option<SystemTime>,
     /// The token's `sub`, for the session's log lines.
     subject: Option<String>,
+    /// Bumped when a fresh token replaces the current one: an expiry timer of an older
+    /// token does nothing.
+    token_generation: u64,
+    auth: crate::auth::Auth,
+    hooks: Arc<crate::hooks::Hooks>,
     rate: TokenBucket,
     /// The same share for frames of presence alone, which are merged beyond it (never
     /// closed for).
@@ -136,6 +143,7 @@ impl WsSession {
             grant,
             permit,
             hooks,
+            auth,
         } = handoff;
         let hooked = crate::hooks::Hooked::enter(&hooks, &room, "websocket", grant.subject.clone());
         let out = Outbound::new(wire, &settings);
@@ -162,6 +170,9 @@ impl WsSession {
                 access: grant.access,
                 expires: grant.expires,
                 subject: grant.subject,
+                token_generation: 0,
+                auth,
+                hooks,
                 _permit: permit,
                 _gauge: ConnectionGauge::open("ws"),
                 _hooked: hooked,
@@ -258,6 +269,20 @@ impl WsSession {
         if !self.within_frame_rate(ctx) {
             return;
         }
+        // A fresh token applies to what follows it in the same frame.
+        if messages
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Token(_)))
+        {
+            let mut rest = Vec::with_capacity(messages.len());
+            for message in messages {
+                match message {
+                    ClientMessage::Token(token) => self.on_token(&token, ctx),
+                    other => rest.push(other),
+                }
+            }
+            messages = rest;
+        }
         let dropped = if self.access < Access::Write {
             self.drop_writes(&mut messages)
         } else {
@@ -323,6 +348,71 @@ impl WsSession {
                     act.on_awareness(held, 0, ctx);
                 }
             });
+        }
+    }
+
+    /// Closes the session with 4401 when its current token expires (unless a fresh one
+    /// replaced it by then).
+    fn schedule_expiry(&mut self, ctx: &mut Context<Self>) {
+        let Some(expires) = self.expires else { return };
+        let generation = self.token_generation;
+        let left = expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        ctx.run_later(left, move |act, ctx| {
+            if act.token_generation != generation {
+                return;
+            }
+            info!(
+                "session {} in room {:?}: token expired{}",
+                act.id,
+                act.room_name,
+                Sub(act.subject.as_deref())
+            );
+            act.close(ctx, close::TOKEN_EXPIRED, "token expired");
+        });
+    }
+
+    /// A fresh token ([`protocol::MSG_TOKEN`]): checked as a connection's token is; if
+    /// valid for this room, the session runs under it from now on (access, expiry,
+    /// subject). Refused, the session keeps its current token. An embedding application's
+    /// authenticate hook judges requests, which a message is not: with one, tokens are
+    /// refused (the client reconnects with the new token instead).
+    fn on_token(&mut self, token: &str, ctx: &mut Context<Self>) {
+        if self.hooks.authenticate.is_some() {
+            let _ = self.out.push(protocol::encode_token_answer(
+                false,
+                "this server authenticates connections with its own hook: reconnect with the new token",
+            ));
+            return;
+        }
+        match self.auth.check(Some(token), &self.room_name, Access::Read) {
+            Ok(grant) => {
+                let access = match grant.access {
+                    Access::Write => "write",
+                    _ => "read",
+                };
+                info!(
+                    "session {} in room {:?}: fresh token, {access} access{}",
+                    self.id,
+                    self.room_name,
+                    Sub(grant.subject.as_deref())
+                );
+                self.access = grant.access;
+                self.expires = grant.expires;
+                self.subject = grant.subject;
+                self.token_generation += 1;
+                self.schedule_expiry(ctx);
+                let _ = self.out.push(protocol::encode_token_answer(true, access));
+            }
+            Err(denied) => {
+                warn!(
+                    "session {} in room {:?}: fresh token refused: {}",
+                    self.id, self.room_name, denied.error
+                );
+                let reason = format!("{}: {}", denied.error.code(), denied.error);
+                let _ = self.out.push(protocol::encode_token_answer(false, &reason));
+            }
         }
     }
 
@@ -411,20 +501,7 @@ impl Actor for WsSession {
                 }),
         );
         ctx.run_interval(self.settings.heartbeat_interval(), WsSession::heartbeat);
-        if let Some(expires) = self.expires {
-            let left = expires
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            ctx.run_later(left, |act, ctx| {
-                info!(
-                    "session {} in room {:?}: token expired{}",
-                    act.id,
-                    act.room_name,
-                    Sub(act.subject.as_deref())
-                );
-                act.close(ctx, close::TOKEN_EXPIRED, "token expired");
-            });
-        }
+        self.schedule_expiry(ctx);
         debug!(
             "session {} opened in room {:?}{}",
             self.id,

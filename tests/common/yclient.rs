@@ -42,6 +42,8 @@ pub struct YClient {
     pub sync_step1_heard: usize,
     /// Reasons of y-protocols permission-denied messages received.
     pub denied: Vec<String>,
+    /// Answers to access tokens sent (`MSG_TOKEN`): (accepted, detail).
+    pub token_answers: Vec<(bool, String)>,
 }
 
 /// Why a WebSocket connection was not established.
@@ -91,6 +93,7 @@ impl YClient {
             acks: Vec::new(),
             denied: Vec::new(),
             sync_step1_heard: 0,
+            token_answers: Vec::new(),
         };
         let sv = client.doc().transact().state_vector();
         client.send_raw(protocol::encode_sync_step1(&sv)).await;
@@ -227,6 +230,9 @@ impl YClient {
                 }
                 ServerMessage::PermissionDenied { reason } => self.denied.push(reason.to_string()),
                 ServerMessage::Ack { token, seq, stored } => self.acks.push((token, seq, stored)),
+                ServerMessage::TokenAnswer { accepted, detail } => {
+                    self.token_answers.push((accepted, detail.to_string()))
+                }
                 other => panic!("unexpected message {other:?} from server"),
             }
         }
