@@ -424,6 +424,27 @@ settings! {
     /// node of a Redis Cluster works too; separate several seed URLs with commas.
     redis_url: Option<String> = None, example "redis://127.0.0.1:6379";
 
+    /// Webhook URL (`http://…`): after changes, collabd POSTs `{room, from_seq, to_seq, id}`
+    /// there, at most once per `webhook_debounce_ms` per room, until it answers 2xx.
+    ///
+    /// At least once, driven by the op log: each room's delivery cursor is stored
+    /// durably, so a restart or a receiver outage loses no change; retries back off
+    /// exponentially with jitter. Each delivery carries an `Idempotency-Key`
+    /// (`room:from:to`) and, with `webhook_secret`, an HMAC-SHA256 signature. Needs the
+    /// embedded store (sled). Plain http: put a TLS-terminating proxy in front of an
+    /// https receiver.
+    webhook_url: Option<String> = None, example "http://127.0.0.1:8080/collabd";
+
+    /// Secret for the webhook signature: `X-Collabd-Signature: sha256=HEX`, the
+    /// HMAC-SHA256 of `TIMESTAMP.BODY` with `TIMESTAMP` from `X-Collabd-Timestamp`.
+    webhook_secret: Option<String> = None, example "change-me";
+
+    /// Shortest time between two webhook deliveries of one room, in milliseconds.
+    webhook_debounce_ms: u64 = 1_000;
+
+    /// Webhook deliveries also carry the room's root types as JSON at `to_seq` (`state`).
+    webhook_state: bool = false;
+
     /// Cluster mode with `postgres_url`: a room's entries in Redis beyond what PostgreSQL
     /// archived, before the node that holds the room's archive lease archives them.
     ///
@@ -657,6 +678,23 @@ impl Settings {
         }
         if self.data_dir.as_os_str().is_empty() {
             errors.push("data_dir must not be empty".into());
+        }
+        if let Some(url) = &self.webhook_url {
+            if !url.starts_with("http://") {
+                errors.push(format!(
+                    "webhook_url ({url:?}) must be an http:// URL (put a TLS-terminating proxy \
+                     in front of an https receiver)"
+                ));
+            }
+            if self.postgres_url.is_some() || self.redis_url.is_some() {
+                errors.push(
+                    "webhook_url needs the embedded store: not with postgres_url or redis_url yet"
+                        .into(),
+                );
+            }
+        }
+        if self.archive_after == 0 {
+            errors.push("archive_after must be greater than 0".into());
         }
         if self.client_timeout_ms <= self.heartbeat_interval_ms {
             errors.push(format!(

@@ -130,6 +130,7 @@ impl Builder {
             hooks.clone(),
         )
         .with_cluster(cluster.clone())
+        .with_webhooks(crate::webhooks::start(&settings, &store))
         .start();
         let auth = Auth::from_settings(&settings);
         if !auth.enabled() && hooks.authenticate.is_none() {

@@ -119,6 +119,8 @@ pub mod room;
 pub mod session;
 #[doc(hidden)]
 pub mod store;
+#[doc(hidden)]
+pub mod webhooks;
 
 pub use config::Settings;
 pub use embed::{Builder, Collabd};

@@ -67,6 +67,8 @@ pub struct RoomDeps {
     pub(crate) changes: Option<crate::hooks::ChangeFeed>,
     /// Cluster mode: Redis gives seqs and carries other nodes' updates.
     pub cluster: Option<Cluster>,
+    /// Where durable changes go for webhook deliveries, when `webhook_url` is set.
+    pub webhooks: Option<crate::webhooks::WebhookFeed>,
 }
 
 /// Runs a blocking store call the room must make itself (its last flush, a reload) on a
@@ -93,6 +95,7 @@ impl RoomDeps {
             hooks: Default::default(),
             changes: None,
             cluster: None,
+            webhooks: None,
         }
     }
 }

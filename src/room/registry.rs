@@ -41,6 +41,7 @@ pub struct Registry {
     hooks: Arc<Hooks>,
     changes: Option<ChangeFeed>,
     cluster: Option<crate::cluster::Cluster>,
+    webhooks: Option<crate::webhooks::WebhookFeed>,
 }
 
 impl Registry {
@@ -66,7 +67,14 @@ impl Registry {
             settings,
             hooks,
             cluster: None,
+            webhooks: None,
         }
+    }
+
+    /// Rooms report durable changes for webhook deliveries.
+    pub fn with_webhooks(mut self, webhooks: Option<crate::webhooks::WebhookFeed>) -> Registry {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Rooms in cluster mode: Redis gives their seqs and carries other nodes' updates.
@@ -102,6 +110,7 @@ impl Registry {
             hooks: self.hooks.clone(),
             changes: self.changes.clone(),
             cluster: self.cluster.clone(),
+            webhooks: self.webhooks.clone(),
         };
         let room_name = name.clone();
         let arbiter = self.next_arbiter();

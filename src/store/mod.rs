@@ -20,6 +20,8 @@
 //! | `log`       | room · `0x00` · seq (u64 BE) · chunk (u32 BE, 1…) | the update's next ≤ 4 KiB (raw bytes) |
 //! | `snapshots` | room                                             | version `2` · bincode(`SnapshotHead { seq, at_ms, len, chunks }`) |
 //! | `snapshots` | room · `0x00` · chunk (u32 BE, 0…)               | the state's next ≤ 4 KiB (raw bytes) |
+//! | `webhooks`  | room                                             | delivered seq (u64 BE) · target seq (u64 BE): webhook delivery state |
+//! | `webhook_marks` | room                                         | seq (u64 BE): changes up to it await webhook delivery (written with the record) |
 //!
 //! Room names never contain control characters (the HTTP edge rejects them, and the
 //! store refuses them), so the `0x00` separator keeps each room's records contiguous and
@@ -147,6 +149,9 @@ pub enum StoreError {
     },
     #[error("room name {0:?} cannot be stored (control character)")]
     InvalidRoom(String),
+    /// This store does not keep what was asked (webhook delivery state outside sled).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
 }
 
 /// The op log's interface; rooms see only this. Implementations must be cheap to call
@@ -193,6 +198,26 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Unavailable`]): rooms refuse new writes meanwhile.
     fn unavailable(&self) -> Option<String> {
         None
+    }
+
+    /// The room's changes up to `seq` await webhook delivery. Written by the room with the
+    /// record of `seq`, so that the same flush makes both durable: a restart finds every
+    /// change not yet delivered. Visible at once, durable after `flush`.
+    fn mark_webhook(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        let _ = (room, seq);
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Records the room's webhook delivery state: delivered up to seq `delivered`, changes
+    /// known up to seq `target`. Visible at once, durable after `flush`.
+    fn put_webhook(&self, room: &str, delivered: u64, target: u64) -> Result<(), StoreError> {
+        let _ = (room, delivered, target);
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Every room's webhook delivery state: (room, delivered, target).
+    fn webhooks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        Err(StoreError::Unsupported("webhooks"))
     }
 
     /// Everything needed to rebuild the room: latest snapshot and the records after it.

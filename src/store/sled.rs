@@ -95,6 +95,10 @@ pub struct SledStore {
     db: ::sled::Db,
     log: ::sled::Tree,
     snapshots: ::sled::Tree,
+    /// Webhook delivery state per room, and the seq each room's changes await delivery
+    /// up to (see the module docs of `store`).
+    webhooks: ::sled::Tree,
+    webhook_marks: ::sled::Tree,
     /// sled's single data file (`<dir>/db`), opened read-only: `fdatasync` on any
     /// descriptor of the file flushes its dirty pages, its size and the device cache.
     data_file: File,
@@ -127,6 +131,8 @@ impl SledStore {
             .open()?;
         let log = db.open_tree("log")?;
         let snapshots = db.open_tree("snapshots")?;
+        let webhooks = db.open_tree("webhooks")?;
+        let webhook_marks = db.open_tree("webhook_marks")?;
         db.flush()?;
         let data_file = File::open(dir.join("db"))?;
         // sled created files (and maybe the directory): make their names durable.
@@ -142,6 +148,8 @@ impl SledStore {
             db,
             log,
             snapshots,
+            webhooks,
+            webhook_marks,
             data_file,
             dir: dir.to_path_buf(),
             writes: AtomicU64::new(0),
@@ -315,6 +323,54 @@ impl Store for SledStore {
         }
         batch.insert(key, head);
         self.wrote(self.log.apply_batch(batch))
+    }
+
+    fn put_webhook(&self, room: &str, delivered: u64, target: u64) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.writable()?;
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&delivered.to_be_bytes());
+        value[8..].copy_from_slice(&target.to_be_bytes());
+        self.wrote(self.webhooks.insert(room.as_bytes(), &value[..]))
+    }
+
+    fn mark_webhook(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.writable()?;
+        self.wrote(
+            self.webhook_marks
+                .insert(room.as_bytes(), &seq.to_be_bytes()[..]),
+        )
+    }
+
+    fn webhooks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        // Rooms marked but never delivered have no state yet: delivered 0.
+        let mut marks: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        for entry in self.webhook_marks.iter() {
+            let (key, value) = entry?;
+            if let (Ok(room), Ok(bytes)) = (
+                String::from_utf8(key.to_vec()),
+                <[u8; 8]>::try_from(&value[..]),
+            ) {
+                marks.insert(room, u64::from_be_bytes(bytes));
+            }
+        }
+        for entry in self.webhooks.iter() {
+            let (key, value) = entry?;
+            let (Ok(room), Ok(bytes)) = (
+                String::from_utf8(key.to_vec()),
+                <[u8; 16]>::try_from(&value[..]),
+            ) else {
+                continue;
+            };
+            let delivered = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let target = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+            let marked = marks.remove(&room).unwrap_or(0);
+            out.push((room, delivered, target.max(marked)));
+        }
+        out.extend(marks.into_iter().map(|(room, seq)| (room, 0, seq)));
+        Ok(out)
     }
 
     fn put_snapshot(&self, room: &str, snapshot: &Snapshot) -> Result<(), StoreError> {

@@ -24,6 +24,9 @@ impl Room {
         if let Some(changes) = &self.deps.changes {
             changes.send(&self.name, &done.published);
         }
+        if let (Some(webhooks), Some((last, _))) = (&self.deps.webhooks, done.published.last()) {
+            webhooks.changed(&self.name, *last);
+        }
         if !self.streams.is_empty() {
             for (seq, update) in done.published {
                 let event = protocol::sse::event("update", Some(seq), &update);

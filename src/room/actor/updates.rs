@@ -93,6 +93,13 @@ impl Room {
             self.fail(ctx, &e.to_string());
             return;
         }
+        // Webhooks: the same flush makes the record and its pending delivery durable.
+        if self.deps.webhooks.is_some()
+            && let Err(e) = self.deps.store.mark_webhook(&self.name, self.seq)
+        {
+            self.fail(ctx, &e.to_string());
+            return;
+        }
         let m = metrics();
         m.oplog_append_seconds
             .observe(started.elapsed().as_secs_f64());

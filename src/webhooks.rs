@@ -1,0 +1,277 @@
+//! Webhooks (`webhook_url`): after changes, collabd POSTs what changed to a URL, at least
+//! once, driven by the op log.
+//!
+//! A room marks each change in the store with its record (`Store::mark_webhook`, made
+//! durable by the same flush), and tells the deliverer the seq each durable change
+//! reached (a channel send). Per room the deliverer keeps `delivered` (the receiver
+//! answered 2xx up to there) and `target` (changes known up to there), stored in the
+//! store's `webhooks` tree after each delivery. A restart reads both and resumes every
+//! room with changes not delivered, loaded or not: nothing acknowledged to a writer can
+//! be missing from the deliveries.
+//!
+//! A delivery is `POST webhook_url` with
+//! `{"room", "from_seq", "to_seq", "id"}` (and `"state"`, the room's root types as JSON at
+//! `to_seq`, with `webhook_state`), headers `Idempotency-Key: ROOM:FROM:TO` (the `id`),
+//! `X-Collabd-Timestamp: UNIX_SECONDS` and, with `webhook_secret`,
+//! `X-Collabd-Signature: sha256=HEX` (HMAC-SHA256 of `TIMESTAMP.BODY`). At most one per
+//! room per `webhook_debounce_ms`; a failed one (no answer in 10 s, or not 2xx) is retried
+//! with exponential backoff (0.5 s doubling to 60 s) and full jitter, and covers whatever
+//! changed meanwhile. Deliveries go one at a time, in the order rooms became due.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::room::history::{self, At};
+use crate::store::{Store, StoreError};
+
+/// How rooms reach the deliverer: `(room, seq)` once changes up to `seq` are durable.
+#[derive(Clone)]
+pub struct WebhookFeed {
+    tx: mpsc::UnboundedSender<(Arc<str>, u64)>,
+}
+
+impl WebhookFeed {
+    pub fn changed(&self, room: &Arc<str>, seq: u64) {
+        let _ = self.tx.send((room.clone(), seq));
+    }
+}
+
+struct RoomState {
+    delivered: u64,
+    target: u64,
+    /// The target last written to the store (durable after the next flush).
+    stored_target: u64,
+    /// The earliest time the next delivery may go (debounce, backoff).
+    next: Instant,
+    attempts: u32,
+}
+
+/// Starts the deliverer (on the current actix runtime) when `webhook_url` is set.
+pub fn start(settings: &Arc<Settings>, store: &Arc<dyn Store>) -> Option<WebhookFeed> {
+    let url = settings.webhook_url.clone()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    actix_rt::spawn(run(url, settings.clone(), store.clone(), rx));
+    Some(WebhookFeed { tx })
+}
+
+async fn run(
+    url: String,
+    settings: Arc<Settings>,
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let debounce = Duration::from_millis(settings.webhook_debounce_ms);
+    let mut rooms: HashMap<Arc<str>, RoomState> = HashMap::new();
+    let stored = {
+        let store = store.clone();
+        actix_rt::task::spawn_blocking(move || store.webhooks()).await
+    };
+    match stored {
+        Ok(Ok(rows)) => {
+            for (room, delivered, target) in rows.into_iter().filter(|(_, d, t)| t > d) {
+                info!(
+                    "webhook: room {room:?} has changes {}..={target} to deliver",
+                    delivered + 1
+                );
+                rooms.insert(
+                    room.into(),
+                    RoomState {
+                        delivered,
+                        target,
+                        stored_target: target,
+                        next: Instant::now(),
+                        attempts: 0,
+                    },
+                );
+            }
+        }
+        Ok(Err(e)) => warn!("webhook: could not read the delivery state: {e}"),
+        Err(e) => warn!("webhook: could not read the delivery state: {e}"),
+    }
+    loop {
+        // The earliest due delivery, or a change, whichever comes first.
+        let due = rooms
+            .values()
+            .filter(|r| r.target > r.delivered)
+            .map(|r| r.next)
+            .min();
+        let wait = due.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            changed = rx.recv() => {
+                let Some((room, seq)) = changed else { return };
+                let now = Instant::now();
+                let state = rooms.entry(room).or_insert(RoomState {
+                    delivered: 0,
+                    target: 0,
+                    stored_target: 0,
+                    next: now + debounce,
+                    attempts: 0,
+                });
+                if state.target <= state.delivered {
+                    // Nothing pending: the debounce starts with this change.
+                    state.next = state.next.max(now + debounce);
+                }
+                state.target = state.target.max(seq);
+                // More of what arrived meanwhile, without waiting.
+                while let Ok((room, seq)) = rx.try_recv() {
+                    let state = rooms.entry(room).or_insert(RoomState {
+                        delivered: 0,
+                        target: 0,
+                        stored_target: 0,
+                        next: now + debounce,
+                        attempts: 0,
+                    });
+                    state.target = state.target.max(seq);
+                }
+                continue;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        let now = Instant::now();
+        let due: Vec<Arc<str>> = rooms
+            .iter()
+            .filter(|(_, r)| r.target > r.delivered && r.next <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            let Some(state) = rooms.get_mut(&name) else {
+                continue;
+            };
+            let (from, to) = (state.delivered + 1, state.target);
+            // The target is durable before anything is sent: a restart finds it.
+            if state.stored_target < to {
+                let (store, room, delivered) = (store.clone(), name.clone(), state.delivered);
+                let saved = actix_rt::task::spawn_blocking(move || {
+                    store.put_webhook(&room, delivered, to)?;
+                    store.flush()
+                })
+                .await;
+                if !matches!(saved, Ok(Ok(()))) {
+                    warn!("webhook: room {name:?}: could not store the delivery state");
+                    state.next = now + backoff(state.attempts);
+                    continue;
+                }
+                state.stored_target = to;
+            }
+            match deliver(&client, &url, &settings, &store, &name, from, to).await {
+                Ok(()) => {
+                    debug!("webhook: room {name:?}: delivered {from}..={to}");
+                    state.delivered = to;
+                    state.attempts = 0;
+                    state.next = Instant::now() + debounce;
+                    let (store, room, target) = (store.clone(), name.clone(), state.target);
+                    let _ = actix_rt::task::spawn_blocking(move || {
+                        store.put_webhook(&room, to, target)?;
+                        store.flush()
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    state.attempts += 1;
+                    state.next = Instant::now() + backoff(state.attempts);
+                    warn!(
+                        "webhook: room {name:?}: delivery of {from}..={to} failed (attempt {}): {e}",
+                        state.attempts
+                    );
+                }
+            }
+        }
+        rooms.retain(|_, r| r.target > r.delivered || r.next > Instant::now());
+    }
+}
+
+/// One delivery; `Err` says why it did not get a 2xx.
+async fn deliver(
+    client: &awc::Client,
+    url: &str,
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    room: &Arc<str>,
+    from: u64,
+    to: u64,
+) -> Result<(), String> {
+    let id = format!("{room}:{from}:{to}");
+    let mut body = json!({ "room": &**room, "from_seq": from, "to_seq": to, "id": id });
+    if settings.webhook_state {
+        let (store, name) = (store.clone(), room.clone());
+        let at = actix_rt::task::spawn_blocking(move || history::state_at(&*store, &name, to))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e: StoreError| e.to_string())?;
+        if let At::State(doc) = at {
+            body["state"] = crate::room::doc_json::to_json(&doc);
+        }
+    }
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string();
+    let mut request = client
+        .post(url)
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("Idempotency-Key", id.as_str()))
+        .insert_header(("X-Collabd-Timestamp", timestamp.as_str()));
+    if let Some(secret) = &settings.webhook_secret {
+        request = request.insert_header((
+            "X-Collabd-Signature",
+            format!("sha256={}", sign(secret, &timestamp, &body)),
+        ));
+    }
+    let response = request.send_body(body).await.map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", response.status()))
+    }
+}
+
+/// HMAC-SHA256 of `TIMESTAMP.BODY`, lowercase hex.
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(timestamp.as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    ctx.sign()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// 0.5 s doubling per attempt up to 60 s, full jitter.
+fn backoff(attempts: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = Duration::from_millis(500)
+        .saturating_mul(1 << attempts.min(7))
+        .min(Duration::from_secs(60));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let jitter = h.finish() % (ceiling.as_millis() as u64 + 1);
+    Duration::from_millis(jitter.max(50))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signatures_are_hmac_sha256_of_timestamp_dot_body() {
+        // The value openssl computes:
+        // printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            super::sign("secret", "1700000000", br#"{"a":1}"#),
+            "49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686"
+        );
+    }
+}
