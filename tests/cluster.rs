@@ -264,8 +264,8 @@ async fn post_until_acked(server: &TestServer, room: &str, w: &HttpWriter) -> (u
 /// its acknowledged seq or before it. A write whose first attempts were refused may be
 /// stored twice: the node that took it before Redis went away sends it again once Redis
 /// is back (its WebSocket peers may hold it already), and the client resent it too,
-/// maybe to another node. Yjs applies such a repeat as a no-op. A write acknowledged at
-/// its first attempt is in the log once.
+/// maybe to another node. Yjs applies such a repeat as a no-op. The third field counts
+/// such reasons to repeat; with none, the marker is in the log once.
 fn check_log_at_or_before(
     log: &BTreeMap<u64, Vec<u8>>,
     acked: &[(u64, String, usize)],
@@ -450,8 +450,12 @@ async fn redis_restarted_from_its_aof_keeps_every_acknowledged_write() {
         }
         let marker = format!("[aof{i}]");
         w.append("t", &marker);
-        let (seq, refused) = post_until_acked(&cluster[i % 2].0, room, &w).await;
-        acked.push((seq, marker, refused));
+        let (seq, _) = post_until_acked(&cluster[i % 2].0, room, &w).await;
+        // One writer's whole state, posted to each node in turn: a node that has not yet
+        // heard (pub/sub) of the write the other node just took stores it again inside
+        // its own diff, which Yjs applies as a no-op. So every marker may repeat here;
+        // what must hold is that it is there, at or before its acknowledged seq.
+        acked.push((seq, marker, 1));
     }
     let last = acked.iter().map(|(s, _, _)| *s).max().unwrap();
     for (server, _) in &cluster {
