@@ -180,3 +180,86 @@ async fn patches_need_write_access_and_survive_a_restart() {
     let doc: Value = serde_json::from_slice(&doc.await.unwrap()).unwrap();
     assert_eq!(doc["m"], json!({"k": "v"}));
 }
+
+/// `GET /rooms/{room}/events?format=json`: each update as the JSON changes it made (path,
+/// kind, value or delta), with the same ids and resume rules as the binary stream; a
+/// stream without a resume point starts with the state as JSON.
+#[actix_rt::test]
+async fn events_in_json_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let room = "json/events";
+    let (status, _) = patch(
+        &server,
+        room,
+        json!([{"op": "insert_text", "path": ["body"], "index": 0, "text": "Hello"}]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut stream = SseClient::open(
+        &server,
+        &format!("/rooms/{room}/events?format=json&since=0"),
+        None,
+    )
+    .await;
+    let first = stream.next_doc_event().await;
+    assert_eq!((first.kind.as_str(), first.id), ("update", Some(1)));
+    let data: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(
+        data["changes"],
+        json!([{"path": ["body"], "kind": "set", "value": "Hello"}]),
+        "{data}"
+    );
+    // Live: a map key, then a text edit in the middle.
+    patch(
+        &server,
+        room,
+        json!([{"op": "set", "path": ["meta", "title"], "value": "Hi"}]),
+        None,
+    )
+    .await;
+    patch(
+        &server,
+        room,
+        json!([{"op": "insert_text", "path": ["body"], "index": 5, "text": ", you"}]),
+        None,
+    )
+    .await;
+    let second = stream.next_doc_event().await;
+    assert_eq!(second.id, Some(2));
+    let data: Value = serde_json::from_str(&second.data).unwrap();
+    assert_eq!(
+        data["changes"],
+        json!([{"path": ["meta"], "kind": "set", "value": {"title": "Hi"}}])
+    );
+    let third = stream.next_doc_event().await;
+    let data: Value = serde_json::from_str(&third.data).unwrap();
+    assert_eq!(
+        data["changes"],
+        json!([{"path": ["body"], "kind": "text", "index": 5, "delete": 0, "insert": ", you"}])
+    );
+    // Resume after seq 2: the next change is relative to the document at seq 2.
+    let mut resumed = SseClient::open(
+        &server,
+        &format!("/rooms/{room}/events?format=json"),
+        Some("2"),
+    )
+    .await;
+    let next = resumed.next_doc_event().await;
+    assert_eq!(next.id, Some(3));
+    assert_eq!(
+        serde_json::from_str::<Value>(&next.data).unwrap()["changes"],
+        data["changes"]
+    );
+    // No resume point: the state first.
+    let mut fresh =
+        SseClient::open(&server, &format!("/rooms/{room}/events?format=json"), None).await;
+    let snapshot = fresh.next_doc_event().await;
+    assert_eq!((snapshot.kind.as_str(), snapshot.id), ("snapshot", Some(3)));
+    let data: Value = serde_json::from_str(&snapshot.data).unwrap();
+    assert_eq!(
+        data["state"],
+        json!({"body": "Hello, you", "meta": {"title": "Hi"}})
+    );
+}

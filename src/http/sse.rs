@@ -29,7 +29,11 @@ use crate::metrics::{ConnectionGauge, metrics};
 use crate::protocol::sse::{event, synced};
 use crate::room::ask;
 use crate::room::cursor::CatchUp;
+use crate::room::doc_json;
+use crate::room::history::{self, At};
 use crate::room::messages::{LiveEvent, Subscribe};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Transact, Update};
 
 /// The client's resume point: `Last-Event-ID`, else `?since=`, else none.
 fn resume_point(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
@@ -49,6 +53,54 @@ fn resume_point(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
 /// dead (collabd's JS provider reconnects then).
 const HEARTBEAT: &[u8] = b": heartbeat\nevent: ping\ndata: \n\n";
 
+/// `format=json`: the stream keeps its own copy of the document and sends each update as
+/// the JSON changes it made (`room::doc_json::changes`): `event: update`, `id: SEQ`,
+/// `data: {"seq", "changes": [...]}`; a snapshot as `data: {"seq", "state": {...}}`.
+/// Awareness events stay as they are. It costs the document's size in memory per stream
+/// and a JSON encoding of the document per update: meant for backends and dashboards.
+struct JsonView {
+    doc: Doc,
+    json: serde_json::Value,
+}
+
+impl JsonView {
+    fn of(doc: Doc) -> JsonView {
+        let json = doc_json::to_json(&doc);
+        JsonView { doc, json }
+    }
+
+    fn update(&mut self, seq: u64, update: &[u8]) -> Bytes {
+        if let Ok(u) = Update::decode_v1(update) {
+            let _ = self.doc.transact_mut().apply_update(u);
+        }
+        let after = doc_json::to_json(&self.doc);
+        let changes = doc_json::changes(&self.json, &after);
+        self.json = after;
+        json_event(
+            "update",
+            seq,
+            &serde_json::json!({ "seq": seq, "changes": changes }),
+        )
+    }
+
+    fn snapshot(&mut self, seq: u64, state: &[u8]) -> Bytes {
+        let doc = Doc::new();
+        if let Ok(u) = Update::decode_v1(state) {
+            let _ = doc.transact_mut().apply_update(u);
+        }
+        *self = JsonView::of(doc);
+        json_event(
+            "snapshot",
+            seq,
+            &serde_json::json!({ "seq": seq, "state": self.json }),
+        )
+    }
+}
+
+fn json_event(kind: &str, id: u64, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {kind}\nid: {id}\ndata: {data}\n\n"))
+}
+
 /// Far enough for "never" and still a valid timer deadline.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -63,6 +115,8 @@ struct Live {
     heartbeat: actix_rt::time::Interval,
     /// Highest update id sent; live updates at or below it were in the replay.
     last_id: u64,
+    /// `format=json`: updates as JSON changes.
+    json: Option<JsonView>,
     /// The stream ends when the client's token expires; EventSource then reconnects and
     /// must present a fresh one.
     expiry: std::pin::Pin<Box<actix_rt::time::Sleep>>,
@@ -83,9 +137,12 @@ impl Live {
                     self.queued.fetch_sub(live.bytes().len(), Ordering::Relaxed);
                     match live {
                         LiveEvent::Update { seq, .. } if seq <= self.last_id => continue,
-                        LiveEvent::Update { seq, event, .. } => {
+                        LiveEvent::Update { seq, event, update } => {
                             self.last_id = seq;
-                            return Some(event);
+                            return Some(match &mut self.json {
+                                Some(view) => view.update(seq, &update),
+                                None => event,
+                            });
                         }
                         LiveEvent::Awareness { event } => return Some(event),
                     }
@@ -105,7 +162,10 @@ impl Live {
             Ok(CatchUp::Updates(updates)) if !updates.is_empty() => {
                 let mut out = Vec::new();
                 for u in &updates {
-                    out.extend_from_slice(&event("update", Some(u.seq), &u.update));
+                    out.extend_from_slice(&match &mut self.json {
+                        Some(view) => view.update(u.seq, &u.update),
+                        None => event("update", Some(u.seq), &u.update),
+                    });
                 }
                 self.last_id = updates.last().map_or(after, |u| u.seq);
                 if self.last_id < until {
@@ -118,7 +178,11 @@ impl Live {
             Ok(_) => {
                 let doc = full_state(&self.state, &self.room).await.ok()?;
                 self.last_id = doc.seq;
-                let mut out = event("snapshot", Some(doc.seq), &doc.state).to_vec();
+                let mut out = match &mut self.json {
+                    Some(view) => view.snapshot(doc.seq, &doc.state),
+                    None => event("snapshot", Some(doc.seq), &doc.state),
+                }
+                .to_vec();
                 out.extend_from_slice(&synced(doc.seq));
                 Some(Bytes::from(out))
             }
@@ -133,6 +197,16 @@ pub async fn events(
     name: std::sync::Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
     let since = resume_point(&req)?;
+    let json = match query_param(&req, "format")?.as_deref() {
+        None | Some("binary") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_format",
+                format!("format must be json or binary, got {other:?}"),
+            ));
+        }
+    };
     let (grant, permit) = access::admit_connection(&req, &state, &name).await?;
     let settings = &state.settings;
     let (tx, rx) = mpsc::channel(settings.sse_queue_events);
@@ -147,14 +221,30 @@ pub async fn events(
     let mut prelude = vec![Bytes::from(format!("retry: {}\n\n", settings.sse_retry_ms))];
     let page = settings.poll_batch_limit;
     let mut replay = None;
-    let last_id = match catch_up(&state, &name, since, durable, page).await? {
+    let mut caught_up = catch_up(&state, &name, since, durable, page).await?;
+    // JSON: the changes of the first update replayed need the document before it.
+    let mut view = None;
+    if json && let CatchUp::Updates(_) = &caught_up {
+        let (store, room, base) = (state.store.clone(), name.clone(), since.unwrap_or(0));
+        let at = web::block(move || history::state_at(&*store, &room, base))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        match at {
+            Ok(At::State(doc)) => view = Some(JsonView::of(doc)),
+            // The base is gone (compacted): the stream starts with a snapshot instead.
+            _ => caught_up = CatchUp::Snapshot,
+        }
+    }
+    if json && view.is_none() {
+        view = Some(JsonView::of(Doc::new()));
+    }
+    let last_id = match caught_up {
         CatchUp::Updates(updates) => {
             let last = updates.last().map(|u| u.seq).or(since).unwrap_or(0);
-            prelude.extend(
-                updates
-                    .iter()
-                    .map(|u| event("update", Some(u.seq), &u.update)),
-            );
+            prelude.extend(updates.iter().map(|u| match &mut view {
+                Some(view) => view.update(u.seq, &u.update),
+                None => event("update", Some(u.seq), &u.update),
+            }));
             if last < durable {
                 replay = Some((last, durable));
             }
@@ -162,7 +252,10 @@ pub async fn events(
         }
         CatchUp::Snapshot => {
             let doc = full_state(&state, &name).await?;
-            prelude.push(event("snapshot", Some(doc.seq), &doc.state));
+            prelude.push(match &mut view {
+                Some(view) => view.snapshot(doc.seq, &doc.state),
+                None => event("snapshot", Some(doc.seq), &doc.state),
+            });
             doc.seq
         }
     };
@@ -189,6 +282,7 @@ pub async fn events(
         room: name,
         heartbeat,
         last_id,
+        json: view,
         expiry: Box::pin(actix_rt::time::sleep(expires_in)),
         _permit: permit,
         _hooked: hooked,

@@ -37,6 +37,82 @@ fn any_to_json(any: yrs::Any) -> Value {
     serde_json::to_value(any).unwrap_or(Value::Null)
 }
 
+/// What changed between two JSON forms of a document (`to_json` before and after an
+/// update), for clients that do not speak Yjs (`events?format=json`). Each change has a
+/// `path` (root name, then keys and indices) and a `kind`:
+///
+/// - `set` with `value`: a key (or a root) that is new or whose value was replaced;
+/// - `delete`: a key that is gone;
+/// - `text` with `index`, `delete`, `insert`: characters removed at `index` and the
+///   string inserted there;
+/// - `splice` with `index`, `delete`, `insert`: array elements removed at `index` and
+///   the elements inserted there.
+///
+/// Texts and arrays are compared by their common prefix and suffix: one change per text
+/// or array per update, which is what one update from one editor usually is.
+pub fn changes(before: &Value, after: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    diff(&mut Vec::new(), before, after, &mut out);
+    out
+}
+
+fn diff(path: &mut Vec<Value>, a: &Value, b: &Value, out: &mut Vec<Value>) {
+    if a == b {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (key, vb) in y {
+                path.push(Value::String(key.clone()));
+                match x.get(key) {
+                    Some(va) => diff(path, va, vb, out),
+                    None => out.push(serde_json::json!({"path": path, "kind": "set", "value": vb})),
+                }
+                path.pop();
+            }
+            for key in x.keys().filter(|k| !y.contains_key(*k)) {
+                path.push(Value::String(key.clone()));
+                out.push(serde_json::json!({"path": path, "kind": "delete"}));
+                path.pop();
+            }
+        }
+        (Value::String(s), Value::String(t)) => {
+            let (s, t): (Vec<char>, Vec<char>) = (s.chars().collect(), t.chars().collect());
+            let (p, q) = common_ends(&s, &t);
+            out.push(serde_json::json!({
+                "path": path,
+                "kind": "text",
+                "index": p,
+                "delete": s.len() - p - q,
+                "insert": t[p..t.len() - q].iter().collect::<String>(),
+            }));
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            let (p, q) = common_ends(x, y);
+            out.push(serde_json::json!({
+                "path": path,
+                "kind": "splice",
+                "index": p,
+                "delete": x.len() - p - q,
+                "insert": &y[p..y.len() - q],
+            }));
+        }
+        _ => out.push(serde_json::json!({"path": path, "kind": "set", "value": b})),
+    }
+}
+
+/// The lengths of the common prefix and (not overlapping it) common suffix.
+fn common_ends<T: PartialEq>(a: &[T], b: &[T]) -> (usize, usize) {
+    let p = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let q = a[p..]
+        .iter()
+        .rev()
+        .zip(b[p..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    (p, q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +145,26 @@ mod tests {
         assert_eq!(json["text"], "hello");
         assert_eq!(json["map"]["k"], 1.5);
         assert_eq!(json["list"], serde_json::json!(["a"]));
+    }
+
+    #[test]
+    fn changes_name_path_kind_and_delta() {
+        let before = serde_json::json!({"t": "héllo", "m": {"a": 1, "b": 2}, "l": [1, 2, 3]});
+        let after =
+            serde_json::json!({"t": "hé, llo", "m": {"a": 1, "c": 3}, "l": [1, 9, 3], "n": "x"});
+        let got = super::changes(&before, &after);
+        let expect = serde_json::json!([
+            {"path": ["l"], "kind": "splice", "index": 1, "delete": 1, "insert": [9]},
+            {"path": ["m", "c"], "kind": "set", "value": 3},
+            {"path": ["m", "b"], "kind": "delete"},
+            {"path": ["n"], "kind": "set", "value": "x"},
+            {"path": ["t"], "kind": "text", "index": 2, "delete": 0, "insert": ", "},
+        ]);
+        let mut got_sorted = got.clone();
+        let key = |v: &serde_json::Value| v["path"].to_string() + &v["kind"].to_string();
+        got_sorted.sort_by_key(key);
+        let mut expect_sorted = expect.as_array().unwrap().clone();
+        expect_sorted.sort_by_key(key);
+        assert_eq!(got_sorted, expect_sorted);
     }
 }
