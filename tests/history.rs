@@ -152,3 +152,69 @@ async fn a_compacted_seq_answers_410_with_the_nearest() {
     let (status, got, _) = state_at(&server, room, 45).await;
     assert_eq!((status, got), (200, Some((expected[45].clone(), 45))));
 }
+
+/// `POST /rooms/{room}/restore`: one update brings the document back to its state at an
+/// earlier seq (texts, maps, arrays, and a root created since emptied); connected
+/// clients converge to it, and the history keeps everything before it.
+#[actix_rt::test]
+async fn restore_brings_back_an_earlier_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let room = "history/restore";
+    let patch = |ops: serde_json::Value| {
+        let url = server.url(&format!("/rooms/{room}/json"));
+        async move {
+            let mut res = awc::Client::new().patch(url).send_json(&ops).await.unwrap();
+            let body: serde_json::Value = res.json().await.unwrap();
+            (res.status().as_u16(), body)
+        }
+    };
+    patch(serde_json::json!([
+        {"op": "insert_text", "path": ["body"], "index": 0, "text": "version one"},
+        {"op": "set", "path": ["meta", "title"], "value": "One"},
+        {"op": "insert", "path": ["list"], "index": 0, "values": [1, 2]}
+    ]))
+    .await;
+    let (_, kept) = server.get_json(&format!("/rooms/{room}/json")).await;
+    let mut ws = YClient::connect(&server, room).await;
+    ws.until("synced", |c| c.synced).await;
+    ws.append("body", " and more").await;
+    server.wait_for_seq(room, 2).await;
+    patch(serde_json::json!([
+        {"op": "set", "path": ["meta", "title"], "value": "Two"},
+        {"op": "set", "path": ["meta", "extra"], "value": true},
+        {"op": "remove", "path": ["list"], "index": 0},
+        {"op": "insert_text", "path": ["later"], "index": 0, "text": "new root"}
+    ]))
+    .await;
+    let mut res = awc::Client::new()
+        .post(server.url(&format!("/rooms/{room}/restore")))
+        .send_json(&serde_json::json!({"seq": 1}))
+        .await
+        .unwrap();
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(res.status(), 200, "{answer}");
+    assert_eq!(
+        (answer["seq"].as_u64(), answer["restored"].as_u64()),
+        (Some(4), Some(1))
+    );
+    let (_, now) = server.get_json(&format!("/rooms/{room}/json")).await;
+    let mut expected = kept.clone();
+    expected["later"] = "".into();
+    assert_eq!(now, expected);
+    ws.until("the restore over WebSocket", |c| {
+        c.text("body") == "version one"
+    })
+    .await;
+    // The history is intact: seq 3 is still there.
+    let (_, at3) = server.get_json(&format!("/rooms/{room}/json?at=3")).await;
+    assert_eq!(at3["meta"]["title"], "Two");
+    let mut res = awc::Client::new()
+        .post(server.url(&format!("/rooms/{room}/restore")))
+        .send_json(&serde_json::json!({"seq": 99}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(answer["error"], "bad_seq");
+}

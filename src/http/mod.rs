@@ -223,6 +223,11 @@ async fn post_room(
         access::authorize(&req, &state, &name, Access::Write).await?;
         return rooms::post_update(req.clone(), payload, state, name).await;
     }
+    if let Some(raw) = tail.strip_suffix("/restore") {
+        let name = room_name(raw)?;
+        access::authorize(&req, &state, &name, Access::Write).await?;
+        return patch::restore(req.clone(), payload, state, name).await;
+    }
     if let Some(raw) = tail.strip_suffix("/awareness") {
         // Presence needs read access only, as over WebSocket.
         let name = room_name(raw)?;
@@ -232,7 +237,7 @@ async fn post_room(
     Err(ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "POST goes to /rooms/{room}/updates or /rooms/{room}/awareness",
+        "POST goes to /rooms/{room}/updates, /rooms/{room}/awareness or /rooms/{room}/restore",
     ))
 }
 

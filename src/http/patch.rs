@@ -1,5 +1,6 @@
 //! `PATCH /rooms/{room}/json`: JSON operations (see [`crate::room::json_patch`]) applied
-//! as one Yjs update, answered with its seq once durable.
+//! as one Yjs update, answered with its seq once durable; and `POST
+//! /rooms/{room}/restore`, which brings a document back to an earlier seq the same way.
 //!
 //! The operations run in one transaction on a copy of the room's state, as a peer of
 //! their own (a fresh Yjs client id per request, so that two requests at once never
@@ -18,6 +19,8 @@ use yrs::{Doc, Transact, Update};
 use super::AppState;
 use super::error::ApiError;
 use super::rooms::{self, read_body};
+use crate::room::doc_json;
+use crate::room::history::{self, At};
 use crate::room::json_patch::{self, Op};
 
 /// The body: a list of operations, or `{"ops": [...]}`.
@@ -73,4 +76,63 @@ pub async fn patch_json(
     }
     let seq = rooms::apply(&state, &room, diff.into()).await?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
+}
+
+/// `POST /rooms/{room}/restore` with `{"seq": N}`: appends one update that makes the
+/// document equal (as JSON) to its state right after seq N; everything before stays in
+/// the history. `{"seq": S, "restored": N}` once durable; 410 `history_compacted` when N
+/// is no longer reachable, 400 `bad_seq` beyond the room's seq.
+pub async fn restore(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Restore {
+        seq: u64,
+    }
+    let body = read_body(&req, payload, 4096).await?;
+    let Restore { seq: at } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_restore", format!("{{\"seq\": N}} ({e})")))?;
+    let current = rooms::full_state(&state, &room).await?;
+    if at > current.seq {
+        return Err(ApiError::bad_request(
+            "bad_seq",
+            format!("seq {at} is beyond the room's seq {}", current.seq),
+        ));
+    }
+    let (store, name) = (state.store.clone(), room.clone());
+    let old = web::block(move || history::state_at(&*store, &name, at))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let old = match old {
+        At::State(doc) => doc_json::to_json(&doc),
+        At::Compacted { nearest } => {
+            return Ok(HttpResponse::Gone().json(json!({
+                "error": "history_compacted",
+                "message": format!("seq {at} is no longer reachable; the oldest reachable seq is {nearest}"),
+                "nearest": nearest,
+            })));
+        }
+    };
+    let doc = Doc::new();
+    {
+        let base =
+            Update::decode_v1(&current.state).map_err(|e| ApiError::internal(e.to_string()))?;
+        doc.transact_mut()
+            .apply_update(base)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let diff = {
+        let mut txn = doc.transact_mut();
+        json_patch::restore(&mut txn, &old).map_err(ApiError::internal)?;
+        txn.encode_update_v1()
+    };
+    if Update::decode_v1(&diff).is_ok_and(|u| u.is_empty()) {
+        return Ok(HttpResponse::Ok().json(json!({ "seq": current.seq, "restored": at })));
+    }
+    let seq = rooms::apply(&state, &room, diff.into()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "seq": seq, "restored": at })))
 }

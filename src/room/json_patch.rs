@@ -308,6 +308,73 @@ fn to_any(value: &Value) -> Result<Any, String> {
     serde_json::from_value::<Any>(value.clone()).map_err(|e| format!("value: {e}"))
 }
 
+/// Makes the document's root types equal, as JSON, to `old` (the document's JSON at an
+/// earlier seq): texts get the old text back, maps the old keys and values, arrays the
+/// old elements; a root created since is emptied (Yjs never removes a root). Values come
+/// back as plain JSON: a nested shared type becomes a plain value of the same JSON.
+pub fn restore(txn: &mut TransactionMut<'_>, old: &Value) -> Result<(), String> {
+    use yrs::ReadTxn;
+    let Value::Object(old) = old else {
+        return Err("the old document is not an object of roots".into());
+    };
+    let names: Vec<String> = txn.root_refs().map(|(name, _)| name.to_string()).collect();
+    for name in names.iter().chain(old.keys()) {
+        let was = old.get(name);
+        let kind = match (was, existing_kind(txn, name)) {
+            (Some(Value::String(_)), _) => Kind::Text,
+            (Some(Value::Object(_)), _) => Kind::Map,
+            (Some(Value::Array(_)), _) => Kind::Array,
+            (None, Some(kind)) => kind,
+            (None, None) | (Some(_), _) => continue,
+        };
+        match root_target(txn, name, kind)? {
+            Target::Text(text) => {
+                let now = text.get_string(txn);
+                let then = was.and_then(Value::as_str).unwrap_or("");
+                if now != then {
+                    text.remove_range(txn, 0, now.len() as u32);
+                    text.insert(txn, 0, then);
+                }
+            }
+            Target::Map(map) => {
+                let empty = serde_json::Map::new();
+                let then = was.and_then(Value::as_object).unwrap_or(&empty);
+                let keys: Vec<String> = map.keys(txn).map(str::to_string).collect();
+                for key in keys.iter().filter(|k| !then.contains_key(*k)) {
+                    map.remove(txn, key);
+                }
+                for (key, value) in then {
+                    let same = map
+                        .get(txn, key)
+                        .map(|v| {
+                            use yrs::types::ToJson;
+                            serde_json::to_value(v.to_json(txn)).unwrap_or(Value::Null)
+                        })
+                        .is_some_and(|now| &now == value);
+                    if !same {
+                        map.insert(txn, key.as_str(), to_any(value)?);
+                    }
+                }
+            }
+            Target::Array(array) => {
+                let then = was.and_then(Value::as_array).cloned().unwrap_or_default();
+                let now = {
+                    use yrs::types::ToJson;
+                    serde_json::to_value(array.to_json(txn)).unwrap_or(Value::Null)
+                };
+                if now != Value::Array(then.clone()) {
+                    let len = array.len(txn);
+                    array.remove_range(txn, 0, len);
+                    for (i, value) in then.iter().enumerate() {
+                        array.insert(txn, i as u32, to_any(value)?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
