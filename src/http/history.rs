@@ -46,6 +46,16 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// 410 `history_compacted`: seq `at` is no longer reachable, `nearest` is the oldest
+/// that is.
+pub(super) fn compacted(at: u64, nearest: u64) -> HttpResponse {
+    HttpResponse::Gone().json(json!({
+        "error": "history_compacted",
+        "message": format!("seq {at} is no longer reachable; the oldest reachable seq is {nearest}"),
+        "nearest": nearest,
+    }))
+}
+
 /// The document right after seq `at`, as a Yjs update v1 (`json`: its root types as
 /// JSON). 400 `bad_seq` beyond the room's durable seq; 410 `history_compacted`, with the
 /// oldest reachable seq, before what the log still holds.
@@ -67,15 +77,7 @@ pub async fn state_at(
     let found = blocking(move || history::state_at(&*store, &name, at)).await?;
     let doc = match found {
         At::State(doc) => doc,
-        At::Compacted { nearest } => {
-            return Ok(HttpResponse::Gone().json(json!({
-                "error": "history_compacted",
-                "message": format!(
-                    "seq {at} is no longer reachable; the oldest reachable seq is {nearest}"
-                ),
-                "nearest": nearest,
-            })));
-        }
+        At::Compacted { nearest } => return Ok(compacted(at, nearest)),
     };
     let mut answer = HttpResponse::Ok();
     answer

@@ -22,6 +22,7 @@ use super::rooms::{self, read_body};
 use crate::room::doc_json;
 use crate::room::history::{self, At};
 use crate::room::json_patch::{self, Op};
+use crate::room::messages::DocState;
 
 /// The body: a list of operations, or `{"ops": [...]}`.
 #[derive(serde::Deserialize)]
@@ -48,14 +49,7 @@ pub async fn patch_json(
         }
     };
     let current = rooms::full_state(&state, &room).await?;
-    let doc = Doc::new();
-    {
-        let base =
-            Update::decode_v1(&current.state).map_err(|e| ApiError::internal(e.to_string()))?;
-        doc.transact_mut()
-            .apply_update(base)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    }
+    let doc = copy_of(&current)?;
     let diff = {
         let mut txn = doc.transact_mut();
         if let Err(failed) = json_patch::apply(&mut txn, &ops) {
@@ -76,6 +70,17 @@ pub async fn patch_json(
     }
     let seq = rooms::apply(&state, &room, diff.into()).await?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
+}
+
+/// A copy of the room's document, for a change made as a Yjs client of its own (a fresh
+/// client id: two requests at once never collide).
+fn copy_of(current: &DocState) -> Result<Doc, ApiError> {
+    let doc = Doc::new();
+    let base = Update::decode_v1(&current.state).map_err(|e| ApiError::internal(e.to_string()))?;
+    doc.transact_mut()
+        .apply_update(base)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(doc)
 }
 
 /// `POST /rooms/{room}/restore` with `{"seq": N}`: appends one update that makes the
@@ -109,22 +114,9 @@ pub async fn restore(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let old = match old {
         At::State(doc) => doc_json::to_json(&doc),
-        At::Compacted { nearest } => {
-            return Ok(HttpResponse::Gone().json(json!({
-                "error": "history_compacted",
-                "message": format!("seq {at} is no longer reachable; the oldest reachable seq is {nearest}"),
-                "nearest": nearest,
-            })));
-        }
+        At::Compacted { nearest } => return Ok(super::history::compacted(at, nearest)),
     };
-    let doc = Doc::new();
-    {
-        let base =
-            Update::decode_v1(&current.state).map_err(|e| ApiError::internal(e.to_string()))?;
-        doc.transact_mut()
-            .apply_update(base)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    }
+    let doc = copy_of(&current)?;
     let diff = {
         let mut txn = doc.transact_mut();
         json_patch::restore(&mut txn, &old).map_err(ApiError::internal)?;

@@ -36,6 +36,14 @@ fn remote_owner(node: u64, session: u64) -> u64 {
     h.finish() | (1 << 63)
 }
 
+/// Applies a Yjs update v1 to `doc`.
+fn apply_to(doc: &yrs::Doc, update: &[u8]) -> Result<(), String> {
+    let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+    doc.transact_mut()
+        .apply_update(update)
+        .map_err(|e| e.to_string())
+}
+
 impl Room {
     /// Hands one of this room's updates to Redis.
     pub(super) fn send_to_cluster(&mut self, update: Bytes) {
@@ -113,15 +121,7 @@ impl Room {
 
     /// Applies another node's entry to the document and sends it to this node's peers.
     fn apply_remote(&mut self, update: &Bytes) {
-        let applied = Update::decode_v1(update)
-            .map_err(|e| e.to_string())
-            .and_then(|u| {
-                self.doc
-                    .transact_mut()
-                    .apply_update(u)
-                    .map_err(|e| e.to_string())
-            });
-        match applied {
+        match apply_to(&self.doc, update) {
             Ok(()) => {
                 self.doc_bytes += update.len();
                 self.version += 1;
@@ -146,15 +146,7 @@ impl Room {
             self.name, self.seq, snapshot.seq
         );
         let before = self.doc.transact().state_vector();
-        let applied = Update::decode_v1(&snapshot.state)
-            .map_err(|e| e.to_string())
-            .and_then(|u| {
-                self.doc
-                    .transact_mut()
-                    .apply_update(u)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = applied {
+        if let Err(e) = apply_to(&self.doc, &snapshot.state) {
             error!("room {:?}: the snapshot does not apply: {e}", self.name);
             return;
         }
