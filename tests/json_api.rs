@@ -252,6 +252,19 @@ async fn events_in_json_form() {
         serde_json::from_str::<Value>(&next.data).unwrap()["changes"],
         data["changes"]
     );
+    // Polling in JSON form: the same changes, from the same cursor.
+    let (status, polled) = server
+        .get_json(&format!("/rooms/{room}/updates?since=1&format=json"))
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    let seqs: Vec<u64> = polled["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    assert_eq!(polled["updates"][1]["changes"], data["changes"]);
     // No resume point: the state first.
     let mut fresh =
         SseClient::open(&server, &format!("/rooms/{room}/events?format=json"), None).await;

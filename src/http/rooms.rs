@@ -22,6 +22,8 @@ use super::{AppState, access};
 use crate::metrics::{ConnectionGauge, metrics};
 use crate::room::actor::Refused;
 use crate::room::cursor::{self, CatchUp};
+use crate::room::doc_json::JsonView;
+use crate::room::history::{self, At};
 use crate::room::messages::{
     ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, SyncWithLog, WaitDurable,
 };
@@ -152,6 +154,16 @@ pub async fn poll(
     let since = query_param(&req, "since")?
         .map(|v| parse_seq("since", &v))
         .transpose()?;
+    let json_form = match query_param(&req, "format")?.as_deref() {
+        None | Some("binary") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_format",
+                format!("format must be json or binary, got {other:?}"),
+            ));
+        }
+    };
     let wait = match query_param(&req, "wait")? {
         None => Duration::ZERO,
         Some(v) => v
@@ -182,7 +194,37 @@ pub async fn poll(
     }
 
     let limit = state.settings.poll_batch_limit;
-    match catch_up(&state, &room, since, durable, limit).await? {
+    let mut caught_up = catch_up(&state, &room, since, durable, limit).await?;
+    if json_form {
+        // The changes of the first update need the document before it.
+        let mut view = None;
+        if let CatchUp::Updates(_) = &caught_up {
+            let (store, name, base) = (state.store.clone(), room.clone(), since.unwrap_or(0));
+            if let Ok(Ok(At::State(doc))) =
+                web::block(move || history::state_at(&*store, &name, base)).await
+            {
+                view = Some(JsonView::of(doc));
+            } else {
+                caught_up = CatchUp::Snapshot;
+            }
+        }
+        return match (caught_up, view) {
+            (CatchUp::Updates(updates), Some(mut view)) => {
+                let updates: Vec<_> = updates
+                    .iter()
+                    .map(|u| json!({ "seq": u.seq, "changes": view.apply(&u.update) }))
+                    .collect();
+                Ok(HttpResponse::Ok().json(json!({ "seq": durable, "updates": updates })))
+            }
+            _ => {
+                let doc = full_state(&state, &room).await?;
+                let mut view = JsonView::of(yrs::Doc::new());
+                let json = view.reset(&doc.state).clone();
+                Ok(HttpResponse::Ok().json(json!({ "seq": doc.seq, "state": json })))
+            }
+        };
+    }
+    match caught_up {
         CatchUp::Updates(updates) => {
             let updates: Vec<_> = updates
                 .iter()

@@ -32,8 +32,7 @@ use crate::room::cursor::CatchUp;
 use crate::room::doc_json;
 use crate::room::history::{self, At};
 use crate::room::messages::{LiveEvent, Subscribe};
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, Transact, Update};
+use yrs::Doc;
 
 /// The client's resume point: `Last-Event-ID`, else `?since=`, else none.
 fn resume_point(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
@@ -58,24 +57,15 @@ const HEARTBEAT: &[u8] = b": heartbeat\nevent: ping\ndata: \n\n";
 /// `data: {"seq", "changes": [...]}`; a snapshot as `data: {"seq", "state": {...}}`.
 /// Awareness events stay as they are. It costs the document's size in memory per stream
 /// and a JSON encoding of the document per update: meant for backends and dashboards.
-struct JsonView {
-    doc: Doc,
-    json: serde_json::Value,
-}
+struct JsonView(doc_json::JsonView);
 
 impl JsonView {
     fn of(doc: Doc) -> JsonView {
-        let json = doc_json::to_json(&doc);
-        JsonView { doc, json }
+        JsonView(doc_json::JsonView::of(doc))
     }
 
     fn update(&mut self, seq: u64, update: &[u8]) -> Bytes {
-        if let Ok(u) = Update::decode_v1(update) {
-            let _ = self.doc.transact_mut().apply_update(u);
-        }
-        let after = doc_json::to_json(&self.doc);
-        let changes = doc_json::changes(&self.json, &after);
-        self.json = after;
+        let changes = self.0.apply(update);
         json_event(
             "update",
             seq,
@@ -84,15 +74,11 @@ impl JsonView {
     }
 
     fn snapshot(&mut self, seq: u64, state: &[u8]) -> Bytes {
-        let doc = Doc::new();
-        if let Ok(u) = Update::decode_v1(state) {
-            let _ = doc.transact_mut().apply_update(u);
-        }
-        *self = JsonView::of(doc);
+        let json = self.0.reset(state);
         json_event(
             "snapshot",
             seq,
-            &serde_json::json!({ "seq": seq, "state": self.json }),
+            &serde_json::json!({ "seq": seq, "state": json }),
         )
     }
 }

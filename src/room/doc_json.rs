@@ -37,6 +37,40 @@ fn any_to_json(any: yrs::Any) -> Value {
     serde_json::to_value(any).unwrap_or(Value::Null)
 }
 
+/// A document followed as JSON: each update applied gives the changes it made (see
+/// [`changes`]). For streams and polls in JSON form.
+pub struct JsonView {
+    doc: Doc,
+    json: Value,
+}
+
+impl JsonView {
+    /// Follows `doc` from its current state.
+    pub fn of(doc: Doc) -> JsonView {
+        let json = to_json(&doc);
+        JsonView { doc, json }
+    }
+
+    /// Applies a Yjs update v1; the changes it made (none if it does not decode).
+    pub fn apply(&mut self, update: &[u8]) -> Vec<Value> {
+        use yrs::updates::decoder::Decode;
+        if let Ok(u) = yrs::Update::decode_v1(update) {
+            let _ = self.doc.transact_mut().apply_update(u);
+        }
+        let after = to_json(&self.doc);
+        let changes = changes(&self.json, &after);
+        self.json = after;
+        changes
+    }
+
+    /// Starts over from a full state (a snapshot); its JSON.
+    pub fn reset(&mut self, state: &[u8]) -> &Value {
+        *self = JsonView::of(Doc::new());
+        self.apply(state);
+        &self.json
+    }
+}
+
 /// What changed between two JSON forms of a document (`to_json` before and after an
 /// update), for clients that do not speak Yjs (`events?format=json`). Each change has a
 /// `path` (root name, then keys and indices) and a `kind`:
