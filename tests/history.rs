@@ -218,3 +218,82 @@ async fn restore_brings_back_an_earlier_seq() {
     let answer: serde_json::Value = res.json().await.unwrap();
     assert_eq!(answer["error"], "bad_seq");
 }
+
+/// Named versions: `POST /rooms/{room}/versions` keeps the current state whatever
+/// compaction does; `GET` lists them; a compacted `?at=` at a version's seq is served
+/// from it; `restore` takes `{"version"}`; a name is taken once.
+#[actix_rt::test]
+async fn named_versions_outlive_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &["--snapshot-every", "10", "--replay-window", "10"],
+    );
+    let room = "history/versions";
+    let w = HttpWriter::new();
+    let post_json = |path: String, body: serde_json::Value| {
+        let url = server.url(&path);
+        async move {
+            let mut res = awc::Client::new().post(url).send_json(&body).await.unwrap();
+            let answer: serde_json::Value = res.json().await.unwrap();
+            (res.status().as_u16(), answer)
+        }
+    };
+    for i in 1..=5 {
+        post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
+    }
+    let (status, pinned) = post_json(
+        format!("/rooms/{room}/versions"),
+        serde_json::json!({"name": "draft"}),
+    )
+    .await;
+    assert_eq!((status, pinned["seq"].as_u64()), (200, Some(5)), "{pinned}");
+    let (status, again) = post_json(
+        format!("/rooms/{room}/versions"),
+        serde_json::json!({"name": "draft"}),
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (409, Some("version_exists"))
+    );
+    let (status, bad) = post_json(
+        format!("/rooms/{room}/versions"),
+        serde_json::json!({"name": ""}),
+    )
+    .await;
+    assert_eq!((status, bad["error"].as_str()), (400, Some("bad_version")));
+    for i in 6..=45 {
+        post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
+    }
+    // Compaction took seq 5 from the log; the version keeps it.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, _, _) = state_at(&server, room, 4).await;
+        if status == 410 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, got, _) = state_at(&server, room, 5).await;
+    assert_eq!(
+        (status, got),
+        (200, Some(("<1><2><3><4><5>".to_string(), 5)))
+    );
+    let (_, listed) = server.get_json(&format!("/rooms/{room}/versions")).await;
+    assert_eq!(listed["versions"][0]["name"], "draft");
+    assert_eq!(listed["versions"][0]["seq"], 5);
+    let (status, restored) = post_json(
+        format!("/rooms/{room}/restore"),
+        serde_json::json!({"version": "draft"}),
+    )
+    .await;
+    assert_eq!(
+        (status, restored["restored"].as_u64()),
+        (200, Some(5)),
+        "{restored}"
+    );
+    let (_, json) = server.get_json(&format!("/rooms/{room}/json")).await;
+    assert_eq!(json["t"], "<1><2><3><4><5>");
+}

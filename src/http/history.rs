@@ -29,7 +29,7 @@ async fn durable_seq(state: &AppState, room: &Arc<str>) -> Result<u64, ApiError>
 }
 
 /// Runs a history read on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     actix_rt::task::spawn_blocking(f)
@@ -42,6 +42,11 @@ async fn blocking<T: Send + 'static>(
                 e.to_string(),
             )
             .retry_after(1),
+            StoreError::Unsupported(what) => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_supported",
+                format!("{what} are not supported by this store yet"),
+            ),
             e => ApiError::internal(e.to_string()),
         })
 }
@@ -77,7 +82,31 @@ pub async fn state_at(
     let found = blocking(move || history::state_at(&*store, &name, at)).await?;
     let doc = match found {
         At::State(doc) => doc,
-        At::Compacted { nearest } => return Ok(compacted(at, nearest)),
+        At::Compacted { nearest } => {
+            // A named version kept that seq whatever compaction did.
+            let (store, name) = (state.store.clone(), room.clone());
+            let kept = blocking(move || {
+                let versions = store.versions(&name).unwrap_or_default();
+                match versions.into_iter().find(|(_, seq, _)| *seq == at) {
+                    Some((version, _, _)) => store.version(&name, &version),
+                    None => Ok(None),
+                }
+            })
+            .await?;
+            let Some(kept) = kept else {
+                return Ok(compacted(at, nearest));
+            };
+            let doc = yrs::Doc::new();
+            {
+                use yrs::updates::decoder::Decode;
+                let update = yrs::Update::decode_v1(&kept.state)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                doc.transact_mut()
+                    .apply_update(update)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+            doc
+        }
     };
     let mut answer = HttpResponse::Ok();
     answer
@@ -136,4 +165,68 @@ pub async fn history(
             "first_seq": first,
             "updates": updates,
         })))
+}
+
+/// `POST /rooms/{room}/versions` with `{"name": NAME}` (write access): keeps the room's
+/// current state as a named version, whatever compaction does later; `{"name", "seq"}`
+/// once durable. 409 `version_exists` for a name already taken.
+pub async fn pin_version(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Pin {
+        name: String,
+    }
+    let body = super::rooms::read_body(&req, payload, 4096).await?;
+    let Pin { name } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_version", format!("{{\"name\": NAME}} ({e})")))?;
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_version",
+            "a version name is 1 to 128 characters, none of them control characters",
+        ));
+    }
+    let current = super::rooms::full_state(&state, &room).await?;
+    let (store, r, n) = (state.store.clone(), room.clone(), name.clone());
+    let pinned = blocking(move || {
+        if store.version(&r, &n)?.is_some() {
+            return Ok(false);
+        }
+        let snapshot = crate::store::Snapshot {
+            seq: current.seq,
+            state: current.state.to_vec(),
+        };
+        store.put_version(&r, &n, &snapshot)?;
+        store.flush()?;
+        Ok(true)
+    })
+    .await?;
+    if !pinned {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "version_exists",
+            format!("room {room:?} has a version named {name:?} already"),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "name": name, "seq": current.seq })))
+}
+
+/// `GET /rooms/{room}/versions`: `{"versions": [{"name", "seq", "at_ms"}]}`, by seq.
+pub async fn list_versions(
+    state: web::Data<AppState>,
+    room: Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let (store, name) = (state.store.clone(), room.clone());
+    let mut versions = blocking(move || store.versions(&name)).await?;
+    versions.sort_by_key(|(name, seq, _)| (*seq, name.clone()));
+    let versions: Vec<_> = versions
+        .into_iter()
+        .map(|(name, seq, at_ms)| json!({ "name": name, "seq": seq, "at_ms": at_ms }))
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(json!({ "versions": versions })))
 }

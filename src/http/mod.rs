@@ -191,10 +191,17 @@ async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         return sse::events(req.clone(), state.clone(), room_name(raw)?).await;
     }
     access::limit_request(&req, &state)?;
-    let (raw, what) = ["/state", "/json", "/updates", "/awareness", "/history"]
-        .into_iter()
-        .find_map(|suffix| tail.strip_suffix(suffix).map(|raw| (raw, suffix)))
-        .unwrap_or((tail, ""));
+    let (raw, what) = [
+        "/state",
+        "/json",
+        "/updates",
+        "/awareness",
+        "/history",
+        "/versions",
+    ]
+    .into_iter()
+    .find_map(|suffix| tail.strip_suffix(suffix).map(|raw| (raw, suffix)))
+    .unwrap_or((tail, ""));
     let name = room_name(raw)?;
     access::authorize(&req, &state, &name, Access::Read).await?;
     match what {
@@ -204,6 +211,7 @@ async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             None => rooms::doc_json(state.clone(), name).await,
         },
         "/history" => history::history(req.clone(), state.clone(), name).await,
+        "/versions" => history::list_versions(state.clone(), name).await,
         "/updates" => rooms::poll(req.clone(), state.clone(), name).await,
         "/awareness" => presence::get(state.clone(), name).await,
         _ => rooms::info(state.clone(), name).await,
@@ -223,6 +231,11 @@ async fn post_room(
         access::authorize(&req, &state, &name, Access::Write).await?;
         return rooms::post_update(req.clone(), payload, state, name).await;
     }
+    if let Some(raw) = tail.strip_suffix("/versions") {
+        let name = room_name(raw)?;
+        access::authorize(&req, &state, &name, Access::Write).await?;
+        return history::pin_version(req.clone(), payload, state, name).await;
+    }
     if let Some(raw) = tail.strip_suffix("/restore") {
         let name = room_name(raw)?;
         access::authorize(&req, &state, &name, Access::Write).await?;
@@ -237,7 +250,7 @@ async fn post_room(
     Err(ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "POST goes to /rooms/{room}/updates, /rooms/{room}/awareness or /rooms/{room}/restore",
+        "POST goes to /rooms/{room}/updates, /awareness, /versions or /restore",
     ))
 }
 

@@ -95,12 +95,39 @@ pub async fn restore(
 ) -> Result<HttpResponse, ApiError> {
     #[derive(serde::Deserialize)]
     struct Restore {
-        seq: u64,
+        seq: Option<u64>,
+        version: Option<String>,
     }
     let body = read_body(&req, payload, 4096).await?;
-    let Restore { seq: at } = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_restore", format!("{{\"seq\": N}} ({e})")))?;
+    let asked: Restore = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_restore",
+            format!("{{\"seq\": N}} or {{\"version\": NAME}} ({e})"),
+        )
+    })?;
     let current = rooms::full_state(&state, &room).await?;
+    if let Some(version) = asked.version {
+        let (store, name, v) = (state.store.clone(), room.clone(), version.clone());
+        let kept = super::history::blocking(move || store.version(&name, &v))
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("room {room:?} has no version {version:?}"))
+            })?;
+        let old = {
+            let doc = copy_of(&DocState {
+                state: kept.state.into(),
+                seq: kept.seq,
+            })?;
+            doc_json::to_json(&doc)
+        };
+        return restore_to(&state, &room, &current, &old, kept.seq).await;
+    }
+    let Some(at) = asked.seq else {
+        return Err(ApiError::bad_request(
+            "bad_restore",
+            "{\"seq\": N} or {\"version\": NAME}",
+        ));
+    };
     if at > current.seq {
         return Err(ApiError::bad_request(
             "bad_seq",
@@ -116,15 +143,27 @@ pub async fn restore(
         At::State(doc) => doc_json::to_json(&doc),
         At::Compacted { nearest } => return Ok(super::history::compacted(at, nearest)),
     };
-    let doc = copy_of(&current)?;
+    restore_to(&state, &room, &current, &old, at).await
+}
+
+/// Appends the update that makes `current` equal, as JSON, to `old` (the state at seq
+/// `at`); `{"seq", "restored": at}` once durable.
+async fn restore_to(
+    state: &AppState,
+    room: &Arc<str>,
+    current: &DocState,
+    old: &serde_json::Value,
+    at: u64,
+) -> Result<HttpResponse, ApiError> {
+    let doc = copy_of(current)?;
     let diff = {
         let mut txn = doc.transact_mut();
-        json_patch::restore(&mut txn, &old).map_err(ApiError::internal)?;
+        json_patch::restore(&mut txn, old).map_err(ApiError::internal)?;
         txn.encode_update_v1()
     };
     if Update::decode_v1(&diff).is_ok_and(|u| u.is_empty()) {
         return Ok(HttpResponse::Ok().json(json!({ "seq": current.seq, "restored": at })));
     }
-    let seq = rooms::apply(&state, &room, diff.into()).await?;
+    let seq = rooms::apply(state, room, diff.into()).await?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq, "restored": at })))
 }

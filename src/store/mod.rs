@@ -22,6 +22,8 @@
 //! | `snapshots` | room · `0x00` · chunk (u32 BE, 0…)               | the state's next ≤ 4 KiB (raw bytes) |
 //! | `webhooks`  | room                                             | delivered seq (u64 BE) · target seq (u64 BE): webhook delivery state |
 //! | `webhook_marks` | room                                         | seq (u64 BE): changes up to it await webhook delivery (written with the record) |
+//! | `versions`  | room · `0x00` · name · `0x01`                    | version `2` · bincode(`SnapshotHead`): a named version's head |
+//! | `versions`  | room · `0x00` · name · `0x02` · chunk (u32 BE)    | the version's state, ≤ 4 KiB per chunk |
 //!
 //! Room names never contain control characters (the HTTP edge rejects them, and the
 //! store refuses them), so the `0x00` separator keeps each room's records contiguous and
@@ -218,6 +220,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every room's webhook delivery state: (room, delivered, target).
     fn webhooks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
         Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Keeps the room's state at `snapshot.seq` as the named version `name`, whatever
+    /// compaction does later. Visible at once, durable after `flush`.
+    fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let _ = (room, name, snapshot);
+        Err(StoreError::Unsupported("named versions"))
+    }
+
+    /// The named version `name` of the room, if it exists.
+    fn version(&self, room: &str, name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let _ = (room, name);
+        Err(StoreError::Unsupported("named versions"))
+    }
+
+    /// The room's named versions: (name, seq, ms since the epoch when pinned).
+    fn versions(&self, room: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let _ = room;
+        Err(StoreError::Unsupported("named versions"))
     }
 
     /// Everything needed to rebuild the room: latest snapshot and the records after it.

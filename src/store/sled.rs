@@ -99,6 +99,8 @@ pub struct SledStore {
     /// up to (see the module docs of `store`).
     webhooks: ::sled::Tree,
     webhook_marks: ::sled::Tree,
+    /// Named versions: heads and chunks (see the module docs of `store`).
+    versions: ::sled::Tree,
     /// sled's single data file (`<dir>/db`), opened read-only: `fdatasync` on any
     /// descriptor of the file flushes its dirty pages, its size and the device cache.
     data_file: File,
@@ -133,6 +135,7 @@ impl SledStore {
         let snapshots = db.open_tree("snapshots")?;
         let webhooks = db.open_tree("webhooks")?;
         let webhook_marks = db.open_tree("webhook_marks")?;
+        let versions = db.open_tree("versions")?;
         db.flush()?;
         let data_file = File::open(dir.join("db"))?;
         // sled created files (and maybe the directory): make their names durable.
@@ -150,6 +153,7 @@ impl SledStore {
             snapshots,
             webhooks,
             webhook_marks,
+            versions,
             data_file,
             dir: dir.to_path_buf(),
             writes: AtomicU64::new(0),
@@ -332,6 +336,85 @@ impl Store for SledStore {
         value[..8].copy_from_slice(&delivered.to_be_bytes());
         value[8..].copy_from_slice(&target.to_be_bytes());
         self.wrote(self.webhooks.insert(room.as_bytes(), &value[..]))
+    }
+
+    fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        check_room_name(name)?;
+        self.writable()?;
+        let base = version_key(room, name);
+        let chunks: Vec<&[u8]> = snapshot.state.chunks(CHUNK_BYTES).collect();
+        let mut batch = ::sled::Batch::default();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut key = base.clone();
+            key.push(0x02);
+            key.extend_from_slice(&(i as u32).to_be_bytes());
+            batch.insert(key, *chunk);
+        }
+        let mut head = base;
+        head.push(0x01);
+        batch.insert(
+            head,
+            encode(&SnapshotHeadRef {
+                seq: snapshot.seq,
+                at_ms: now_ms(),
+                len: snapshot.state.len() as u64,
+                chunks: chunks.len() as u32,
+            }),
+        );
+        // One batch: a crash leaves the version whole or absent.
+        self.wrote(self.versions.apply_batch(batch))
+    }
+
+    fn version(&self, room: &str, name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let base = version_key(room, name);
+        let mut head_key = base.clone();
+        head_key.push(0x01);
+        let Some(value) = self.versions.get(&head_key)? else {
+            return Ok(None);
+        };
+        let head: SnapshotHead = match version(room, 0, &value)? {
+            (FORMAT_V1, _) => return Err(corrupt_version(room)),
+            (_, body) => decode(room, 0, body)?,
+        };
+        let chunks = (0..head.chunks).map(|i| {
+            let mut key = base.clone();
+            key.push(0x02);
+            key.extend_from_slice(&i.to_be_bytes());
+            self.versions.get(key).map(|c| c.unwrap_or_default())
+        });
+        let state = assemble(room, head.seq, Vec::new(), head.len, chunks)?;
+        Ok(Some(Snapshot {
+            seq: head.seq,
+            state,
+        }))
+    }
+
+    fn versions(&self, room: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let prefix = log_prefix(room);
+        let mut out = Vec::new();
+        for entry in self.versions.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let rest = &key[prefix.len()..];
+            // Names hold no control characters: the first one says head (0x01, last) or
+            // chunk (0x02).
+            let Some(at) = rest.iter().position(|b| *b < 0x20) else {
+                continue;
+            };
+            if rest[at] != 0x01 || at + 1 != rest.len() {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(&rest[..at]) else {
+                continue;
+            };
+            if let (format, body) = version(room, 0, &value)?
+                && format != FORMAT_V1
+            {
+                let head: SnapshotHead = decode(room, 0, body)?;
+                out.push((name.to_string(), head.seq, head.at_ms));
+            }
+        }
+        Ok(out)
     }
 
     fn mark_webhook(&self, room: &str, seq: u64) -> Result<(), StoreError> {
@@ -544,9 +627,71 @@ impl SledStore {
     }
 }
 
+/// room · 0x00 · name: where a named version's keys start.
+fn version_key(room: &str, name: &str) -> Vec<u8> {
+    let mut key = log_prefix(room);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn corrupt_version(room: &str) -> StoreError {
+    StoreError::Corrupt {
+        room: room.to_string(),
+        seq: 0,
+        reason: "a named version in an unknown format".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_versions_keep_whole_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let big = vec![7u8; CHUNK_BYTES * 3 + 5];
+        store
+            .put_version(
+                "r",
+                "v1",
+                &Snapshot {
+                    seq: 3,
+                    state: big.clone(),
+                },
+            )
+            .unwrap();
+        store
+            .put_version(
+                "r",
+                "v2",
+                &Snapshot {
+                    seq: 9,
+                    state: b"small".to_vec(),
+                },
+            )
+            .unwrap();
+        store
+            .put_version(
+                "r/x",
+                "other",
+                &Snapshot {
+                    seq: 1,
+                    state: b"x".to_vec(),
+                },
+            )
+            .unwrap();
+        assert_eq!(store.version("r", "v1").unwrap().unwrap().state, big);
+        let mut names: Vec<(String, u64)> = store
+            .versions("r")
+            .unwrap()
+            .into_iter()
+            .map(|(n, s, _)| (n, s))
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![("v1".to_string(), 3), ("v2".to_string(), 9)]);
+        assert!(store.version("r", "nope").unwrap().is_none());
+    }
 
     #[test]
     fn keeps_the_store_contract() {
