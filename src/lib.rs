@@ -85,7 +85,8 @@
 //!   (the WebSocket session on a socket collabd owns after the handshake, or on a host
 //!   app's connection), `http` (routes and handlers), `store` (the op log, snapshots,
 //!   compaction, group commit; its docs hold the record format and the crash matrix),
-//!   `limits`, `metrics`.
+//!   `cluster` (cluster mode: Redis as the log and seq authority, the PostgreSQL
+//!   archive), `webhooks`, `limits`, `metrics`.
 //!
 //! One update from socket to disk: `session` decodes the frame → `room::actor` applies it
 //! under `room::core`'s rules, assigns the seq and writes it into the other members'
