@@ -11,7 +11,8 @@
 //!
 //! A delivery is `POST webhook_url` with
 //! `{"room", "from_seq", "to_seq", "id"}` (and `"state"`, the room's root types as JSON at
-//! `to_seq`, with `webhook_state`), headers `Idempotency-Key: ROOM:FROM:TO` (the `id`),
+//! `to_seq`, with `webhook_state`), headers `Idempotency-Key: ROOM:FROM:TO` (the `id`;
+//! the room's name percent-encoded, every byte but ASCII letters and digits),
 //! `X-Collabd-Timestamp: UNIX_SECONDS` and, with `webhook_secret`,
 //! `X-Collabd-Signature: sha256=HEX` (HMAC-SHA256 of `TIMESTAMP.BODY`). At most one per
 //! room per `webhook_debounce_ms`; a failed one (no answer in 10 s, or not 2xx) is retried
@@ -201,7 +202,11 @@ async fn deliver(
     from: u64,
     to: u64,
 ) -> Result<(), String> {
-    let id = format!("{room}:{from}:{to}");
+    // A header value is visible ASCII: the room's name goes percent-encoded.
+    let id = format!(
+        "{}:{from}:{to}",
+        percent_encoding::utf8_percent_encode(room, percent_encoding::NON_ALPHANUMERIC)
+    );
     let mut body = json!({ "room": &**room, "from_seq": from, "to_seq": to, "id": id });
     if settings.webhook_state {
         let (store, name) = (store.clone(), room.clone());

@@ -151,8 +151,21 @@ async fn deliveries_cover_every_change_signed_and_debounced() {
             assert_eq!(status, 200);
         }
     }
+    // A name a header cannot carry as it is.
+    let (status, _) = post_update(
+        &server,
+        "hooks/%C3%BCn%C3%AF",
+        HttpWriter::new().append("t", "x"),
+    )
+    .await;
+    assert_eq!(status, 200);
     let for_a = receiver.until_delivered("hooks/a", 30).await;
     let for_b = receiver.until_delivered("hooks/b", 10).await;
+    let unicode = receiver.until_delivered("hooks/ünï", 1).await;
+    assert_eq!(
+        unicode[0].headers["idempotency-key"],
+        "hooks%2F%C3%BCn%C3%AF:1:1"
+    );
     assert!(contiguous(&for_a), "{for_a:?}");
     assert!(contiguous(&for_b), "{for_b:?}");
     assert!(
@@ -168,14 +181,10 @@ async fn deliveries_cover_every_change_signed_and_debounced() {
             format!("sha256={expected}")
         );
         assert_eq!(d.headers["idempotency-key"], d.body["id"].as_str().unwrap());
+        let room = d.body["room"].as_str().unwrap().replace('/', "%2F");
         assert_eq!(
             d.body["id"],
-            format!(
-                "{}:{}:{}",
-                d.body["room"].as_str().unwrap(),
-                d.body["from_seq"],
-                d.body["to_seq"]
-            )
+            format!("{room}:{}:{}", d.body["from_seq"], d.body["to_seq"])
         );
     }
     let last = for_a.last().unwrap();
