@@ -109,7 +109,7 @@ impl RoomHandle {
     /// it is durable (an update the room holds already answers the room's seq). Refused
     /// like a POST: `bad_update`, `missing_dependencies`, `document_too_large`.
     pub async fn apply_update(&self, update: impl Into<Bytes>) -> Result<u64, ApiError> {
-        rooms::apply(&self.state, &self.name, update.into()).await
+        rooms::apply(&self.state, &self.name, update.into(), None).await
     }
 
     /// Changes the document in a transaction and answers the change's seq once durable,

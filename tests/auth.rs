@@ -421,3 +421,71 @@ async fn a_fresh_token_changes_a_session_without_reconnecting() {
         .await;
     assert_eq!(client.until_closed().await, Some(4401));
 }
+
+/// The history names each update's author: the `sub` of the token it was written with,
+/// over WebSocket, POST and PATCH alike.
+#[actix_rt::test]
+async fn the_history_names_each_updates_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let room = "authors/doc";
+    let mint_for = |sub: &str| {
+        let claims = Claims {
+            room: room.into(),
+            perm: Access::Write,
+            exp: expiry_in(Duration::from_secs(60)),
+            sub: Some(sub.into()),
+            aud: None,
+            iss: None,
+        };
+        mint(SECRET, &claims).unwrap()
+    };
+    let url = format!("{}?token={}", server.ws_url(room), mint_for("ann"));
+    let mut ann = YClient::try_connect(&url, &[], Doc::new()).await.unwrap();
+    ann.until("synced", |c| c.synced).await;
+    ann.append("t", "from ann").await;
+    ann.request_ack(1).await;
+    ann.until("the ack", |c| !c.acks.is_empty()).await;
+    let w = HttpWriter::new();
+    let (status, _) = http_status(
+        &server,
+        "POST",
+        &format!("/rooms/{room}/updates"),
+        Some(&mint_for("bob")),
+        w.append("p", "from bob"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, history) =
+        http_get_json(&server, &format!("/rooms/{room}/history"), &mint_for("ann")).await;
+    assert_eq!(status, 200, "{history}");
+    let authors: Vec<(u64, String)> = history["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["seq"].as_u64().unwrap(),
+                u["author"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        authors,
+        vec![(2, "bob".to_string()), (1, "ann".to_string())]
+    );
+}
+
+async fn http_get_json(server: &TestServer, path: &str, bearer: &str) -> (u16, serde_json::Value) {
+    let mut res = awc::Client::new()
+        .get(server.url(path))
+        .insert_header(("Authorization", format!("Bearer {bearer}")))
+        .send()
+        .await
+        .unwrap();
+    let body = res.body().await.unwrap();
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&body).unwrap(),
+    )
+}

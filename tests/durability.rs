@@ -295,17 +295,31 @@ mod power {
         let name: Arc<str> = "away".into();
         let next = writer();
         let first = next("a");
-        let (_, applied) = ask(&registry, &name, ApplyUpdate { update: first })
-            .await
-            .unwrap();
+        let (_, applied) = ask(
+            &registry,
+            &name,
+            ApplyUpdate {
+                update: first,
+                author: None,
+            },
+        )
+        .await
+        .unwrap();
         applied.unwrap().await.unwrap();
 
         memory.set_unavailable(Some("database away"));
         // Taken before the store was known to be away: its ack waits.
         let taken = next("b");
-        let (_, applied) = ask(&registry, &name, ApplyUpdate { update: taken })
-            .await
-            .unwrap();
+        let (_, applied) = ask(
+            &registry,
+            &name,
+            ApplyUpdate {
+                update: taken,
+                author: None,
+            },
+        )
+        .await
+        .unwrap();
         let mut durable = applied.unwrap();
         // The flush fails, the store says so; the next write is refused.
         while store.unavailable().is_none() {
@@ -316,9 +330,16 @@ mod power {
             Err(tokio::sync::oneshot::error::TryRecvError::Empty)
         ));
         let refused = next("c");
-        let (_, applied) = ask(&registry, &name, ApplyUpdate { update: refused })
-            .await
-            .unwrap();
+        let (_, applied) = ask(
+            &registry,
+            &name,
+            ApplyUpdate {
+                update: refused,
+                author: None,
+            },
+        )
+        .await
+        .unwrap();
         assert!(matches!(
             applied,
             Err(collabd::room::actor::Refused::StoreUnavailable)
@@ -348,7 +369,16 @@ mod power {
                 txn.encode_update_v1()
             };
             let update = Bytes::from(update);
-            let (_, applied) = ask(&registry, &name, ApplyUpdate { update }).await.unwrap();
+            let (_, applied) = ask(
+                &registry,
+                &name,
+                ApplyUpdate {
+                    update,
+                    author: None,
+                },
+            )
+            .await
+            .unwrap();
             let durable = applied.unwrap();
             // Every third write waits for its ack; the rest stay in flight.
             if i % 3 == 0 {
@@ -396,14 +426,22 @@ mod power {
         let (flusher, registry) = rooms(&store);
         let name: Arc<str> = "failing".into();
         let edit = writer();
-        let (_, first) = ask(&registry, &name, ApplyUpdate { update: edit("a") })
-            .await
-            .unwrap();
+        let (_, first) = ask(
+            &registry,
+            &name,
+            ApplyUpdate {
+                update: edit("a"),
+                author: None,
+            },
+        )
+        .await
+        .unwrap();
         first.unwrap().await.unwrap();
 
         // A WebSocket session in the room, which must be told to go (1011) and reconnect.
         let closes = Arc::new(Mutex::new(Vec::new()));
         let join = Join {
+            subject: None,
             session: 1,
             peer: Arc::new(crate::common::DiscardingPeer {
                 outbox: Closes(closes.clone()).start().recipient(),
@@ -412,9 +450,16 @@ mod power {
         ask(&registry, &name, join).await.unwrap();
 
         memory.fail_flushes("EIO (simulated)");
-        let (_, second) = ask(&registry, &name, ApplyUpdate { update: edit("b") })
-            .await
-            .unwrap();
+        let (_, second) = ask(
+            &registry,
+            &name,
+            ApplyUpdate {
+                update: edit("b"),
+                author: None,
+            },
+        )
+        .await
+        .unwrap();
         let durable = second.unwrap();
         assert!(
             durable.await.is_err(),

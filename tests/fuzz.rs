@@ -219,6 +219,7 @@ async fn the_decoder_and_a_room_survive_mutated_frames() {
         let session = i as u64 + 1;
         // What the room sends is dropped.
         let join = Join {
+            subject: None,
             session,
             peer: Arc::new(DiscardingPeer {
                 outbox: sink.clone(),

@@ -124,7 +124,9 @@ pub async fn state_at(
 }
 
 /// `GET /rooms/{room}/history?before=SEQ&limit=N`: `{"room", "seq", "first_seq",
-/// "updates": [{"seq", "at_ms", "size"}]}`, newest first, only durable seqs.
+/// "updates": [{"seq", "at_ms", "size", "author"}]}`, newest first, only durable seqs;
+/// `author` is the writer's token `sub` (null without one, or on a store that keeps
+/// none).
 pub async fn history(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -146,16 +148,25 @@ pub async fn history(
         None => 100,
     };
     let (store, name) = (state.store.clone(), room.clone());
-    let (updates, first) = blocking(move || {
-        Ok((
-            history::before(&*store, &name, before, limit)?,
-            store.first_seq(&name)?,
-        ))
+    let (updates, first, authors) = blocking(move || {
+        let updates = history::before(&*store, &name, before, limit)?;
+        let authors = match (updates.last(), updates.first()) {
+            (Some(oldest), Some(newest)) => store.authors(&name, oldest.seq, newest.seq)?,
+            _ => Default::default(),
+        };
+        Ok((updates, store.first_seq(&name)?, authors))
     })
     .await?;
     let updates: Vec<_> = updates
         .iter()
-        .map(|u| json!({ "seq": u.seq, "at_ms": u.at_ms, "size": u.update.len() }))
+        .map(|u| {
+            json!({
+                "seq": u.seq,
+                "at_ms": u.at_ms,
+                "size": u.update.len(),
+                "author": authors.get(&u.seq),
+            })
+        })
         .collect();
     Ok(HttpResponse::Ok()
         .insert_header((CACHE_CONTROL, "no-store"))

@@ -228,8 +228,9 @@ async fn post_room(
     let tail = raw_tail(&req, &state, "/rooms/");
     if let Some(raw) = tail.strip_suffix("/updates") {
         let name = room_name(raw)?;
-        access::authorize(&req, &state, &name, Access::Write).await?;
-        return rooms::post_update(req.clone(), payload, state, name).await;
+        let grant = access::authorize(&req, &state, &name, Access::Write).await?;
+        let author = grant.subject.as_deref().map(Arc::from);
+        return rooms::post_update(req.clone(), payload, state, name, author).await;
     }
     if let Some(raw) = tail.strip_suffix("/versions") {
         let name = room_name(raw)?;
@@ -238,8 +239,9 @@ async fn post_room(
     }
     if let Some(raw) = tail.strip_suffix("/restore") {
         let name = room_name(raw)?;
-        access::authorize(&req, &state, &name, Access::Write).await?;
-        return patch::restore(req.clone(), payload, state, name).await;
+        let grant = access::authorize(&req, &state, &name, Access::Write).await?;
+        let author = grant.subject.as_deref().map(Arc::from);
+        return patch::restore(req.clone(), payload, state, name, author).await;
     }
     if let Some(raw) = tail.strip_suffix("/awareness") {
         // Presence needs read access only, as over WebSocket.
@@ -270,8 +272,9 @@ async fn patch_room(
         ));
     };
     let name = room_name(raw)?;
-    access::authorize(&req, &state, &name, Access::Write).await?;
-    patch::patch_json(req.clone(), payload, state, name).await
+    let grant = access::authorize(&req, &state, &name, Access::Write).await?;
+    let author = grant.subject.as_deref().map(Arc::from);
+    patch::patch_json(req.clone(), payload, state, name, author).await
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub async fn patch_json(
     payload: web::Payload,
     state: web::Data<AppState>,
     room: Arc<str>,
+    author: Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.settings.max_frame_bytes).await?;
     let ops = match serde_json::from_slice::<Body>(&body) {
@@ -68,7 +69,7 @@ pub async fn patch_json(
     if Update::decode_v1(&diff).is_ok_and(|u| u.is_empty()) {
         return Ok(HttpResponse::Ok().json(json!({ "seq": current.seq })));
     }
-    let seq = rooms::apply(&state, &room, diff.into()).await?;
+    let seq = rooms::apply(&state, &room, diff.into(), author).await?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
 }
 
@@ -92,6 +93,7 @@ pub async fn restore(
     payload: web::Payload,
     state: web::Data<AppState>,
     room: Arc<str>,
+    author: Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
     #[derive(serde::Deserialize)]
     struct Restore {
@@ -120,7 +122,7 @@ pub async fn restore(
             })?;
             doc_json::to_json(&doc)
         };
-        return restore_to(&state, &room, &current, &old, kept.seq).await;
+        return restore_to(&state, &room, &current, &old, kept.seq, author).await;
     }
     let Some(at) = asked.seq else {
         return Err(ApiError::bad_request(
@@ -143,7 +145,7 @@ pub async fn restore(
         At::State(doc) => doc_json::to_json(&doc),
         At::Compacted { nearest } => return Ok(super::history::compacted(at, nearest)),
     };
-    restore_to(&state, &room, &current, &old, at).await
+    restore_to(&state, &room, &current, &old, at, author).await
 }
 
 /// Appends the update that makes `current` equal, as JSON, to `old` (the state at seq
@@ -154,6 +156,7 @@ async fn restore_to(
     current: &DocState,
     old: &serde_json::Value,
     at: u64,
+    author: Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
     let doc = copy_of(current)?;
     let diff = {
@@ -164,6 +167,6 @@ async fn restore_to(
     if Update::decode_v1(&diff).is_ok_and(|u| u.is_empty()) {
         return Ok(HttpResponse::Ok().json(json!({ "seq": current.seq, "restored": at })));
     }
-    let seq = rooms::apply(state, room, diff.into()).await?;
+    let seq = rooms::apply(state, room, diff.into(), author).await?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq, "restored": at })))
 }

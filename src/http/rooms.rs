@@ -247,6 +247,7 @@ pub async fn post_update(
     payload: web::Payload,
     state: web::Data<AppState>,
     room: Arc<str>,
+    author: Option<Arc<str>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.settings.max_frame_bytes).await?;
     metrics()
@@ -256,18 +257,24 @@ pub async fn post_update(
     if body.is_empty() {
         return Err(ApiError::bad_request("bad_update", "empty body"));
     }
-    let seq = apply(&state, &room, body).await?;
+    let seq = apply(&state, &room, body, author).await?;
     Ok(HttpResponse::Ok().json(json!({ "seq": seq })))
 }
 
 /// Applies one update as the room's own writer (POST, and server code through a room
 /// handle): its seq, once durable.
-pub async fn apply(state: &AppState, room: &Arc<str>, update: Bytes) -> Result<u64, ApiError> {
+pub async fn apply(
+    state: &AppState,
+    room: &Arc<str>,
+    update: Bytes,
+    author: Option<Arc<str>>,
+) -> Result<u64, ApiError> {
     let (room_addr, mut applied) = ask(
         &state.registry,
         room,
         ApplyUpdate {
             update: update.clone(),
+            author: author.clone(),
         },
     )
     .await?;
@@ -276,7 +283,7 @@ pub async fn apply(state: &AppState, room: &Arc<str>, update: Bytes) -> Result<u
         // received yet: read the log, then try once more.
         if let Ok(caught_up) = room_addr.send(SyncWithLog).await
             && caught_up.await.is_ok()
-            && let Ok(again) = room_addr.send(ApplyUpdate { update }).await
+            && let Ok(again) = room_addr.send(ApplyUpdate { update, author }).await
         {
             applied = again;
         }

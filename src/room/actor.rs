@@ -127,6 +127,8 @@ pub struct Room {
     cluster_check_due: bool,
     /// Cluster mode with an archive: the seq at which this room last asked for one.
     archive_asked_at: u64,
+    /// The author of the HTTP write being applied (its token's `sub`).
+    http_author: Option<Arc<str>>,
     /// Who waits for the catch-up read in flight, and who waits for the next one (they
     /// asked after the one in flight began).
     caught_up_waiters: Vec<oneshot::Sender<()>>,
@@ -221,6 +223,7 @@ impl Room {
             catching_up: false,
             cluster_check_due: false,
             archive_asked_at: 0,
+            http_author: None,
             caught_up_waiters: Vec::new(),
             next_catch_up_waiters: Vec::new(),
             durability: Durability::default(),
@@ -343,7 +346,7 @@ impl Handler<Join> for Room {
         if let Some(states) = self.presence.full() {
             hello.push(protocol::encode_awareness(&states));
         }
-        self.fanout.join(msg.session, msg.peer);
+        self.fanout.join(msg.session, msg.peer, msg.subject);
         for frame in hello {
             self.send_to(msg.session, frame);
         }
@@ -582,7 +585,12 @@ impl Handler<ApplyUpdate> for Room {
                     .inc();
                 Refused::Invalid(e.to_string())
             })
-            .and_then(|update| self.apply_update(None, update, msg.update.len(), ctx));
+            .and_then(|update| {
+                self.http_author = msg.author.clone();
+                let applied = self.apply_update(None, update, msg.update.len(), ctx);
+                self.http_author = None;
+                applied
+            });
         MessageResult(applied.map(|()| {
             // The update's own seq (a no-op gets the seq the room is at: it holds it
             // already), answered once durable.

@@ -51,6 +51,8 @@ pub struct Member {
     /// Something this session sent since its last ack request was refused or dropped:
     /// the next ack says so instead of "stored".
     pub refused_since_ack: bool,
+    /// The session's token `sub`: the author of its updates.
+    pub subject: Option<Arc<str>>,
 }
 
 /// The room's members.
@@ -68,11 +70,12 @@ impl Fanout {
         }
     }
 
-    pub fn join(&mut self, session: SessionId, peer: Arc<dyn Peer>) {
+    pub fn join(&mut self, session: SessionId, peer: Arc<dyn Peer>, subject: Option<Arc<str>>) {
         let member = Member {
             peer,
             resync_requested: false,
             refused_since_ack: false,
+            subject,
         };
         self.members.insert(session, member);
     }
@@ -240,9 +243,9 @@ mod tests {
             capacity: 2,
             ..Recorder::default()
         };
-        fanout.join(1, Arc::new(fast.clone()));
-        fanout.join(2, Arc::new(slow.clone()));
-        fanout.join(3, Arc::new(fast.clone()));
+        fanout.join(1, Arc::new(fast.clone()), None);
+        fanout.join(2, Arc::new(slow.clone()), None);
+        fanout.join(3, Arc::new(fast.clone()), None);
         let mut dropped = Vec::new();
         for i in 0..5u8 {
             dropped.extend(fanout.broadcast(&Bytes::from(vec![i]), Some(3)));
@@ -265,7 +268,7 @@ mod tests {
             ..Recorder::default()
         };
         *gone.closed.lock().unwrap() = Some(1000);
-        fanout.join(1, Arc::new(gone.clone()));
+        fanout.join(1, Arc::new(gone.clone()), None);
         assert_eq!(fanout.send_to(1, Bytes::from_static(b"x")), vec![1]);
         assert_eq!(*gone.closed.lock().unwrap(), Some(1000));
         assert!(fanout.is_empty());

@@ -30,6 +30,8 @@ pub struct Join {
     pub session: SessionId,
     /// Where the room pushes the frames it sends this session, and the close order.
     pub peer: std::sync::Arc<dyn super::fanout::Peer>,
+    /// The session's token `sub`: the author of its updates in the history.
+    pub subject: Option<Arc<str>>,
 }
 
 /// A session leaves; the awareness states it announced are removed.
@@ -167,6 +169,8 @@ pub struct WaitDurable {
 #[rtype(result = "Result<tokio::sync::oneshot::Receiver<u64>, super::actor::Refused>")]
 pub struct ApplyUpdate {
     pub update: Bytes,
+    /// The writer's token `sub`, recorded as the update's author.
+    pub author: Option<Arc<str>>,
 }
 
 /// The document's root types as JSON (`GET /rooms/{room}/state?format=json`).

@@ -480,6 +480,7 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let join = Join {
+            subject: self.subject.as_deref().map(Arc::from),
             session: self.id,
             peer: Arc::new(SessionPeer {
                 out: self.out.clone(),

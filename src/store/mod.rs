@@ -22,6 +22,7 @@
 //! | `snapshots` | room · `0x00` · chunk (u32 BE, 0…)               | the state's next ≤ 4 KiB (raw bytes) |
 //! | `webhooks`  | room                                             | delivered seq (u64 BE) · target seq (u64 BE): webhook delivery state |
 //! | `webhook_marks` | room                                         | seq (u64 BE): changes up to it await webhook delivery (written with the record) |
+//! | `authors`   | room · `0x00` · seq (u64 BE)                     | the writer's token `sub` (UTF-8), for updates that had one |
 //! | `versions`  | room · `0x00` · name · `0x01`                    | version `2` · bincode(`SnapshotHead`): a named version's head |
 //! | `versions`  | room · `0x00` · name · `0x02` · chunk (u32 BE)    | the version's state, ≤ 4 KiB per chunk |
 //!
@@ -220,6 +221,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every room's webhook delivery state: (room, delivered, target).
     fn webhooks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
         Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Records who wrote the update at `seq` (the writer's token `sub`), for the room's
+    /// history. Written by the room with the record, durable with it; deleted with it by
+    /// compaction. Stores without it keep no authors (the history shows none).
+    fn put_author(&self, room: &str, seq: u64, author: &str) -> Result<(), StoreError> {
+        let _ = (room, seq, author);
+        Ok(())
+    }
+
+    /// Who wrote the updates in `from..=to` that have a recorded author.
+    fn authors(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<std::collections::HashMap<u64, String>, StoreError> {
+        let _ = (room, from, to);
+        Ok(Default::default())
     }
 
     /// Keeps the room's state at `snapshot.seq` as the named version `name`, whatever

@@ -101,6 +101,8 @@ pub struct SledStore {
     webhook_marks: ::sled::Tree,
     /// Named versions: heads and chunks (see the module docs of `store`).
     versions: ::sled::Tree,
+    /// Who wrote each update, when its writer had a `sub`.
+    authors: ::sled::Tree,
     /// sled's single data file (`<dir>/db`), opened read-only: `fdatasync` on any
     /// descriptor of the file flushes its dirty pages, its size and the device cache.
     data_file: File,
@@ -136,6 +138,7 @@ impl SledStore {
         let webhooks = db.open_tree("webhooks")?;
         let webhook_marks = db.open_tree("webhook_marks")?;
         let versions = db.open_tree("versions")?;
+        let authors = db.open_tree("authors")?;
         db.flush()?;
         let data_file = File::open(dir.join("db"))?;
         // sled created files (and maybe the directory): make their names durable.
@@ -154,6 +157,7 @@ impl SledStore {
             webhooks,
             webhook_marks,
             versions,
+            authors,
             data_file,
             dir: dir.to_path_buf(),
             writes: AtomicU64::new(0),
@@ -336,6 +340,28 @@ impl Store for SledStore {
         value[..8].copy_from_slice(&delivered.to_be_bytes());
         value[8..].copy_from_slice(&target.to_be_bytes());
         self.wrote(self.webhooks.insert(room.as_bytes(), &value[..]))
+    }
+
+    fn put_author(&self, room: &str, seq: u64, author: &str) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.writable()?;
+        self.wrote(self.authors.insert(log_key(room, seq), author.as_bytes()))
+    }
+
+    fn authors(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<std::collections::HashMap<u64, String>, StoreError> {
+        let prefix_len = log_prefix(room).len();
+        let mut out = std::collections::HashMap::new();
+        for entry in self.authors.range(log_key(room, from)..=log_key(room, to)) {
+            let (key, value) = entry?;
+            let seq = seq_of(&key, prefix_len);
+            out.insert(seq, String::from_utf8_lossy(&value).into_owned());
+        }
+        Ok(out)
     }
 
     fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
@@ -577,6 +603,12 @@ impl Store for SledStore {
             batch.remove(key);
         }
         self.wrote(self.log.apply_batch(batch))?;
+        // The authors of what went (a record's author is kept no longer than the record).
+        let mut authors = ::sled::Batch::default();
+        for entry in self.authors.range(log_prefix(room)..log_key(room, seq)) {
+            authors.remove(entry?.0);
+        }
+        self.wrote(self.authors.apply_batch(authors))?;
         Ok(count)
     }
 

@@ -93,6 +93,17 @@ impl Room {
             self.fail(ctx, &e.to_string());
             return;
         }
+        // The author, for the history: the session's `sub`, or the HTTP writer's.
+        let author = match origin {
+            Some(session) => self.fanout.get_mut(session).and_then(|m| m.subject.clone()),
+            None => self.http_author.clone(),
+        };
+        if let Some(author) = author
+            && let Err(e) = self.deps.store.put_author(&self.name, self.seq, &author)
+        {
+            self.fail(ctx, &e.to_string());
+            return;
+        }
         // Webhooks: the same flush makes the record and its pending delivery durable.
         if self.deps.webhooks.is_some()
             && let Err(e) = self.deps.store.mark_webhook(&self.name, self.seq)
