@@ -234,6 +234,15 @@ settings! {
     /// A room writes a snapshot of its full state after this many logged updates.
     snapshot_every: u64 = 1_000;
 
+    /// Every this many updates a snapshot is also kept as a checkpoint, for time travel
+    /// (`?at=`) beyond the replay window: a seq older than the window is reachable
+    /// exactly at a checkpoint's seq, and a replay starts from the nearest checkpoint.
+    /// 0 keeps none. Embedded store (sled) only.
+    checkpoint_every: u64 = 10_000;
+
+    /// How long checkpoints are kept, in milliseconds (default 30 days).
+    checkpoint_retention_ms: u64 = 2_592_000_000;
+
     /// Updates kept in the log after a snapshot; at least `snapshot_every`.
     ///
     /// The most recent updates stay (the replay window that reconnecting clients are

@@ -297,3 +297,85 @@ async fn named_versions_outlive_compaction() {
     let (_, json) = server.get_json(&format!("/rooms/{room}/json")).await;
     assert_eq!(json["t"], "<1><2><3><4><5>");
 }
+
+/// Checkpoints (`--checkpoint-every`): beyond the replay window, time travel still works
+/// exactly at each checkpoint's seq; between them it answers 410; with no retention, only
+/// the newest checkpoint stays.
+#[actix_rt::test]
+async fn checkpoints_reach_beyond_the_replay_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &[
+            "--snapshot-every",
+            "10",
+            "--replay-window",
+            "10",
+            "--checkpoint-every",
+            "20",
+        ],
+    );
+    let room = "history/checkpoints";
+    let w = HttpWriter::new();
+    let mut expected = vec![String::new()];
+    for i in 1..=65u64 {
+        let (status, _) = post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
+        assert_eq!(status, 200);
+        expected.push(format!("{}<{i}>", expected.last().unwrap()));
+    }
+    // Wait until seq 25 is compacted away.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, _, _) = state_at(&server, room, 25).await;
+        if status == 410 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for at in [20u64, 40] {
+        let (status, got, _) = state_at(&server, room, at).await;
+        assert_eq!(
+            (status, got),
+            (200, Some((expected[at as usize].clone(), at))),
+            "at={at}"
+        );
+    }
+    let (status, got, _) = state_at(&server, room, 65).await;
+    assert_eq!((status, got), (200, Some((expected[65].clone(), 65))));
+    drop(server);
+
+    // No retention: each checkpoint replaces the ones before it.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &[
+            "--snapshot-every",
+            "10",
+            "--replay-window",
+            "10",
+            "--checkpoint-every",
+            "20",
+            "--checkpoint-retention-ms",
+            "0",
+        ],
+    );
+    let w = HttpWriter::new();
+    for i in 1..=65u64 {
+        post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, _, _) = state_at(&server, room, 20).await;
+        if status == 410 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old checkpoint stayed"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _, _) = state_at(&server, room, 60).await;
+    assert_eq!(status, 200);
+}

@@ -29,15 +29,32 @@ const PAGE: usize = 1_000;
 pub fn state_at(store: &dyn Store, room: &str, seq: u64) -> Result<At, StoreError> {
     let snapshot = store.snapshot(room)?;
     let first = store.first_seq(room)?;
+    // The nearest base at or before `seq`: the snapshot, a checkpoint, or (while the log
+    // starts at 1) the empty document.
+    let checkpoint = store.checkpoint_before(room, seq)?;
+    let base = [snapshot.as_ref(), checkpoint.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|s| s.seq <= seq)
+        .max_by_key(|s| s.seq);
     let doc = Doc::new();
-    let mut at = match (&snapshot, first) {
-        (Some(s), _) if s.seq <= seq => {
+    // The records after a base exist when the log reaches back to right after it.
+    let reaches = |base: u64| base == seq || first.is_some_and(|f| f <= base + 1);
+    let mut at = match base {
+        Some(s) if reaches(s.seq) => {
             apply(&doc, room, s.seq, &s.state)?;
             s.seq
         }
-        (_, Some(1)) | (None, None) => 0,
-        (Some(s), _) => return Ok(At::Compacted { nearest: s.seq }),
-        (None, Some(f)) => return Ok(At::Compacted { nearest: f - 1 }),
+        _ if first == Some(1) || (first.is_none() && snapshot.is_none()) => 0,
+        // The oldest seq from which every later one is reachable (checkpoints are also
+        // reachable at their own seqs).
+        _ => {
+            return Ok(At::Compacted {
+                nearest: snapshot
+                    .as_ref()
+                    .map_or_else(|| first.map_or(0, |f| f - 1), |s| s.seq),
+            });
+        }
     };
     while at < seq {
         let page = store.updates_after(room, at, PAGE.min((seq - at) as usize))?;

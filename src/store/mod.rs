@@ -23,6 +23,7 @@
 //! | `webhooks`  | room                                             | delivered seq (u64 BE) · target seq (u64 BE): webhook delivery state |
 //! | `webhook_marks` | room                                         | seq (u64 BE): changes up to it await webhook delivery (written with the record) |
 //! | `authors`   | room · `0x00` · seq (u64 BE)                     | the writer's token `sub` (UTF-8), for updates that had one |
+//! | `checkpoints` | room · `0x00` · seq (u64 BE) · `0x01` / `0x02` · chunk (u32 BE) | a checkpoint's head / its state's chunks, as for versions |
 //! | `versions`  | room · `0x00` · name · `0x01`                    | version `2` · bincode(`SnapshotHead`): a named version's head |
 //! | `versions`  | room · `0x00` · name · `0x02` · chunk (u32 BE)    | the version's state, ≤ 4 KiB per chunk |
 //!
@@ -240,6 +241,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<std::collections::HashMap<u64, String>, StoreError> {
         let _ = (room, from, to);
         Ok(Default::default())
+    }
+
+    /// Keeps a checkpoint: the room's whole state at `snapshot.seq`, for time travel
+    /// beyond the replay window; checkpoints written before `before_ms` (ms since the
+    /// epoch) go. Stores without them keep none (time travel then ends at the window).
+    fn put_checkpoint(
+        &self,
+        room: &str,
+        snapshot: &Snapshot,
+        before_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (room, snapshot, before_ms);
+        Ok(())
+    }
+
+    /// The newest checkpoint at or before `seq`.
+    fn checkpoint_before(&self, room: &str, seq: u64) -> Result<Option<Snapshot>, StoreError> {
+        let _ = (room, seq);
+        Ok(None)
     }
 
     /// Keeps the room's state at `snapshot.seq` as the named version `name`, whatever

@@ -103,6 +103,8 @@ pub struct SledStore {
     versions: ::sled::Tree,
     /// Who wrote each update, when its writer had a `sub`.
     authors: ::sled::Tree,
+    /// Checkpoints: whole states kept beyond the replay window, for time travel.
+    checkpoints: ::sled::Tree,
     /// sled's single data file (`<dir>/db`), opened read-only: `fdatasync` on any
     /// descriptor of the file flushes its dirty pages, its size and the device cache.
     data_file: File,
@@ -139,6 +141,7 @@ impl SledStore {
         let webhook_marks = db.open_tree("webhook_marks")?;
         let versions = db.open_tree("versions")?;
         let authors = db.open_tree("authors")?;
+        let checkpoints = db.open_tree("checkpoints")?;
         db.flush()?;
         let data_file = File::open(dir.join("db"))?;
         // sled created files (and maybe the directory): make their names durable.
@@ -158,6 +161,7 @@ impl SledStore {
             webhook_marks,
             versions,
             authors,
+            checkpoints,
             data_file,
             dir: dir.to_path_buf(),
             writes: AtomicU64::new(0),
@@ -368,52 +372,59 @@ impl Store for SledStore {
         check_room_name(room)?;
         check_room_name(name)?;
         self.writable()?;
-        let base = version_key(room, name);
-        let chunks: Vec<&[u8]> = snapshot.state.chunks(CHUNK_BYTES).collect();
-        let mut batch = ::sled::Batch::default();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let mut key = base.clone();
-            key.push(0x02);
-            key.extend_from_slice(&(i as u32).to_be_bytes());
-            batch.insert(key, *chunk);
-        }
-        let mut head = base;
-        head.push(0x01);
-        batch.insert(
-            head,
-            encode(&SnapshotHeadRef {
-                seq: snapshot.seq,
-                at_ms: now_ms(),
-                len: snapshot.state.len() as u64,
-                chunks: chunks.len() as u32,
-            }),
-        );
-        // One batch: a crash leaves the version whole or absent.
-        self.wrote(self.versions.apply_batch(batch))
+        self.put_state(&self.versions, version_key(room, name), snapshot)
     }
 
     fn version(&self, room: &str, name: &str) -> Result<Option<Snapshot>, StoreError> {
-        let base = version_key(room, name);
-        let mut head_key = base.clone();
-        head_key.push(0x01);
-        let Some(value) = self.versions.get(&head_key)? else {
-            return Ok(None);
-        };
-        let head: SnapshotHead = match version(room, 0, &value)? {
-            (FORMAT_V1, _) => return Err(corrupt_version(room)),
-            (_, body) => decode(room, 0, body)?,
-        };
-        let chunks = (0..head.chunks).map(|i| {
-            let mut key = base.clone();
-            key.push(0x02);
-            key.extend_from_slice(&i.to_be_bytes());
-            self.versions.get(key).map(|c| c.unwrap_or_default())
-        });
-        let state = assemble(room, head.seq, Vec::new(), head.len, chunks)?;
-        Ok(Some(Snapshot {
-            seq: head.seq,
-            state,
-        }))
+        self.get_state(&self.versions, room, version_key(room, name))
+    }
+
+    fn put_checkpoint(
+        &self,
+        room: &str,
+        snapshot: &Snapshot,
+        before_ms: u64,
+    ) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.writable()?;
+        self.put_state(
+            &self.checkpoints,
+            checkpoint_key(room, snapshot.seq),
+            snapshot,
+        )?;
+        // Checkpoints older than the retention go, heads and chunks in one batch.
+        let prefix = log_prefix(room);
+        let mut stale = ::sled::Batch::default();
+        let mut doomed: Option<Vec<u8>> = None;
+        for entry in self.checkpoints.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let base = &key[..(prefix.len() + 8).min(key.len())];
+            if key.len() == prefix.len() + 9 && key[key.len() - 1] == 0x01 {
+                let head: SnapshotHead = match version(room, 0, &value)? {
+                    (FORMAT_V1, _) => continue,
+                    (_, body) => decode(room, 0, body)?,
+                };
+                doomed =
+                    (head.at_ms < before_ms && head.seq != snapshot.seq).then(|| base.to_vec());
+            }
+            if doomed.as_deref() == Some(base) {
+                stale.remove(key);
+            }
+        }
+        self.wrote(self.checkpoints.apply_batch(stale))
+    }
+
+    fn checkpoint_before(&self, room: &str, seq: u64) -> Result<Option<Snapshot>, StoreError> {
+        let prefix = log_prefix(room);
+        let mut end = checkpoint_key(room, seq);
+        end.push(0x03);
+        for entry in self.checkpoints.range(prefix.clone()..end).rev() {
+            let (key, _) = entry?;
+            if key.len() == prefix.len() + 9 && key[key.len() - 1] == 0x01 {
+                return self.get_state(&self.checkpoints, room, key[..key.len() - 1].to_vec());
+            }
+        }
+        Ok(None)
     }
 
     fn versions(&self, room: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
@@ -657,6 +668,74 @@ impl SledStore {
             (_, body) => SnapshotHeadOrV1::Head(decode(room, 0, body)?),
         }))
     }
+}
+
+impl SledStore {
+    /// Writes a whole state under `base` in `tree`: head at `base · 0x01`, chunks at
+    /// `base · 0x02 · chunk (u32 BE)`, all in one batch (whole or absent after a crash).
+    fn put_state(
+        &self,
+        tree: &::sled::Tree,
+        base: Vec<u8>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let chunks: Vec<&[u8]> = snapshot.state.chunks(CHUNK_BYTES).collect();
+        let mut batch = ::sled::Batch::default();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut key = base.clone();
+            key.push(0x02);
+            key.extend_from_slice(&(i as u32).to_be_bytes());
+            batch.insert(key, *chunk);
+        }
+        let mut head = base;
+        head.push(0x01);
+        batch.insert(
+            head,
+            encode(&SnapshotHeadRef {
+                seq: snapshot.seq,
+                at_ms: now_ms(),
+                len: snapshot.state.len() as u64,
+                chunks: chunks.len() as u32,
+            }),
+        );
+        self.wrote(tree.apply_batch(batch))
+    }
+
+    /// The whole state written by [`SledStore::put_state`] under `base`, if any.
+    fn get_state(
+        &self,
+        tree: &::sled::Tree,
+        room: &str,
+        base: Vec<u8>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let mut head_key = base.clone();
+        head_key.push(0x01);
+        let Some(value) = tree.get(&head_key)? else {
+            return Ok(None);
+        };
+        let head: SnapshotHead = match version(room, 0, &value)? {
+            (FORMAT_V1, _) => return Err(corrupt_version(room)),
+            (_, body) => decode(room, 0, body)?,
+        };
+        let chunks = (0..head.chunks).map(|i| {
+            let mut key = base.clone();
+            key.push(0x02);
+            key.extend_from_slice(&i.to_be_bytes());
+            tree.get(key).map(|c| c.unwrap_or_default())
+        });
+        let state = assemble(room, head.seq, Vec::new(), head.len, chunks)?;
+        Ok(Some(Snapshot {
+            seq: head.seq,
+            state,
+        }))
+    }
+}
+
+/// room · 0x00 · seq (u64 BE): where a checkpoint's keys start.
+fn checkpoint_key(room: &str, seq: u64) -> Vec<u8> {
+    let mut key = log_prefix(room);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// room · 0x00 · name: where a named version's keys start.

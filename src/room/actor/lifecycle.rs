@@ -85,6 +85,7 @@ impl Room {
             return;
         }
         self.snapshot_running = true;
+        let checkpoint = self.checkpoint_due(self.seq);
         let (doc, store, name, seq) = (
             self.doc.clone(),
             self.deps.store.clone(),
@@ -93,22 +94,31 @@ impl Room {
         );
         let (started, bytes_before) = (Instant::now(), self.doc_bytes);
         ctx.spawn(
-            actix_rt::task::spawn_blocking(move || store_snapshot(&doc, &*store, &name, seq))
-                .into_actor(self)
-                .map(move |stored, room, ctx| {
-                    room.snapshot_running = false;
-                    let stored = stored.unwrap_or_else(|e| Err(StoreError::Io(e.into())));
-                    // What was accepted while it encoded counts on top of the snapshot.
-                    let since = room.doc_bytes.saturating_sub(bytes_before);
-                    room.snapshot_written(seq, stored.map(|len| len + since), started, ctx);
-                }),
+            actix_rt::task::spawn_blocking(move || {
+                store_snapshot(&doc, &*store, &name, seq, checkpoint)
+            })
+            .into_actor(self)
+            .map(move |stored, room, ctx| {
+                room.snapshot_running = false;
+                let stored = stored.unwrap_or_else(|e| Err(StoreError::Io(e.into())));
+                // What was accepted while it encoded counts on top of the snapshot.
+                let since = room.doc_bytes.saturating_sub(bytes_before);
+                room.snapshot_written(seq, stored.map(|len| len + since), started, ctx);
+            }),
         );
     }
 
     /// Writes a snapshot at the current seq here and now (the room is stopping).
     pub(super) fn write_snapshot(&mut self, ctx: &mut Context<Self>) {
         let started = Instant::now();
-        let stored = store_snapshot(&self.doc, &*self.deps.store, &self.name, self.seq);
+        let checkpoint = self.checkpoint_due(self.seq);
+        let stored = store_snapshot(
+            &self.doc,
+            &*self.deps.store,
+            &self.name,
+            self.seq,
+            checkpoint,
+        );
         self.snapshot_written(self.seq, stored, started, ctx);
     }
 
@@ -183,6 +193,7 @@ impl Room {
     pub(super) fn evict(&mut self, ctx: &mut Context<Self>) {
         let snapshot_due = self.seq > self.snapshot_seq && !self.failed;
         let flush_due = !self.failed && (snapshot_due || self.seq > self.durability.durable());
+        let checkpoint = self.checkpoint_due(self.seq);
         let (doc, store, name, seq) = (
             self.doc.clone(),
             self.deps.store.clone(),
@@ -193,7 +204,7 @@ impl Room {
         ctx.wait(
             actix_rt::task::spawn_blocking(move || -> Result<(), StoreError> {
                 if snapshot_due {
-                    store_snapshot(&doc, &*store, &name, seq)?;
+                    store_snapshot(&doc, &*store, &name, seq, checkpoint)?;
                 }
                 if flush_due {
                     let started = Instant::now();
@@ -291,18 +302,39 @@ impl Room {
         }
     }
 
+    /// A snapshot at `seq` is also a checkpoint when it crosses a multiple of
+    /// `checkpoint_every` since the last snapshot; then the retention's cut-off (ms since
+    /// the epoch).
+    fn checkpoint_due(&self, seq: u64) -> Option<u64> {
+        let every = self.deps.settings.checkpoint_every;
+        (every > 0 && seq / every > self.snapshot_seq / every).then(|| {
+            crate::store::now_ms().saturating_sub(self.deps.settings.checkpoint_retention_ms)
+        })
+    }
+
     pub(super) fn touch(&mut self) {
         self.last_activity = Instant::now();
     }
 }
 
-/// Encodes `doc` whole and stores it as the snapshot of `name` at `seq`; returns its
+/// Encodes `doc` whole and stores it as the snapshot of `name` at `seq` (and as a
+/// checkpoint, when one is due: `Some(checkpoints written before this go)`); returns its
 /// size. Blocking: the room runs it on the blocking pool except when it stops.
-fn store_snapshot(doc: &Doc, store: &dyn Store, name: &str, seq: u64) -> Result<usize, StoreError> {
+fn store_snapshot(
+    doc: &Doc,
+    store: &dyn Store,
+    name: &str,
+    seq: u64,
+    checkpoint: Option<u64>,
+) -> Result<usize, StoreError> {
     let state = doc
         .transact()
         .encode_state_as_update_v1(&StateVector::default());
     let len = state.len();
-    store.put_snapshot(name, &Snapshot { seq, state })?;
+    let snapshot = Snapshot { seq, state };
+    store.put_snapshot(name, &snapshot)?;
+    if let Some(before_ms) = checkpoint {
+        store.put_checkpoint(name, &snapshot, before_ms)?;
+    }
     Ok(len)
 }
