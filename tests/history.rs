@@ -49,6 +49,16 @@ async fn state_at(
     )
 }
 
+/// Waits until `?at=at` answers 410 (compaction took it); panics with `what` after
+/// [`PATIENCE`].
+async fn until_compacted(server: &TestServer, room: &str, at: u64, what: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while state_at(server, room, at).await.0 != 410 {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn the_document_at_every_seq_and_the_history() {
     let dir = tempfile::tempdir().unwrap();
@@ -267,15 +277,7 @@ async fn named_versions_outlive_compaction() {
         post_update(&server, room, w.append("t", &format!("<{i}>"))).await;
     }
     // Compaction took seq 5 from the log; the version keeps it.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, _, _) = state_at(&server, room, 4).await;
-        if status == 410 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never compacted");
-        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_compacted(&server, room, 4, "never compacted").await;
     let (status, got, _) = state_at(&server, room, 5).await;
     assert_eq!(
         (status, got),
@@ -324,15 +326,7 @@ async fn checkpoints_reach_beyond_the_replay_window() {
         expected.push(format!("{}<{i}>", expected.last().unwrap()));
     }
     // Wait until seq 25 is compacted away.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, _, _) = state_at(&server, room, 25).await;
-        if status == 410 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never compacted");
-        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_compacted(&server, room, 25, "never compacted").await;
     for at in [20u64, 40] {
         let (status, got, _) = state_at(&server, room, at).await;
         assert_eq!(

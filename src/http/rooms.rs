@@ -37,6 +37,18 @@ pub fn query_param(req: &HttpRequest, key: &str) -> Result<Option<String>, ApiEr
     Ok(query.get(key).cloned())
 }
 
+/// `?format=json` (true) or `binary`/absent (false) on a stream or poll; 400 otherwise.
+pub fn json_format(req: &HttpRequest) -> Result<bool, ApiError> {
+    match query_param(req, "format")?.as_deref() {
+        None | Some("binary") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "bad_format",
+            format!("format must be json or binary, got {other:?}"),
+        )),
+    }
+}
+
 /// A seq given by a client (cursor).
 pub fn parse_seq(what: &str, value: &str) -> Result<u64, ApiError> {
     value.trim().parse().map_err(|_| {
@@ -154,16 +166,7 @@ pub async fn poll(
     let since = query_param(&req, "since")?
         .map(|v| parse_seq("since", &v))
         .transpose()?;
-    let json_form = match query_param(&req, "format")?.as_deref() {
-        None | Some("binary") => false,
-        Some("json") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "bad_format",
-                format!("format must be json or binary, got {other:?}"),
-            ));
-        }
-    };
+    let json_form = json_format(&req)?;
     let wait = match query_param(&req, "wait")? {
         None => Duration::ZERO,
         Some(v) => v

@@ -22,7 +22,7 @@ use futures_util::{StreamExt, stream};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::rooms::{catch_up, full_state, parse_seq, query_param};
+use super::rooms::{catch_up, full_state, json_format, parse_seq, query_param};
 use super::{AppState, access};
 use crate::limits::Permit;
 use crate::metrics::{ConnectionGauge, metrics};
@@ -183,16 +183,7 @@ pub async fn events(
     name: std::sync::Arc<str>,
 ) -> Result<HttpResponse, ApiError> {
     let since = resume_point(&req)?;
-    let json = match query_param(&req, "format")?.as_deref() {
-        None | Some("binary") => false,
-        Some("json") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "bad_format",
-                format!("format must be json or binary, got {other:?}"),
-            ));
-        }
-    };
+    let json = json_format(&req)?;
     let (grant, permit) = access::admit_connection(&req, &state, &name).await?;
     let settings = &state.settings;
     let (tx, rx) = mpsc::channel(settings.sse_queue_events);
