@@ -75,7 +75,8 @@ impl Nginx {
             if trimmed.starts_with("http {") {
                 conf.push_str(&format!(
                     "    access_log off;\n    client_body_temp_path {d}/body;\n    \
-                     proxy_temp_path {d}/proxy;\n"
+                     proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
+                     uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
                 ));
             }
         }
