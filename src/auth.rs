@@ -32,6 +32,9 @@ pub enum Access {
     Read,
     /// Reading and writing updates.
     Write,
+    /// Everything, and administration: listing and deleting rooms (for the rooms the
+    /// token names), revoking tokens (a token for every room, `*`).
+    Admin,
 }
 
 /// The claims collabd reads.

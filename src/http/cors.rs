@@ -23,7 +23,7 @@ use crate::metrics::metrics;
 
 /// How long browsers may cache a preflight answer.
 pub const MAX_AGE_SECS: u32 = 600;
-const ALLOW_METHODS: &str = "GET, POST, PATCH, OPTIONS";
+const ALLOW_METHODS: &str = "GET, POST, PATCH, DELETE, OPTIONS";
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID";
 const EXPOSE_HEADERS: &str = "X-Seq, Retry-After";
 

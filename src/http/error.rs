@@ -57,6 +57,29 @@ impl From<RoomUnavailable> for ApiError {
             RoomUnavailable::MaxRooms(_) => {
                 ApiError::new(status, "max_rooms", e.to_string()).retry_after(RETRY_WHEN_FULL_SECS)
             }
+            RoomUnavailable::Deleting(_) => {
+                ApiError::new(status, "room_deleting", e.to_string()).retry_after(1)
+            }
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+            .retry_after(1),
+            StoreError::Unsupported(what) => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_supported",
+                format!("not supported by this store: {what}"),
+            ),
+            e => ApiError::internal(e.to_string()),
         }
     }
 }

@@ -25,7 +25,7 @@ const MAX_LIMIT: usize = 1_000;
 /// The room's durable seq (0 for a room that does not exist; nothing is loaded then).
 async fn durable_seq(state: &AppState, room: &Arc<str>) -> Result<u64, ApiError> {
     let found = ask_existing(&state.registry, &state.store, room, GetDurableSeq).await?;
-    Ok(found.map_or(0, |(_, seq)| seq))
+    Ok(found.map_or(0, |(_, durable)| durable.seq))
 }
 
 /// Runs a history read on the blocking pool.
@@ -35,20 +35,7 @@ pub(super) async fn blocking<T: Send + 'static>(
     actix_rt::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| match e {
-            StoreError::Unavailable(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-            )
-            .retry_after(1),
-            StoreError::Unsupported(what) => ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_supported",
-                format!("{what} are not supported by this store yet"),
-            ),
-            e => ApiError::internal(e.to_string()),
-        })
+        .map_err(ApiError::from)
 }
 
 /// 410 `history_compacted`: seq `at` is no longer reachable, `nearest` is the oldest

@@ -54,7 +54,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(prometheus))
         .route("/ws/{room:.*}", web::get().to(websocket))
+        .route("/rooms", web::get().to(list_rooms))
         .route("/rooms/{rest:.*}", web::get().to(get_room))
+        .route("/rooms/{rest:.*}", web::delete().to(delete_room))
         .route("/rooms/{rest:.*}", web::post().to(post_room))
         .route("/rooms/{rest:.*}", web::patch().to(patch_room))
         .default_service(web::to(not_found));
@@ -254,6 +256,37 @@ async fn post_room(
         "method_not_allowed",
         "POST goes to /rooms/{room}/updates, /awareness, /versions or /restore",
     ))
+}
+
+/// `GET /rooms?prefix=&after=&limit=`: the stored rooms. Needs admin access to every room
+/// the prefix covers (a token for `PREFIX*`, or `*`); the authenticate hook is asked for
+/// the room `PREFIX*`.
+async fn list_rooms(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    access::limit_request(&req, &state)?;
+    let prefix = rooms::query_param(&req, "prefix")?.unwrap_or_default();
+    if prefix.chars().any(char::is_control) || prefix.len() > MAX_ROOM_NAME_BYTES {
+        return Err(ApiError::bad_request(
+            "bad_prefix",
+            "prefix holds a control character or is too long",
+        ));
+    }
+    access::authorize(&req, &state, &format!("{prefix}*"), Access::Admin).await?;
+    rooms::list(req, state).await
+}
+
+/// `DELETE /rooms/{room}` (admin).
+async fn delete_room(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    access::limit_request(&req, &state)?;
+    let tail = raw_tail(&req, &state, "/rooms/");
+    let name = room_name(tail)?;
+    access::authorize(&req, &state, &name, Access::Admin).await?;
+    rooms::delete(state, name).await
 }
 
 /// `PATCH /rooms/{room}/json`: JSON operations, for clients that do not speak Yjs.

@@ -25,7 +25,8 @@ use crate::room::cursor::{self, CatchUp};
 use crate::room::doc_json::JsonView;
 use crate::room::history::{self, At};
 use crate::room::messages::{
-    ApplyUpdate, DocState, GetDurableSeq, GetInfo, GetJson, GetState, SyncWithLog, WaitDurable,
+    ApplyUpdate, DeleteRoom, DocState, Durable, GetDurableSeq, GetInfo, GetJson, GetState,
+    SyncWithLog, WaitDurable,
 };
 use crate::room::{absent, ask, ask_existing};
 use crate::store::StoreError;
@@ -182,7 +183,20 @@ pub async fn poll(
     .min(state.settings.poll_max_wait());
 
     let found = ask_existing(&state.registry, &state.store, &room, GetDurableSeq).await?;
-    let mut durable = found.map_or(0, |(_, seq)| seq);
+    let Durable {
+        seq: mut durable,
+        epoch,
+    } = found.map_or_else(Durable::default, |(_, durable)| durable);
+    // A cursor from a deleted epoch: the answer says so and carries the new state.
+    let reset = epoch.is_stale(since);
+    let since = if reset { None } else { since };
+    let stamp = |mut answer: serde_json::Value| {
+        if reset {
+            answer["reset"] = true.into();
+            answer["epoch"] = epoch.number.into();
+        }
+        HttpResponse::Ok().json(answer)
+    };
     if let Some(since) = since
         && since == durable
         && !wait.is_zero()
@@ -217,13 +231,13 @@ pub async fn poll(
                     .iter()
                     .map(|u| json!({ "seq": u.seq, "changes": view.apply(&u.update) }))
                     .collect();
-                Ok(HttpResponse::Ok().json(json!({ "seq": durable, "updates": updates })))
+                Ok(stamp(json!({ "seq": durable, "updates": updates })))
             }
             _ => {
                 let doc = full_state(&state, &room).await?;
                 let mut view = JsonView::of(yrs::Doc::new());
                 let json = view.reset(&doc.state).clone();
-                Ok(HttpResponse::Ok().json(json!({ "seq": doc.seq, "state": json })))
+                Ok(stamp(json!({ "seq": doc.seq, "state": json })))
             }
         };
     }
@@ -233,12 +247,13 @@ pub async fn poll(
                 .iter()
                 .map(|u| json!({ "seq": u.seq, "update": BASE64.encode(&u.update) }))
                 .collect();
-            Ok(HttpResponse::Ok().json(json!({ "seq": durable, "updates": updates })))
+            Ok(stamp(json!({ "seq": durable, "updates": updates })))
         }
         CatchUp::Snapshot => {
             let doc = full_state(&state, &room).await?;
-            Ok(HttpResponse::Ok()
-                .json(json!({ "seq": doc.seq, "snapshot": BASE64.encode(&doc.state) })))
+            Ok(stamp(
+                json!({ "seq": doc.seq, "snapshot": BASE64.encode(&doc.state) }),
+            ))
         }
     }
 }
@@ -304,6 +319,7 @@ pub async fn apply(
             refused.to_string(),
         )
         .retry_after(1),
+        Refused::Deleted => ApiError::new(StatusCode::GONE, "room_deleted", refused.to_string()),
         Refused::MissingDependencies => ApiError::new(
             StatusCode::CONFLICT,
             "missing_dependencies",
@@ -319,6 +335,64 @@ pub async fn apply(
         }
         None => not_stored(),
     })
+}
+
+/// `DELETE /rooms/{room}` (admin): removes everything stored of the room and starts its
+/// next epoch. Its sessions are closed with 4410 and its SSE streams reset; a client
+/// holding a cursor from before gets a reset and the new (empty) state.
+pub async fn delete(state: web::Data<AppState>, room: Arc<str>) -> Result<HttpResponse, ApiError> {
+    let deleted = state
+        .registry
+        .send(DeleteRoom { name: room.clone() })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let Some(epoch) = deleted else {
+        return Err(ApiError::not_found(format!(
+            "room {room:?} has nothing stored"
+        )));
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "room": &*room,
+        "epoch": epoch.number,
+        "seq": epoch.base,
+    })))
+}
+
+/// `GET /rooms?prefix=&after=&limit=` (admin for the prefix): rooms with anything stored,
+/// by name, with seq, stored size, last change and epoch; `next` is the `after` of the
+/// next page (null on the last).
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let prefix = query_param(&req, "prefix")?.unwrap_or_default();
+    let after = query_param(&req, "after")?;
+    let limit = match query_param(&req, "limit")? {
+        None => 100,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::store::MAX_LISTING).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_limit",
+                    format!(
+                        "limit must be 1 to {}, got {v:?}",
+                        crate::store::MAX_LISTING
+                    ),
+                )
+            })?,
+    };
+    let store = state.store.clone();
+    let rooms = web::block(move || {
+        // What a listing shows is durable: flush what rooms appended (free when nothing).
+        store.flush()?;
+        store.rooms(&prefix, after.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let next = (rooms.len() == limit).then(|| rooms.last().map(|r| r.room.clone()));
+    Ok(HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(json!({ "rooms": rooms, "next": next.flatten() })))
 }
 
 /// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer

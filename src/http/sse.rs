@@ -26,7 +26,7 @@ use super::rooms::{catch_up, full_state, json_format, parse_seq, query_param};
 use super::{AppState, access};
 use crate::limits::Permit;
 use crate::metrics::{ConnectionGauge, metrics};
-use crate::protocol::sse::{event, synced};
+use crate::protocol::sse::{event, reset, synced};
 use crate::room::ask;
 use crate::room::cursor::CatchUp;
 use crate::room::doc_json;
@@ -103,6 +103,8 @@ struct Live {
     last_id: u64,
     /// `format=json`: updates as JSON changes.
     json: Option<JsonView>,
+    /// The room was deleted: the reset event went out, the stream ends.
+    ended: bool,
     /// The stream ends when the client's token expires; EventSource then reconnects and
     /// must present a fresh one.
     expiry: std::pin::Pin<Box<actix_rt::time::Sleep>>,
@@ -113,6 +115,9 @@ struct Live {
 
 impl Live {
     async fn next(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
         if let Some((after, until)) = self.replay.take() {
             return self.replay_page(after, until).await;
         }
@@ -131,6 +136,10 @@ impl Live {
                             });
                         }
                         LiveEvent::Awareness { event } => return Some(event),
+                        LiveEvent::Reset { event } => {
+                            self.ended = true;
+                            return Some(event);
+                        }
                     }
                 },
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
@@ -196,6 +205,15 @@ pub async fn events(
     let durable = subscribed.durable_seq;
 
     let mut prelude = vec![Bytes::from(format!("retry: {}\n\n", settings.sse_retry_ms))];
+    // A resume point from a deleted epoch: the client drops its document, and the
+    // stream goes on with a snapshot of the room as it is now.
+    let epoch = subscribed.epoch;
+    let since = if epoch.is_stale(since) {
+        prelude.push(reset(epoch.number, epoch.base));
+        None
+    } else {
+        since
+    };
     let page = settings.poll_batch_limit;
     let mut replay = None;
     let mut caught_up = catch_up(&state, &name, since, durable, page).await?;
@@ -260,6 +278,7 @@ pub async fn events(
         heartbeat,
         last_id,
         json: view,
+        ended: false,
         expiry: Box::pin(actix_rt::time::sleep(expires_in)),
         _permit: permit,
         _hooked: hooked,

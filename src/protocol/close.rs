@@ -18,3 +18,8 @@ pub const TIMEOUT: u16 = 4000;
 pub const SLOW_CONSUMER: u16 = 4008;
 /// The session's access token expired; reconnect with a fresh one.
 pub const TOKEN_EXPIRED: u16 = 4401;
+/// The session's token or subject was revoked (`POST /admin/revoke`).
+pub const REVOKED: u16 = 4403;
+/// The room was deleted (`DELETE /rooms/{room}`), or the client sent content of a deleted
+/// room: drop the document (its content is gone for good) and reconnect with a new one.
+pub const ROOM_DELETED: u16 = 4410;

@@ -9,6 +9,10 @@ pub struct RoomInfo {
     pub room: String,
     /// Highest durable seq (0: nothing logged yet).
     pub seq: u64,
+    /// The room's epoch: 0, and one more each time the room is deleted. Seqs go on
+    /// across epochs (a deleted room's next epoch begins above every seq it used).
+    #[serde(default)]
+    pub epoch: u64,
     /// WebSocket sessions in the room now.
     pub connections: usize,
     /// Clients with a live awareness state (presence).

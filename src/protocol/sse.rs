@@ -28,6 +28,15 @@ pub fn synced(seq: u64) -> Bytes {
     Bytes::from(format!("event: synced\ndata: {{\"seq\":{seq}}}\n\n"))
 }
 
+/// `event: reset` with `data: {"epoch":E,"seq":S}`: the room was deleted and epoch E
+/// began at seq S. The client drops its document: a snapshot of the new epoch follows
+/// (a live stream ends after it instead; reconnecting resumes in the new epoch).
+pub fn reset(epoch: u64, seq: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: reset\ndata: {{\"epoch\":{epoch},\"seq\":{seq}}}\n\n"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

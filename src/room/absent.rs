@@ -24,6 +24,7 @@ pub fn info(name: &str) -> RoomInfo {
     RoomInfo {
         room: name.to_string(),
         seq: 0,
+        epoch: 0,
         connections: 0,
         awareness: 0,
         size: state().state.len(),

@@ -35,8 +35,9 @@ use super::live::Streams;
 use super::load;
 use super::messages::RoomStopped;
 use super::messages::{
-    ApplyUpdate, DocState, Flushed, FromClient, GetAwareness, GetDurableSeq, GetInfo, GetJson,
-    GetState, Join, Leave, PostAwareness, Shutdown, Subscribe, Subscribed, WaitDurable,
+    ApplyUpdate, Delete, DocState, Durable, EpochAt, Flushed, FromClient, GetAwareness,
+    GetDurableSeq, GetInfo, GetJson, GetState, Join, Leave, PostAwareness, Shutdown, Subscribe,
+    Subscribed, WaitDurable,
 };
 use super::presence::{self, Presence};
 
@@ -129,6 +130,10 @@ pub struct Room {
     archive_asked_at: u64,
     /// The author of the HTTP write being applied (its token's `sub`).
     http_author: Option<Arc<str>>,
+    /// The room's epoch (deleting a room starts the next one; see `store::Epoch`).
+    epoch: EpochAt,
+    /// What deleted epochs held: updates that would bring it back are refused.
+    graveyard: Option<StateVector>,
     /// Who waits for the catch-up read in flight, and who waits for the next one (they
     /// asked after the one in flight began).
     caught_up_waiters: Vec<oneshot::Sender<()>>,
@@ -200,6 +205,8 @@ impl Room {
             self.archive_asked_at = loaded.seq;
         }
         self.durability = Durability::at(loaded.seq);
+        self.epoch = loaded.epoch;
+        self.graveyard = loaded.graveyard;
         self.snapshot_seq = loaded.snapshot_seq;
         self.doc_bytes = loaded.doc_bytes;
         self.first_seq = loaded.first_seq;
@@ -224,6 +231,8 @@ impl Room {
             cluster_check_due: false,
             archive_asked_at: 0,
             http_author: None,
+            epoch: EpochAt::default(),
+            graveyard: None,
             caught_up_waiters: Vec::new(),
             next_catch_up_waiters: Vec::new(),
             durability: Durability::default(),
@@ -300,7 +309,8 @@ impl Actor for Room {
                 .into_actor(self)
                 .map(|loaded, room, ctx| match loaded {
                     Ok(Ok(loaded)) => {
-                        let fresh = loaded.seq == 0 && loaded.snapshot_seq == 0;
+                        // Nothing in its current epoch (a deleted room starts afresh).
+                        let fresh = loaded.seq == loaded.epoch.base && loaded.snapshot_seq == 0;
                         room.install(loaded);
                         if fresh {
                             room.seed(ctx);
@@ -420,6 +430,15 @@ impl Handler<FromClient> for Room {
                         Err(Refused::StoreUnavailable) => {
                             // Not acked (`refused_since_ack`); re-synced once stored.
                         }
+                        Err(Refused::Deleted) => {
+                            warn!(
+                                "room {:?}: session {session} sent content of the deleted room",
+                                self.name
+                            );
+                            let reason = Refused::Deleted.to_string();
+                            self.close_session(session, close::ROOM_DELETED, reason);
+                            return;
+                        }
                         Err(refused @ Refused::TooLarge(_)) => {
                             warn!(
                                 "room {:?}: session {session}: update refused: {refused}",
@@ -494,6 +513,7 @@ impl Handler<GetInfo> for Room {
         MessageResult(RoomInfo {
             room: self.name.to_string(),
             seq: self.durability.durable(),
+            epoch: self.epoch.number,
             connections: self.fanout.len(),
             awareness,
             size,
@@ -547,17 +567,31 @@ impl Handler<Subscribe> for Room {
         let awareness = self.presence.full().map(|u| Bytes::from(u.encode_v1()));
         MessageResult(Subscribed {
             durable_seq: self.durability.durable(),
+            epoch: self.epoch,
             awareness,
         })
     }
 }
 
 impl Handler<GetDurableSeq> for Room {
-    type Result = u64;
+    type Result = MessageResult<GetDurableSeq>;
 
-    fn handle(&mut self, _msg: GetDurableSeq, _ctx: &mut Context<Self>) -> u64 {
+    fn handle(&mut self, _msg: GetDurableSeq, _ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        self.durability.durable()
+        MessageResult(Durable {
+            seq: self.durability.durable(),
+            epoch: self.epoch,
+        })
+    }
+}
+
+impl Handler<Delete> for Room {
+    type Result = MessageResult<Delete>;
+
+    fn handle(&mut self, _msg: Delete, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.delete(reply, ctx);
+        MessageResult(answer)
     }
 }
 

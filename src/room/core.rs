@@ -33,6 +33,10 @@ pub enum Refused {
     /// it is back.
     #[error("the store is unavailable; retry shortly")]
     StoreUnavailable,
+    /// It carries content of a deleted epoch of the room (its sender kept the deleted
+    /// document): the sender must drop its document and start from the room's state.
+    #[error("the update carries content of a deleted room; drop the document and sync again")]
+    Deleted,
 }
 
 impl Refused {
@@ -43,8 +47,19 @@ impl Refused {
             Refused::TooLarge(_) => "doc_too_large",
             Refused::MissingDependencies => "missing_dependencies",
             Refused::StoreUnavailable => "store_unavailable",
+            Refused::Deleted => "deleted_content",
         }
     }
+}
+
+/// Whether `update` inserts an item a deleted epoch held: some client's lowest clock in
+/// it lies below the `graveyard`'s clock for that client. A client id is random per
+/// document, so a client that started afresh never collides with one.
+pub fn resurrects(graveyard: &yrs::StateVector, update: &Update) -> bool {
+    update
+        .state_vector_lower()
+        .iter()
+        .any(|(client, clock)| *clock < graveyard.get(client))
 }
 
 /// An update the document took, wholly or in part.

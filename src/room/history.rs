@@ -27,6 +27,13 @@ const PAGE: usize = 1_000;
 
 /// `room`'s document right after seq `seq` (which the caller checked is durable).
 pub fn state_at(store: &dyn Store, room: &str, seq: u64) -> Result<At, StoreError> {
+    // A deleted epoch's seqs are gone with it; the current one begins empty at its base.
+    let epoch_base = store.epoch(room)?.base;
+    if seq < epoch_base {
+        return Ok(At::Compacted {
+            nearest: epoch_base,
+        });
+    }
     let snapshot = store.snapshot(room)?;
     let first = store.first_seq(room)?;
     // The nearest base at or before `seq`: the snapshot, a checkpoint, or (while the log
@@ -45,7 +52,7 @@ pub fn state_at(store: &dyn Store, room: &str, seq: u64) -> Result<At, StoreErro
             apply(&doc, room, s.seq, &s.state)?;
             s.seq
         }
-        _ if first == Some(1) || (first.is_none() && snapshot.is_none()) => 0,
+        _ if first == Some(epoch_base + 1) || (first.is_none() && snapshot.is_none()) => epoch_base,
         // The oldest seq from which every later one is reachable (checkpoints are also
         // reachable at their own seqs).
         _ => {

@@ -22,6 +22,10 @@ pub struct Loaded {
     pub doc_bytes: usize,
     /// The oldest retained record's seq, if any.
     pub first_seq: Option<u64>,
+    /// The room's epoch (the seq it began at: `seq` for a room with nothing in it).
+    pub epoch: crate::room::messages::EpochAt,
+    /// What deleted epochs held (see [`crate::store::Epoch::graveyard`]).
+    pub graveyard: Option<yrs::StateVector>,
 }
 
 /// Reads room `name` from `store`. It flushes first: the room will show every loaded seq
@@ -69,11 +73,29 @@ pub fn read(store: &dyn Store, name: &str) -> Result<Loaded, StoreError> {
         },
         started.elapsed().as_millis()
     );
+    let graveyard = match log.epoch.graveyard.as_slice() {
+        [] => None,
+        bytes => match yrs::StateVector::decode_v1(bytes) {
+            Ok(sv) => Some(sv),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    room: name.to_string(),
+                    seq: log.epoch.base,
+                    reason: format!("the epoch's graveyard does not decode: {e}"),
+                });
+            }
+        },
+    };
     Ok(Loaded {
         doc,
         seq,
         snapshot_seq,
         doc_bytes,
         first_seq: store.first_seq(name)?,
+        epoch: crate::room::messages::EpochAt {
+            number: log.epoch.number,
+            base: log.epoch.base,
+        },
+        graveyard,
     })
 }

@@ -96,13 +96,19 @@ pub enum LiveEvent {
     Awareness {
         event: Bytes,
     },
+    /// The room was deleted: the stream sends this `event: reset` and ends.
+    Reset {
+        event: Bytes,
+    },
 }
 
 impl LiveEvent {
     /// The SSE bytes to send.
     pub fn bytes(&self) -> &Bytes {
         match self {
-            LiveEvent::Update { event, .. } | LiveEvent::Awareness { event } => event,
+            LiveEvent::Update { event, .. }
+            | LiveEvent::Awareness { event }
+            | LiveEvent::Reset { event } => event,
         }
     }
 }
@@ -123,6 +129,8 @@ pub struct Subscribe {
 pub struct Subscribed {
     /// Updates up to here are the caller's to replay from the store; above it, live.
     pub durable_seq: u64,
+    /// The room's epoch: a cursor below its base is from a deleted one.
+    pub epoch: EpochAt,
     /// The current awareness states, if anyone is present.
     pub awareness: Option<Bytes>,
 }
@@ -143,10 +151,47 @@ pub struct PostAwareness {
 #[rtype(result = "Option<Bytes>")]
 pub struct GetAwareness;
 
-/// The room's durable seq, for polling.
+/// The room's durable seq, for polling, with its epoch.
 #[derive(Message, Clone)]
-#[rtype(result = "u64")]
+#[rtype(result = "Durable")]
 pub struct GetDurableSeq;
+
+/// A room's durable seq and the epoch it belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub seq: u64,
+    pub epoch: EpochAt,
+}
+
+/// Which epoch a room is in (see [`crate::store::Epoch`]): its number, and the seq it
+/// began at. A client's cursor below `base` is from a deleted epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpochAt {
+    pub number: u64,
+    pub base: u64,
+}
+
+impl EpochAt {
+    /// Whether a client at `cursor` holds a deleted epoch's document.
+    pub fn is_stale(&self, cursor: Option<u64>) -> bool {
+        cursor.is_some_and(|c| c < self.base)
+    }
+}
+
+/// Deletes the room (`DELETE /rooms/{room}`): every session is closed with 4410, every
+/// SSE stream gets `event: reset` and ends, the room stops. Answers, once no task of the
+/// room can write any more, the seq it reached and its document's state vector.
+#[derive(Message)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<(u64, yrs::StateVector)>")]
+pub struct Delete;
+
+/// Deletes a room through the registry (see [`crate::store::Store::delete_room`]):
+/// `Ok(None)` when it has nothing to delete.
+#[derive(Message)]
+#[rtype(result = "Result<Option<crate::store::Epoch>, crate::store::StoreError>")]
+pub struct DeleteRoom {
+    pub name: Arc<str>,
+}
 
 /// Cluster mode: resolves once the room applied what a read of its log, begun after this
 /// message arrived, found (at once on one node). A write that builds on an update another
@@ -201,6 +246,8 @@ pub enum NoRoom {
     Stopping,
     /// `max_rooms` rooms are loaded; this one would be one too many.
     Full(usize),
+    /// The room is being deleted.
+    Deleting,
 }
 
 /// A room actor stopped (evicted, failed or shut down).

@@ -43,6 +43,9 @@ pub enum RoomUnavailable {
     /// It is not loaded, and loading it would exceed `max_rooms`.
     #[error("the server holds its maximum of {0} loaded rooms")]
     MaxRooms(usize),
+    /// It is being deleted.
+    #[error("room {0:?} is being deleted; retry shortly")]
+    Deleting(Arc<str>),
 }
 
 /// Sends `msg` to the room named `name`, spawning the room if needed, and returns the
@@ -63,7 +66,10 @@ where
         if attempt > 0 {
             actix_rt::time::sleep(ASK_BACKOFF).await;
         }
-        let room = load(registry, name).await?;
+        let room = match load(registry, name).await {
+            Err(RoomUnavailable::Deleting(_)) if attempt + 1 < ASK_ATTEMPTS => continue,
+            room => room?,
+        };
         match room.send(msg.clone()).await {
             Ok(answer) => return Ok((room, answer)),
             Err(MailboxError::Closed) | Err(MailboxError::Timeout) => continue,
@@ -80,6 +86,7 @@ pub async fn load(
     match registry.send(GetRoom { name: name.clone() }).await {
         Ok(Ok(room)) => Ok(room),
         Ok(Err(NoRoom::Full(max))) => Err(RoomUnavailable::MaxRooms(max)),
+        Ok(Err(NoRoom::Deleting)) => Err(RoomUnavailable::Deleting(name.clone())),
         Ok(Err(NoRoom::Stopping)) | Err(_) => Err(RoomUnavailable::Down(name.clone())),
     }
 }
@@ -138,8 +145,10 @@ where
 }
 
 /// Whether the store holds anything of `room`: a record, else a snapshot (compaction
-/// with `replay_window = 0` can leave a snapshot alone). Two key lookups; neither reads
-/// a record or a state.
+/// with `replay_window = 0` can leave a snapshot alone), else an epoch (a deleted room:
+/// its seqs go on above its base). A few key lookups; none reads a record or a state.
 fn is_stored(store: &dyn Store, room: &str) -> Result<bool, crate::store::StoreError> {
-    Ok(store.first_seq(room)?.is_some() || store.has_snapshot(room)?)
+    Ok(store.first_seq(room)?.is_some()
+        || store.has_snapshot(room)?
+        || store.epoch(room)?.number > 0)
 }

@@ -2,7 +2,7 @@
 //! from the store) on a pool of room threads, up to `max_rooms` at once, forgets them
 //! when they stop, and shuts them all down on request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::{
@@ -12,12 +12,15 @@ use actix::{
 use log::{debug, error, info};
 
 use super::actor::{Room, RoomDeps};
-use super::messages::Shutdown;
+use super::messages::{Delete, DeleteRoom, Shutdown};
 use crate::config::Settings;
 use crate::hooks::{ChangeFeed, Hooks};
 use crate::metrics::metrics;
-use crate::store::Store;
 use crate::store::commit::Flusher;
+use crate::store::{Epoch, Store, StoreError};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact};
 
 pub use super::messages::{CountRooms, FindRoom, GetRoom, NoRoom, RoomStopped, ShutdownAll};
 
@@ -35,6 +38,8 @@ pub struct Registry {
     next_room_id: u64,
     /// Set by [`ShutdownAll`]: no room is spawned after it.
     stopping: bool,
+    /// Rooms being deleted: none of them is spawned meanwhile.
+    deleting: HashSet<Arc<str>>,
     store: Arc<dyn Store>,
     flusher: Flusher,
     settings: Arc<Settings>,
@@ -61,6 +66,7 @@ impl Registry {
             next_arbiter: 0,
             next_room_id: 1,
             stopping: false,
+            deleting: HashSet::new(),
             changes: ChangeFeed::start(&hooks, store.clone()),
             store,
             flusher,
@@ -137,6 +143,9 @@ impl Handler<GetRoom> for Registry {
         if self.stopping {
             return MessageResult(Err(NoRoom::Stopping));
         }
+        if self.deleting.contains(&msg.name) {
+            return MessageResult(Err(NoRoom::Deleting));
+        }
         let crashed = match self.rooms.get(&msg.name) {
             Some(entry) if entry.addr.connected() => {
                 return MessageResult(Ok(entry.addr.clone()));
@@ -182,6 +191,90 @@ impl Handler<RoomStopped> for Registry {
             self.rooms.remove(&msg.name);
         }
     }
+}
+
+impl Handler<DeleteRoom> for Registry {
+    type Result = ResponseActFuture<Self, Result<Option<Epoch>, StoreError>>;
+
+    /// Stops the room if it runs (it answers once nothing of it can write any more),
+    /// then deletes it from the store and makes that durable; no instance of the room
+    /// is spawned meanwhile.
+    fn handle(&mut self, msg: DeleteRoom, _ctx: &mut Context<Self>) -> Self::Result {
+        let name = msg.name;
+        if self.cluster.is_some() {
+            let unsupported = StoreError::Unsupported("room deletion in cluster mode");
+            return Box::pin(actix::fut::ready(Err(unsupported)));
+        }
+        if self.stopping || !self.deleting.insert(name.clone()) {
+            let busy =
+                StoreError::Unavailable("the room is being deleted or the server stops".into());
+            return Box::pin(actix::fut::ready(Err(busy)));
+        }
+        let running = self.rooms.remove(&name).map(|entry| entry.addr);
+        let store = self.store.clone();
+        let room = name.clone();
+        let work = async move {
+            let ended = match running {
+                Some(addr) => match addr.send(Delete).await {
+                    Ok(answer) => answer.await.ok(),
+                    Err(_) => None, // it stopped meanwhile: the store has what it wrote
+                },
+                None => None,
+            };
+            actix_rt::task::spawn_blocking(move || delete_stored(&*store, &room, ended))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+        };
+        Box::pin(work.into_actor(self).map(move |deleted, registry, _| {
+            registry.deleting.remove(&name);
+            deleted
+        }))
+    }
+}
+
+/// Deletes `room` from `store`: the next epoch begins above the last seq, and its
+/// graveyard adds the deleted document's state vector (from the stopped room, else from
+/// the store). `Ok(None)`: nothing of the room's current epoch is stored, and no room ran.
+fn delete_stored(
+    store: &dyn Store,
+    room: &str,
+    ended: Option<(u64, StateVector)>,
+) -> Result<Option<Epoch>, StoreError> {
+    let epoch = store.epoch(room)?;
+    let (seq, vector) = match ended {
+        Some(ended) => ended,
+        None => {
+            let loaded = super::load::read(store, room)?;
+            if loaded.seq == epoch.base && loaded.snapshot_seq == 0 {
+                return Ok(None);
+            }
+            (loaded.seq, loaded.doc.transact().state_vector())
+        }
+    };
+    let mut graveyard = match epoch.graveyard.as_slice() {
+        [] => StateVector::default(),
+        bytes => StateVector::decode_v1(bytes).map_err(|e| StoreError::Corrupt {
+            room: room.to_string(),
+            seq: epoch.base,
+            reason: format!("the epoch's graveyard does not decode: {e}"),
+        })?,
+    };
+    for (client, clock) in vector.iter() {
+        graveyard.set_max(*client, *clock);
+    }
+    let next = Epoch {
+        number: epoch.number + 1,
+        base: seq.max(epoch.base) + 1,
+        graveyard: graveyard.encode_v1(),
+        deleting: false,
+    };
+    store.delete_room(room, &next)?;
+    store.flush()?;
+    info!(
+        "room {room:?} deleted: epoch {} begins at seq {}",
+        next.number, next.base
+    );
+    Ok(Some(next))
 }
 
 impl Handler<CountRooms> for Registry {

@@ -389,8 +389,9 @@ impl WsSession {
         match self.auth.check(Some(token), &self.room_name, Access::Read) {
             Ok(grant) => {
                 let access = match grant.access {
+                    Access::Admin => "admin",
                     Access::Write => "write",
-                    _ => "read",
+                    Access::Read => "read",
                 };
                 info!(
                     "session {} in room {:?}: fresh token, {access} access{}",

@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name};
+use super::{Epoch, LoggedUpdate, RoomSummary, Snapshot, Store, StoreError, check_room_name};
 
 #[derive(Default, Clone)]
 struct RoomRecords {
     log: BTreeMap<u64, (Vec<u8>, u64)>,
     snapshot: Option<Snapshot>,
+    epoch: Epoch,
 }
 
 #[derive(Default)]
@@ -127,6 +128,67 @@ impl Store for MemoryStore {
         })
     }
 
+    fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
+        Ok(self.with_room(room, |r| r.epoch.clone()))
+    }
+
+    fn delete_room(&self, room: &str, next: &Epoch) -> Result<(), StoreError> {
+        self.write(room, |r| {
+            *r = RoomRecords {
+                epoch: Epoch {
+                    deleting: false,
+                    ..next.clone()
+                },
+                ..RoomRecords::default()
+            };
+        })
+    }
+
+    fn rooms(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        let disk = self.lock();
+        let mut names: Vec<&String> = disk
+            .written
+            .iter()
+            .filter(|(name, r)| {
+                name.starts_with(prefix)
+                    && after.is_none_or(|a| name.as_str() > a)
+                    && (r.snapshot.is_some() || !r.log.is_empty())
+            })
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .take(limit.min(super::MAX_LISTING))
+            .map(|name| {
+                let r = &disk.written[name];
+                let snap = r.snapshot.as_ref();
+                let after = snap.map_or(0, |s| s.seq);
+                let records = r.log.range(after + 1..);
+                RoomSummary {
+                    room: name.clone(),
+                    seq: r
+                        .log
+                        .keys()
+                        .last()
+                        .copied()
+                        .unwrap_or(0)
+                        .max(after)
+                        .max(r.epoch.base),
+                    size: snap.map_or(0, |s| s.state.len() as u64)
+                        + records.map(|(_, (u, _))| u.len() as u64).sum::<u64>(),
+                    changed_ms: r.log.values().last().map_or(0, |(_, at)| *at),
+                    epoch: r.epoch.number,
+                }
+            })
+            .collect())
+    }
+
     fn failure(&self) -> Option<String> {
         self.lock().failed.clone()
     }
@@ -160,6 +222,7 @@ mod tests {
     #[test]
     fn keeps_the_store_contract() {
         crate::store::contract::check(&MemoryStore::new());
+        crate::store::contract::check_deletion(&MemoryStore::new());
     }
 
     #[test]

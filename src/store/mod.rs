@@ -114,19 +114,61 @@ pub struct LoggedUpdate {
     pub at_ms: u64,
 }
 
-/// Everything needed to rebuild a room: the snapshot (if any) and the records after it.
+/// Everything needed to rebuild a room: its epoch, the snapshot (if any) and the records
+/// after it.
 #[derive(Debug, Default)]
 pub struct RoomLog {
+    pub epoch: Epoch,
     pub snapshot: Option<Snapshot>,
     pub updates: Vec<LoggedUpdate>,
 }
 
 impl RoomLog {
-    /// The highest seq this log knows of (0 for an empty room).
+    /// The highest seq this log knows of (the epoch's base for a room with nothing in it).
     pub fn last_seq(&self) -> u64 {
-        let snap = self.snapshot.as_ref().map_or(0, |s| s.seq);
+        let snap = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.seq)
+            .max(self.epoch.base);
         self.updates.last().map_or(snap, |u| u.seq.max(snap))
     }
+}
+
+/// A room's current life. Deleting a room ([`Store::delete_room`]) removes its data and
+/// starts the next epoch, whose seqs continue above every seq the deleted ones used: a
+/// seq, and so every cursor a client holds (SSE id, poll cursor, `X-Seq`), names its
+/// epoch. A cursor below `base` is from a deleted epoch: its holder gets a reset and a
+/// snapshot, never another epoch's updates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Epoch {
+    /// 0 for a room never deleted; one more per deletion.
+    pub number: u64,
+    /// The seq the epoch began at: its empty document is the state "after" `base`, its
+    /// first update gets `base + 1`. Every seq of an earlier epoch is below it.
+    pub base: u64,
+    /// The state vector (Yjs v1 encoding; empty: none) of every deleted epoch's document:
+    /// an update that carries an item below it brings deleted content back (a client
+    /// that kept the old document), and the room refuses it.
+    pub graveyard: Vec<u8>,
+    /// Set while a deletion is under way: what it had not removed yet when the process
+    /// stopped is removed before the room loads (see [`Store::delete_room`]).
+    pub deleting: bool,
+}
+
+/// A room in [`Store::rooms`]'s listing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoomSummary {
+    pub room: String,
+    /// The newest stored seq (durable ones and any appended since the last flush).
+    pub seq: u64,
+    /// The stored size in bytes: the snapshot plus the records after it.
+    pub size: u64,
+    /// When the newest record or snapshot was written (ms since the Unix epoch; 0: not
+    /// known).
+    pub changed_ms: u64,
+    /// The room's epoch number (see [`Epoch`]).
+    pub epoch: u64,
 }
 
 /// What can go wrong below the room.
@@ -157,6 +199,9 @@ pub enum StoreError {
     #[error("not supported by this store: {0}")]
     Unsupported(&'static str),
 }
+
+/// The longest room listing one call returns.
+pub const MAX_LISTING: usize = 1_000;
 
 /// The op log's interface; rooms see only this. Implementations must be cheap to call
 /// from an actor (no blocking beyond local I/O) except [`Store::flush`], which blocks
@@ -281,12 +326,46 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("named versions"))
     }
 
-    /// Everything needed to rebuild the room: latest snapshot and the records after it.
+    /// The room's current epoch ([`Epoch::default`] for a room never deleted).
+    fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
+        let _ = room;
+        Ok(Epoch::default())
+    }
+
+    /// Deletes the room: every record, snapshot, checkpoint, named version, author and
+    /// webhook mark, and starts `next` (its number and base above the old ones; the
+    /// caller computes them). Crash-safe: `next` is written first with
+    /// [`Epoch::deleting`] set and cleared last, and the store finishes a deletion a
+    /// crash interrupted when it opens, before anything reads. Durable after `flush`.
+    fn delete_room(&self, room: &str, next: &Epoch) -> Result<(), StoreError> {
+        let _ = (room, next);
+        Err(StoreError::Unsupported("room deletion"))
+    }
+
+    /// Rooms with anything stored in their current epoch, sorted by name: those whose
+    /// name starts with `prefix`, after `after` (exclusive), at most `limit`.
+    fn rooms(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        let _ = (prefix, after, limit);
+        Err(StoreError::Unsupported("room listing"))
+    }
+
+    /// Everything needed to rebuild the room: its epoch, the latest snapshot and the
+    /// records after it.
     fn load(&self, room: &str) -> Result<RoomLog, StoreError> {
+        let epoch = self.epoch(room)?;
         let snapshot = self.snapshot(room)?;
-        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let after = snapshot.as_ref().map_or(0, |s| s.seq).max(epoch.base);
         let updates = self.updates_after(room, after, usize::MAX)?;
-        Ok(RoomLog { snapshot, updates })
+        Ok(RoomLog {
+            epoch,
+            snapshot,
+            updates,
+        })
     }
 }
 
@@ -345,6 +424,76 @@ pub(crate) mod contract {
         assert_eq!(log.last_seq(), 5);
         assert_eq!(store.first_seq("a/b").unwrap(), Some(1));
         assert!(store.append("bad\0name", 1, b"x").is_err());
+        store.flush().unwrap();
+    }
+
+    /// Deletion, epochs and listing.
+    pub fn check_deletion(store: &dyn Store) {
+        for (room, seqs) in [
+            ("docs/a", 3u64),
+            ("docs/b", 2),
+            ("docs/bb", 1),
+            ("other", 1),
+        ] {
+            for seq in 1..=seqs {
+                store.append(room, seq, &[seq as u8; 4]).unwrap();
+            }
+        }
+        store
+            .put_snapshot(
+                "docs/b",
+                &Snapshot {
+                    seq: 1,
+                    state: b"s".to_vec(),
+                },
+            )
+            .unwrap();
+        let names = |listing: Vec<RoomSummary>| -> Vec<String> {
+            listing.into_iter().map(|r| r.room).collect()
+        };
+        assert_eq!(
+            names(store.rooms("docs/", None, 10).unwrap()),
+            ["docs/a", "docs/b", "docs/bb"]
+        );
+        assert_eq!(
+            names(store.rooms("docs/", Some("docs/a"), 1).unwrap()),
+            ["docs/b"]
+        );
+        assert_eq!(
+            names(store.rooms("", Some("docs/bb"), 10).unwrap()),
+            ["other"]
+        );
+        let a = &store.rooms("docs/a", None, 1).unwrap()[0];
+        assert_eq!((a.seq, a.size, a.epoch), (3, 12, 0));
+        assert!(a.changed_ms > 0);
+        let b = &store.rooms("docs/b", None, 1).unwrap()[0];
+        assert_eq!(
+            (b.seq, b.size),
+            (2, 1 + 4),
+            "the snapshot and the record after it"
+        );
+
+        let next = Epoch {
+            number: 1,
+            base: 4,
+            graveyard: b"sv".to_vec(),
+            deleting: false,
+        };
+        store.delete_room("docs/a", &next).unwrap();
+        assert_eq!(store.epoch("docs/a").unwrap(), next);
+        assert_eq!(store.epoch("docs/b").unwrap(), Epoch::default());
+        let log = store.load("docs/a").unwrap();
+        assert!(log.snapshot.is_none() && log.updates.is_empty());
+        assert_eq!(log.last_seq(), 4, "seqs go on above the deleted ones");
+        assert_eq!(store.first_seq("docs/a").unwrap(), None);
+        assert_eq!(
+            names(store.rooms("docs/", None, 10).unwrap()),
+            ["docs/b", "docs/bb"]
+        );
+        store.append("docs/a", 5, b"new").unwrap();
+        let a = &store.rooms("docs/a", None, 1).unwrap()[0];
+        assert_eq!((a.seq, a.size, a.epoch), (5, 3, 1));
+        assert_eq!(store.load("docs/a").unwrap().updates.len(), 1);
         store.flush().unwrap();
     }
 }

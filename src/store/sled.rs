@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name, now_ms};
+use super::{
+    Epoch, LoggedUpdate, RoomSummary, Snapshot, Store, StoreError, check_room_name, now_ms,
+};
 
 /// First byte of every head value. Version 1 (no chunks) is still read.
 const FORMAT_VERSION: u8 = 2;
@@ -75,6 +77,14 @@ struct SnapshotHead {
     chunks: u32,
 }
 
+/// A room's epoch head (the graveyard is a whole state under `room · 0x00`).
+#[derive(Serialize, Deserialize)]
+struct EpochHead {
+    number: u64,
+    base: u64,
+    deleting: bool,
+}
+
 /// Version 1's snapshot value: the whole state inline.
 #[derive(Deserialize)]
 struct SnapshotRecordV1 {
@@ -105,6 +115,8 @@ pub struct SledStore {
     authors: ::sled::Tree,
     /// Checkpoints: whole states kept beyond the replay window, for time travel.
     checkpoints: ::sled::Tree,
+    /// Rooms deleted at least once: their epoch and graveyard.
+    epochs: ::sled::Tree,
     /// sled's single data file (`<dir>/db`), opened read-only: `fdatasync` on any
     /// descriptor of the file flushes its dirty pages, its size and the device cache.
     data_file: File,
@@ -142,6 +154,7 @@ impl SledStore {
         let versions = db.open_tree("versions")?;
         let authors = db.open_tree("authors")?;
         let checkpoints = db.open_tree("checkpoints")?;
+        let epochs = db.open_tree("epochs")?;
         db.flush()?;
         let data_file = File::open(dir.join("db"))?;
         // sled created files (and maybe the directory): make their names durable.
@@ -153,7 +166,7 @@ impl SledStore {
                 parent
             })?;
         }
-        Ok(SledStore {
+        let store = SledStore {
             db,
             log,
             snapshots,
@@ -162,12 +175,124 @@ impl SledStore {
             versions,
             authors,
             checkpoints,
+            epochs,
             data_file,
             dir: dir.to_path_buf(),
             writes: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             failed: OnceLock::new(),
-        })
+        };
+        store.finish_deletions()?;
+        Ok(store)
+    }
+
+    /// Finishes the deletions a stop interrupted (see [`Store::delete_room`]).
+    fn finish_deletions(&self) -> Result<(), StoreError> {
+        let mut pending = Vec::new();
+        for entry in self.epochs.iter() {
+            let (key, value) = entry?;
+            if key.contains(&KEY_SEPARATOR) {
+                continue; // a graveyard's head or chunk
+            }
+            let room = String::from_utf8_lossy(&key).into_owned();
+            if self.epoch_head(&room, &value)?.deleting {
+                pending.push(room);
+            }
+        }
+        for room in pending {
+            log::warn!("room {room:?}: finishing a deletion a stop interrupted");
+            let epoch = self.epoch(&room)?;
+            self.delete_room(&room, &epoch)?;
+        }
+        if self.writes.load(Ordering::SeqCst) > 0 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn epoch_head(&self, room: &str, value: &[u8]) -> Result<EpochHead, StoreError> {
+        match version(room, 0, value)? {
+            (FORMAT_V1, _) => Err(corrupt(room, 0, "an epoch in an unknown format".into())),
+            (_, body) => decode(room, 0, body),
+        }
+    }
+
+    /// Removes every key of `room` in every tree but `epochs`.
+    fn purge(&self, room: &str) -> Result<(), StoreError> {
+        let trees = [
+            &self.log,
+            &self.snapshots,
+            &self.authors,
+            &self.checkpoints,
+            &self.versions,
+            &self.webhook_marks,
+            &self.webhooks,
+        ];
+        for tree in trees {
+            let mut batch = ::sled::Batch::default();
+            batch.remove(room.as_bytes());
+            for entry in tree.range(log_prefix(room)..log_end(room)) {
+                batch.remove(entry?.0);
+            }
+            self.wrote(tree.apply_batch(batch))?;
+        }
+        Ok(())
+    }
+
+    /// The next room name in `tree` at or after `from` (keys are a room name, or a room
+    /// name · `0x00` · …).
+    fn next_room(tree: &::sled::Tree, from: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(entry) = tree.range(from..).next() else {
+            return Ok(None);
+        };
+        let key = entry?.0;
+        let end = key
+            .iter()
+            .position(|&b| b == KEY_SEPARATOR)
+            .unwrap_or(key.len());
+        Ok(Some(key[..end].to_vec()))
+    }
+
+    /// A listing's line for `room`, if it has anything stored.
+    fn summary(&self, room: &str) -> Result<Option<RoomSummary>, StoreError> {
+        let epoch = self.epoch(room)?;
+        let head = match self.snapshot_head(room)? {
+            Some(SnapshotHeadOrV1::Head(h)) => Some((h.seq, h.at_ms, h.len)),
+            Some(SnapshotHeadOrV1::V1(r)) => Some((r.seq, r.at_ms, r.state.len() as u64)),
+            None => None,
+        };
+        let (mut seq, mut changed_ms, mut size) = head.unwrap_or((0, 0, 0));
+        let prefix_len = log_prefix(room).len();
+        let head_len = prefix_len + 8;
+        let mut any = head.is_some();
+        for entry in self.log.range(log_key(room, seq + 1)..log_end(room)) {
+            let (key, value) = entry?;
+            if key.len() != head_len {
+                continue;
+            }
+            let record = seq_of(&key, prefix_len);
+            let (at_ms, len) = match version(room, record, &value)? {
+                (FORMAT_V1, body) => {
+                    let r = decode::<UpdateRecordV1>(room, record, body)?;
+                    (r.at_ms, r.update.len() as u64)
+                }
+                (_, body) => {
+                    let h: UpdateHead = decode(room, record, body)?;
+                    (h.at_ms, h.len)
+                }
+            };
+            any = true;
+            seq = record;
+            changed_ms = changed_ms.max(at_ms);
+            size += len;
+        }
+        Ok(any.then(|| RoomSummary {
+            room: room.to_string(),
+            seq: seq.max(epoch.base),
+            size,
+            changed_ms,
+            epoch: epoch.number,
+        }))
     }
 
     /// Refuses writes after a failed flush.
@@ -627,6 +752,80 @@ impl Store for SledStore {
         self.failed.get().cloned()
     }
 
+    fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
+        let Some(value) = self.epochs.get(room.as_bytes())? else {
+            return Ok(Epoch::default());
+        };
+        let head = self.epoch_head(room, &value)?;
+        let graveyard = self.get_state(&self.epochs, room, log_prefix(room))?;
+        Ok(Epoch {
+            number: head.number,
+            base: head.base,
+            graveyard: graveyard.map(|g| g.state).unwrap_or_default(),
+            deleting: head.deleting,
+        })
+    }
+
+    fn delete_room(&self, room: &str, next: &Epoch) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.writable()?;
+        let head = |deleting| {
+            encode(&EpochHead {
+                number: next.number,
+                base: next.base,
+                deleting,
+            })
+        };
+        // The graveyard first, then the head saying "deleting": a crash before the head
+        // leaves the old epoch whole (a new graveyard beside it means nothing without it).
+        let graveyard = Snapshot {
+            seq: next.base,
+            state: next.graveyard.clone(),
+        };
+        self.put_state(&self.epochs, log_prefix(room), &graveyard)?;
+        self.wrote(self.epochs.insert(room.as_bytes(), head(true)))?;
+        self.purge(room)?;
+        self.wrote(self.epochs.insert(room.as_bytes(), head(false)))
+    }
+
+    fn rooms(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        // A skip scan over the two trees that say a room has data: one seek per room.
+        let mut from = match after {
+            Some(after) if after >= prefix => {
+                let mut key = after.as_bytes().to_vec();
+                key.push(KEY_SEPARATOR + 1);
+                key
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        while out.len() < limit.min(super::MAX_LISTING) {
+            let next = [&self.log, &self.snapshots]
+                .into_iter()
+                .map(|tree| SledStore::next_room(tree, &from))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(room) = next else { break };
+            if !room.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            from = room.clone();
+            from.push(KEY_SEPARATOR + 1);
+            let room = String::from_utf8_lossy(&room).into_owned();
+            if let Some(summary) = self.summary(&room)? {
+                out.push(summary);
+            }
+        }
+        Ok(out)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         if let Some(reason) = self.failed.get() {
             return Err(StoreError::Failed(reason.clone()));
@@ -802,6 +1001,84 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![("v1".to_string(), 3), ("v2".to_string(), 9)]);
         assert!(store.version("r", "nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn deletes_rooms_and_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        crate::store::contract::check_deletion(&store);
+        // Every tree forgets the room.
+        store.put_author("docs/a", 5, "alice").unwrap();
+        store.mark_webhook("docs/a", 5).unwrap();
+        let snap = Snapshot {
+            seq: 5,
+            state: vec![7; 3 * CHUNK_BYTES],
+        };
+        store.put_version("docs/a", "v1", &snap).unwrap();
+        store.put_checkpoint("docs/a", &snap, 0).unwrap();
+        store.put_snapshot("docs/a", &snap).unwrap();
+        let next = Epoch {
+            number: 2,
+            base: 6,
+            graveyard: vec![1; 5000],
+            deleting: false,
+        };
+        store.delete_room("docs/a", &next).unwrap();
+        assert!(store.versions("docs/a").unwrap().is_empty());
+        assert!(store.checkpoint_before("docs/a", 10).unwrap().is_none());
+        assert!(store.snapshot("docs/a").unwrap().is_none());
+        assert!(store.authors("docs/a", 0, 10).unwrap().is_empty());
+        assert!(
+            store
+                .webhooks()
+                .unwrap()
+                .iter()
+                .all(|(room, ..)| room != "docs/a")
+        );
+        assert_eq!(store.epoch("docs/a").unwrap(), next);
+        assert_eq!(store.versions("docs/b").unwrap().len(), 0);
+        assert!(
+            store.snapshot("docs/b").unwrap().is_some(),
+            "other rooms stay"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_deletion_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for seq in 1..=3 {
+                store.append("r", seq, b"x").unwrap();
+            }
+            // What a crash right after the intent leaves: the new epoch marked
+            // "deleting", the old records still there.
+            let next = Epoch {
+                number: 1,
+                base: 4,
+                graveyard: vec![],
+                deleting: false,
+            };
+            store
+                .epochs
+                .insert(
+                    "r",
+                    encode(&EpochHead {
+                        number: 1,
+                        base: 4,
+                        deleting: true,
+                    }),
+                )
+                .unwrap();
+            store.flush().unwrap();
+            let _ = next;
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let epoch = store.epoch("r").unwrap();
+        assert_eq!((epoch.number, epoch.base, epoch.deleting), (1, 4, false));
+        assert!(store.load("r").unwrap().updates.is_empty());
+        assert_eq!(store.load("r").unwrap().last_seq(), 4);
     }
 
     #[test]

@@ -112,6 +112,27 @@ impl SseClient {
         }
     }
 
+    /// Waits until the server ends the stream; panics if it sends another document event
+    /// first, or does not end within [`PATIENCE`].
+    pub async fn until_ended(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = actix_rt::time::timeout(left, self.body.next())
+                .await
+                .expect("timed out waiting for the SSE stream to end");
+            match chunk {
+                None | Some(Err(_)) => break,
+                Some(Ok(chunk)) => self.buf.push_str(std::str::from_utf8(&chunk).unwrap()),
+            }
+        }
+        assert!(
+            !self.buf.contains("event: update") && !self.buf.contains("event: snapshot"),
+            "more document events before the end: {:?}",
+            self.buf
+        );
+    }
+
     /// The next event that is not awareness.
     pub async fn next_doc_event(&mut self) -> SseEvent {
         loop {

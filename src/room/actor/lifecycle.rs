@@ -15,6 +15,41 @@ use crate::room::core::Refused;
 use crate::store::{Snapshot, Store, StoreError};
 
 impl Room {
+    /// Ends the room for its deletion (see [`crate::room::messages::Delete`]): closes
+    /// every session with 4410, resets and ends every SSE stream, and answers `reply`
+    /// with its seq and state vector once no snapshot of it is being written (one written
+    /// after the deletion would bring the room back). Waiters are dropped with the room:
+    /// their requests answer 503, and a retry goes to the next epoch.
+    pub(super) fn delete(
+        &mut self,
+        reply: tokio::sync::oneshot::Sender<(u64, StateVector)>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.snapshot_running {
+            ctx.run_later(std::time::Duration::from_millis(5), move |room, ctx| {
+                room.delete(reply, ctx)
+            });
+            return;
+        }
+        self.failed = true; // nothing more is appended
+        info!("room {:?} deleted at seq {}", self.name, self.seq);
+        self.fanout.close_all(
+            close::ROOM_DELETED,
+            "the room was deleted; drop the document and reconnect",
+        );
+        let (next, epoch) = (self.seq + 1, self.epoch.number + 1);
+        let event = crate::protocol::sse::reset(epoch, next);
+        let budget = usize::MAX;
+        self.streams.publish(
+            &self.name,
+            crate::room::messages::LiveEvent::Reset { event },
+            budget,
+        );
+        self.streams.clear();
+        let _ = reply.send((self.seq, self.doc.transact().state_vector()));
+        ctx.stop();
+    }
+
     /// A room the store knows nothing of: the embedding application's load hook may give
     /// its first update, applied (and logged, as seq 1) before anyone is served, so that
     /// it happens once however many clients arrive together. A hook that fails, panics or

@@ -44,6 +44,11 @@ impl Room {
             self.resync_when_stored = true;
             return refused(Refused::StoreUnavailable);
         }
+        if let Some(graveyard) = &self.graveyard
+            && core::resurrects(graveyard, &update)
+        {
+            return refused(Refused::Deleted);
+        }
         let limit = self.deps.settings.max_doc_bytes;
         // Refused before it is applied when even its encoded size does not fit: a
         // client repeating such writes costs a comparison each, not a document reload.
