@@ -8,7 +8,10 @@
 //! `room` is an exact room name, or ends in `*` to grant every room starting with what
 //! comes before it (`docs/*` grants `docs/a` and `docs/b/c`; `*` grants every room).
 //! `exp` (seconds since the epoch) is required and checked without leeway. `sub` is
-//! optional and only logged. `aud` and `iss` are checked only when `token_audience` /
+//! optional: it is logged, recorded as the author of the holder's updates, and can be
+//! revoked (see [`crate::revocation`]; `iat`, when present, tells tokens minted after a
+//! revocation from those before). `perm` is `read`, `write` or `admin` (listing and
+//! deleting the rooms the token names; revoking, with a token for `*`). `aud` and `iss` are checked only when `token_audience` /
 //! `token_issuer` are configured; otherwise they are ignored (jsonwebtoken on its own
 //! refuses any token with an `aud` unless an audience is configured). With no secret
 //! configured, every request is granted `write`.
@@ -49,6 +52,10 @@ pub struct Claims {
     /// Who holds it (logged, and passed to hooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// When it was issued (seconds since the epoch): a revocation of `sub` covers the
+    /// tokens issued at or before it; one without `iat` counts as issued at 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     /// The audience, checked when `token_audience` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
@@ -87,6 +94,11 @@ pub struct Grant {
     pub expires: Option<SystemTime>,
     /// Who it is (the token's `sub`), for log lines and hooks.
     pub subject: Option<String>,
+    /// When it was issued (the token's `iat`; a hook's grant: when the hook gave it),
+    /// for revocations of its subject.
+    pub issued_at: Option<u64>,
+    /// The token's SHA-256, for revocations of the token itself.
+    pub token_hash: Option<[u8; 32]>,
 }
 
 impl Grant {
@@ -96,6 +108,8 @@ impl Grant {
             access: Access::Read,
             expires: None,
             subject: None,
+            issued_at: None,
+            token_hash: None,
         }
     }
 
@@ -144,6 +158,9 @@ pub enum AuthError {
     /// `iss` is not `token_issuer`.
     #[error("the token's iss claim is not this server's issuer")]
     WrongIssuer,
+    /// The token, or its subject, was revoked.
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 /// A refused token: why, and whose it was when the signature held (for the log).
@@ -193,6 +210,7 @@ impl AuthError {
             AuthError::ReadOnly => "read_only",
             AuthError::WrongAudience => "token_wrong_audience",
             AuthError::WrongIssuer => "token_wrong_issuer",
+            AuthError::Revoked => "token_revoked",
         }
     }
 }
@@ -206,6 +224,8 @@ pub struct Auth {
     audience: Option<String>,
     /// `token_issuer`: when set, `iss` must be it.
     issuer: Option<String>,
+    /// Revoked subjects and tokens (shared by every clone).
+    revocations: std::sync::Arc<crate::revocation::Revocations>,
 }
 
 impl Auth {
@@ -222,6 +242,7 @@ impl Auth {
             validation,
             audience: None,
             issuer: None,
+            revocations: Default::default(),
         }
     }
 
@@ -239,14 +260,15 @@ impl Auth {
         self.key.is_some()
     }
 
+    /// The revocation list every check consults.
+    pub fn revocations(&self) -> &std::sync::Arc<crate::revocation::Revocations> {
+        &self.revocations
+    }
+
     /// Grants `token` what it allows in `room`, if at least `need`.
     pub fn check(&self, token: Option<&str>, room: &str, need: Access) -> Result<Grant, Denied> {
         let Some(key) = &self.key else {
-            return Ok(Grant {
-                access: Access::Write,
-                expires: None,
-                subject: None,
-            });
+            return Ok(Grant::write());
         };
         let token = token.ok_or(AuthError::Missing)?;
         let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
@@ -282,10 +304,19 @@ impl Auth {
         if claims.perm < need {
             return Err(denied(AuthError::ReadOnly));
         }
+        let hash = crate::revocation::token_hash(token);
+        if self
+            .revocations
+            .is_revoked(claims.sub.as_deref(), claims.iat, Some(&hash))
+        {
+            return Err(denied(AuthError::Revoked));
+        }
         Ok(Grant {
             access: claims.perm,
             expires,
             subject: claims.sub,
+            issued_at: claims.iat,
+            token_hash: Some(hash),
         })
     }
 }
@@ -305,6 +336,11 @@ pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::error
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    expiry_in(Duration::ZERO)
 }
 
 /// Seconds since the epoch, `ttl` from now.
@@ -328,6 +364,7 @@ mod tests {
             sub: None,
             aud: None,
             iss: None,
+            iat: None,
         };
         mint(SECRET, &claims).unwrap()
     }
@@ -382,6 +419,7 @@ mod tests {
             sub: None,
             aud: None,
             iss: None,
+            iat: None,
         };
         let forged = mint("another-secret-of-16+", &claims).unwrap();
         assert!(matches!(
@@ -413,6 +451,7 @@ mod tests {
             sub: Some("alice".into()),
             aud,
             iss: iss.map(Into::into),
+            iat: None,
         };
         mint(SECRET, &claims).unwrap()
     }

@@ -133,6 +133,12 @@ impl Builder {
         .with_webhooks(crate::webhooks::start(&settings, &store))
         .start();
         let auth = Auth::from_settings(&settings);
+        // In cluster mode the list hears other nodes' revocations from now on; what was
+        // revoked before is read next.
+        if let Some(cluster) = &cluster {
+            cluster.set_revocations(auth.revocations().clone());
+        }
+        load_revocations(&*store, &auth)?;
         if !auth.enabled() && hooks.authenticate.is_none() {
             warn!(
                 "NO AUTH: neither auth_secret nor an authenticate hook is set, so anyone who \
@@ -158,6 +164,25 @@ impl Builder {
             }),
         })
     }
+}
+
+/// Fills the revocation list from the store, before anything is served.
+fn load_revocations(store: &dyn Store, auth: &Auth) -> io::Result<()> {
+    let now = crate::auth::now_secs();
+    let kept = store
+        .revocations()
+        .map_err(|e| io::Error::other(format!("reading revocations: {e}")))?;
+    for (key, value) in kept {
+        match crate::revocation::Revocation::decode(&key, value) {
+            Some(revocation) => auth.revocations().apply(revocation, now),
+            None => warn!("unknown revocation entry {key:?} ignored"),
+        }
+    }
+    let (subjects, tokens) = auth.revocations().len();
+    if subjects + tokens > 0 {
+        log::info!("revocations: {subjects} subjects, {tokens} tokens");
+    }
+    Ok(())
 }
 
 /// Cluster mode with `postgres_url`: PostgreSQL is the archive behind Redis.

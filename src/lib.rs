@@ -104,6 +104,7 @@ pub mod embed;
 pub mod handle;
 pub mod hooks;
 pub mod protocol;
+pub mod revocation;
 pub mod server;
 
 // The machinery below is public for the crate's own tests, benchmarks and load

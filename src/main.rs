@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             sub,
             aud: aud.or(settings.token_audience).map(Audience::One),
             iss: iss.or(settings.token_issuer),
+            iat: Some(auth::now_secs()),
         };
         return match auth::mint(secret, &claims) {
             Ok(token) => {

@@ -27,6 +27,7 @@ fn token(room: &str, perm: Access, ttl_secs: i64) -> String {
         sub: Some("tester".into()),
         aud: None,
         iss: None,
+        iat: None,
     };
     mint(SECRET, &claims).unwrap()
 }
@@ -91,6 +92,7 @@ async fn the_auth_matrix_refuses_and_changes_nothing() {
             sub: None,
             aud: None,
             iss: None,
+            iat: None,
         };
         mint("some-other-secret-0123456789", &claims).unwrap()
     };
@@ -437,6 +439,7 @@ async fn the_history_names_each_updates_author() {
             sub: Some(sub.into()),
             aud: None,
             iss: None,
+            iat: None,
         };
         mint(SECRET, &claims).unwrap()
     };

@@ -170,6 +170,7 @@ async fn a_read_only_sessions_ack_never_says_stored() {
         sub: Some("reader".into()),
         aud: None,
         iss: None,
+        iat: None,
     };
     let token = mint(secret, &claims).unwrap();
     let url = format!("{}?token={token}", server.ws_url("ro"));

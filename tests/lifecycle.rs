@@ -263,6 +263,7 @@ fn token(room: &str, perm: Access) -> String {
         sub: Some("admin-test".into()),
         aud: None,
         iss: None,
+        iat: None,
     };
     mint(SECRET, &claims).unwrap()
 }

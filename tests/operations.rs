@@ -173,6 +173,7 @@ fn token(aud: Option<Audience>, iss: Option<&str>) -> String {
         sub: Some("ops-user".into()),
         aud,
         iss: iss.map(Into::into),
+        iat: None,
     };
     mint(SECRET, &claims).unwrap()
 }

@@ -55,6 +55,7 @@ fn token(perm: Access) -> String {
         sub: Some("presence-test".into()),
         aud: None,
         iss: None,
+        iat: None,
     };
     mint(SECRET, &claims).unwrap()
 }

@@ -179,6 +179,7 @@ async fn reads_with_a_read_token_load_nothing_and_cannot_write() {
         sub: None,
         aud: None,
         iss: None,
+        iat: None,
     };
     let token = mint(SECRET, &claims).unwrap();
     read_rooms_that_do_not_exist(&server, &format!("token={token}")).await;

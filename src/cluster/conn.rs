@@ -361,6 +361,10 @@ pub async fn run_pubsub(cluster: Cluster, mut commands: mpsc::UnboundedReceiver<
         if !first || attempt > 0 {
             info!("Redis pub/sub connected again; rooms catch up");
             cluster.reconnected();
+        } else {
+            // Revocations made before the subscription took hold are read instead.
+            let again = cluster.clone();
+            tokio::spawn(async move { again.reload_revocations().await });
         }
         first = false;
         loop {
@@ -383,6 +387,13 @@ pub async fn run_pubsub(cluster: Cluster, mut commands: mpsc::UnboundedReceiver<
                 message = stream.next() => match message {
                     Some(message) => {
                         let channel = message.get_channel_name().to_string();
+                        if channel == super::revoke::KEY {
+                            match super::revoke::decode(message.get_payload_bytes()) {
+                                Some((key, value)) => cluster.revoked(&key, value),
+                                None => warn!("unreadable revocation on Redis"),
+                            }
+                            continue;
+                        }
                         let decoded =
                             super::roomlog::decode_message(&channel, message.get_payload_bytes());
                         match decoded {

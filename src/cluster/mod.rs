@@ -54,6 +54,7 @@ pub mod archive;
 pub mod archive;
 pub mod checks;
 mod conn;
+pub mod revoke;
 pub mod roomlog;
 
 use std::collections::HashMap;
@@ -142,6 +143,8 @@ struct Inner {
     stopping: AtomicBool,
     /// PostgreSQL as the archive (with `postgres_url`).
     archive: OnceLock<archive::Archive>,
+    /// The node's revocation list, which other nodes' revocations reach through Redis.
+    revocations: OnceLock<Arc<crate::revocation::Revocations>>,
 }
 
 impl Cluster {
@@ -181,6 +184,7 @@ impl Cluster {
                         tickets: AtomicU64::new(1),
                         stopping: AtomicBool::new(false),
                         archive: OnceLock::new(),
+                        revocations: OnceLock::new(),
                     });
                     let cluster = Cluster {
                         inner: inner.clone(),
@@ -214,6 +218,34 @@ impl Cluster {
         if self.inner.archive.set(archive).is_ok() {
             let cluster = self.clone();
             self.inner.runtime.spawn(cluster.sweep_forever());
+        }
+    }
+
+    /// Makes `list` the list that revocations published by any node reach.
+    pub fn set_revocations(&self, list: Arc<crate::revocation::Revocations>) {
+        let _ = self.inner.revocations.set(list);
+    }
+
+    /// A revocation heard on the channel: applied to this node's list.
+    fn revoked(&self, key: &str, value: u64) {
+        let Some(list) = self.inner.revocations.get() else {
+            return;
+        };
+        match crate::revocation::Revocation::decode(key, value) {
+            Some(revocation) => list.apply(revocation, crate::auth::now_secs()),
+            None => warn!("unknown revocation {key:?} heard on Redis"),
+        }
+    }
+
+    /// Reads every revocation again (after an outage: messages may have been lost).
+    async fn reload_revocations(&self) {
+        match revoke::all(self.conn()).await {
+            Ok(all) => {
+                for (key, value) in all {
+                    self.revoked(&key, value);
+                }
+            }
+            Err(e) => warn!("reading revocations from Redis failed: {e}"),
         }
     }
 
@@ -393,17 +425,26 @@ impl Cluster {
         }
     }
 
-    /// Tells every loaded room that it may have missed entries.
+    /// Tells every loaded room that it may have missed entries, and reads the
+    /// revocations again.
     fn reconnected(&self) {
         for sub in self.inner.rooms.lock().unwrap().values() {
             sub.to.do_send(FromCluster::Reconnected);
         }
+        let cluster = self.clone();
+        self.inner
+            .runtime
+            .spawn(async move { cluster.reload_revocations().await });
     }
 
-    /// The channels of every loaded room (to subscribe again after a reconnect).
+    /// The channels to subscribe (again, after a reconnect): revocations, and those of
+    /// every loaded room.
     fn channels(&self) -> Vec<String> {
         let rooms = self.inner.rooms.lock().unwrap();
-        rooms.keys().map(|room| roomlog::channel(room)).collect()
+        let rooms = rooms.keys().map(|room| roomlog::channel(room));
+        std::iter::once(revoke::KEY.to_string())
+            .chain(rooms)
+            .collect()
     }
 
     /// One room's appends, in the order the room made them: each batch that queued while

@@ -63,7 +63,16 @@ pub async fn authorize(
         };
         let answer = hooks::run("authenticate", state.hooks.timeout, hook(asked)).await;
         return match answer {
-            Ok(Ok(grant)) if grant.access >= need => Ok(grant),
+            Ok(Ok(mut grant)) if grant.access >= need => {
+                // The hook vouches for the request now; revocations of its subject
+                // count from here (see `revocation`).
+                grant.issued_at.get_or_insert_with(crate::auth::now_secs);
+                if state.auth.revocations().revokes(&grant) {
+                    refused("auth");
+                    return Err(ApiError::from(crate::auth::AuthError::Revoked));
+                }
+                Ok(grant)
+            }
             Ok(Ok(_)) => {
                 refused("auth");
                 Err(ApiError::new(

@@ -2,6 +2,7 @@
 //! state and the WebSocket upgrade. Handlers are thin: they find the room and ask it.
 
 pub mod access;
+pub mod admin;
 pub mod cors;
 pub mod demo;
 pub mod error;
@@ -55,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(prometheus))
         .route("/ws/{room:.*}", web::get().to(websocket))
         .route("/rooms", web::get().to(list_rooms))
+        .route("/admin/revoke", web::post().to(admin::revoke))
         .route("/rooms/{rest:.*}", web::get().to(get_room))
         .route("/rooms/{rest:.*}", web::delete().to(delete_room))
         .route("/rooms/{rest:.*}", web::post().to(post_room))

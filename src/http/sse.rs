@@ -87,6 +87,9 @@ fn json_event(kind: &str, id: u64, data: &serde_json::Value) -> Bytes {
     Bytes::from(format!("event: {kind}\nid: {id}\ndata: {data}\n\n"))
 }
 
+/// Sent before a stream whose access was revoked ends.
+const REVOKED: &[u8] = b"event: revoked\ndata: {}\n\n";
+
 /// Far enough for "never" and still a valid timer deadline.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -105,6 +108,10 @@ struct Live {
     json: Option<JsonView>,
     /// The room was deleted: the reset event went out, the stream ends.
     ended: bool,
+    /// The stream's grant, checked again whenever the revocation list changes: a revoked
+    /// one gets `event: revoked` and the stream ends.
+    grant: crate::auth::Grant,
+    revocations: tokio::sync::watch::Receiver<u64>,
     /// The stream ends when the client's token expires; EventSource then reconnects and
     /// must present a fresh one.
     expiry: std::pin::Pin<Box<actix_rt::time::Sleep>>,
@@ -143,6 +150,17 @@ impl Live {
                     }
                 },
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
+                Ok(()) = self.revocations.changed() => {
+                    if self.state.auth.revocations().revokes(&self.grant) {
+                        log::info!(
+                            "SSE stream in room {:?}: access revoked{}",
+                            self.room,
+                            crate::auth::Sub(self.grant.subject.as_deref())
+                        );
+                        self.ended = true;
+                        return Some(Bytes::from_static(REVOKED));
+                    }
+                }
                 _ = &mut self.expiry => return None,
             }
         }
@@ -279,6 +297,8 @@ pub async fn events(
         last_id,
         json: view,
         ended: false,
+        revocations: state.auth.revocations().watch(),
+        grant,
         expiry: Box::pin(actix_rt::time::sleep(expires_in)),
         _permit: permit,
         _hooked: hooked,

@@ -85,6 +85,10 @@ pub struct WsSession {
     expires: Option<SystemTime>,
     /// The token's `sub`, for the session's log lines.
     subject: Option<String>,
+    /// When the token was issued and its SHA-256: a revocation covering either closes
+    /// the session (4403).
+    issued_at: Option<u64>,
+    token_hash: Option<[u8; 32]>,
     /// Bumped when a fresh token replaces the current one: an expiry timer of an older
     /// token does nothing.
     token_generation: u64,
@@ -150,6 +154,7 @@ impl WsSession {
         let inbound = Inbound::new(source, early, settings.max_frame_bytes);
         WsSession::create(|ctx| {
             ctx.add_stream(inbound);
+            ctx.add_stream(crate::revocation::changes(auth.revocations().watch()));
             WsSession {
                 id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
                 room_name: room,
@@ -170,6 +175,8 @@ impl WsSession {
                 access: grant.access,
                 expires: grant.expires,
                 subject: grant.subject,
+                issued_at: grant.issued_at,
+                token_hash: grant.token_hash,
                 token_generation: 0,
                 auth,
                 hooks,
@@ -402,6 +409,8 @@ impl WsSession {
                 self.access = grant.access;
                 self.expires = grant.expires;
                 self.subject = grant.subject;
+                self.issued_at = grant.issued_at;
+                self.token_hash = grant.token_hash;
                 self.token_generation += 1;
                 self.schedule_expiry(ctx);
                 let _ = self.out.push(protocol::encode_token_answer(true, access));
@@ -575,6 +584,28 @@ impl StreamHandler<Result<Message, ReadError>> for WsSession {
     fn finished(&mut self, ctx: &mut Context<Self>) {
         self.lost(ctx);
     }
+}
+
+impl StreamHandler<crate::revocation::RevocationsChanged> for WsSession {
+    /// The revocation list changed: a session whose token it covers is closed (4403).
+    fn handle(&mut self, _: crate::revocation::RevocationsChanged, ctx: &mut Context<Self>) {
+        let revoked = self.auth.revocations().is_revoked(
+            self.subject.as_deref(),
+            self.issued_at,
+            self.token_hash.as_ref(),
+        );
+        if revoked && !self.closed {
+            info!(
+                "session {} in room {:?}: access revoked{}",
+                self.id,
+                self.room_name,
+                Sub(self.subject.as_deref())
+            );
+            self.close(ctx, close::REVOKED, "access revoked");
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl Handler<CloseSession> for WsSession {

@@ -25,6 +25,8 @@ struct Disk {
     fail_next_flush: Option<String>,
     /// Set once a flush failed: every later write and flush is refused.
     failed: Option<String>,
+    /// Revocations (kept whatever a power cut does: only tests of revocation use them).
+    revocations: BTreeMap<String, u64>,
     /// Set by [`MemoryStore::set_unavailable`]: flushes fail without harm until cleared.
     unavailable: Option<String>,
     /// What [`Store::unavailable`] says: set by a flush that failed so, cleared by one
@@ -126,6 +128,15 @@ impl Store for MemoryStore {
             r.log = kept;
             removed
         })
+    }
+
+    fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.lock().revocations.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self.lock().revocations.clone().into_iter().collect())
     }
 
     fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {

@@ -24,6 +24,9 @@
 //! | `webhook_marks` | room                                         | seq (u64 BE): changes up to it await webhook delivery (written with the record) |
 //! | `authors`   | room · `0x00` · seq (u64 BE)                     | the writer's token `sub` (UTF-8), for updates that had one |
 //! | `checkpoints` | room · `0x00` · seq (u64 BE) · `0x01` / `0x02` · chunk (u32 BE) | a checkpoint's head / its state's chunks, as for versions |
+//! | `epochs`    | room                                             | version `2` · bincode(`EpochHead { number, base, deleting }`): a room deleted at least once |
+//! | `epochs`    | room · `0x00` · `0x01` / `0x02` · chunk (u32 BE)  | its graveyard (a state vector), as for versions |
+//! | `revocations` | `sub:` subject, or `tok:` SHA-256 (hex)         | a second (u64 BE): see `revocation` |
 //! | `versions`  | room · `0x00` · name · `0x01`                    | version `2` · bincode(`SnapshotHead`): a named version's head |
 //! | `versions`  | room · `0x00` · name · `0x02` · chunk (u32 BE)    | the version's state, ≤ 4 KiB per chunk |
 //!
@@ -326,6 +329,18 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("named versions"))
     }
 
+    /// Keeps a revocation (see [`crate::revocation`]: `key` names a subject or a token,
+    /// `value` is a second). Visible at once, durable after `flush`.
+    fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        let _ = (key, value);
+        Err(StoreError::Unsupported("revocations"))
+    }
+
+    /// Every revocation kept: (key, value).
+    fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// The room's current epoch ([`Epoch::default`] for a room never deleted).
     fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
         let _ = room;
@@ -448,6 +463,8 @@ pub(crate) mod contract {
                 },
             )
             .unwrap();
+        // Listings show what is durable (the HTTP handler flushes first).
+        store.flush().unwrap();
         let names = |listing: Vec<RoomSummary>| -> Vec<String> {
             listing.into_iter().map(|r| r.room).collect()
         };
@@ -491,6 +508,7 @@ pub(crate) mod contract {
             ["docs/b", "docs/bb"]
         );
         store.append("docs/a", 5, b"new").unwrap();
+        store.flush().unwrap();
         let a = &store.rooms("docs/a", None, 1).unwrap()[0];
         assert_eq!((a.seq, a.size, a.epoch), (5, 3, 1));
         assert_eq!(store.load("docs/a").unwrap().updates.len(), 1);

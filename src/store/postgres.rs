@@ -50,12 +50,13 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use log::{info, warn};
 use postgres::{Client, NoTls};
 
-use super::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name};
+use super::{Epoch, LoggedUpdate, RoomSummary, Snapshot, Store, StoreError, check_room_name};
 
 /// The schema, one migration per entry, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "create table collabd_updates (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "create table collabd_updates (
          room text not null,
          seq bigint not null,
          written_at timestamptz not null default now(),
@@ -68,7 +69,21 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          written_at timestamptz not null default now(),
          state bytea not null
      );",
-)];
+    ),
+    (
+        2,
+        "create table collabd_epochs (
+             room text primary key,
+             number bigint not null,
+             base bigint not null,
+             graveyard bytea not null
+         );
+         create table collabd_revocations (
+             key text primary key,
+             value bigint not null
+         );",
+    ),
+];
 
 /// What waits for the next commit, visible to reads meanwhile.
 #[derive(Default)]
@@ -514,6 +529,123 @@ impl Store for PostgresStore {
     fn unavailable(&self) -> Option<String> {
         lock(&self.down).clone()
     }
+
+    fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
+        self.conn(&self.writer)?
+            .execute(
+                "insert into collabd_revocations (key, value) values ($1, $2)
+                 on conflict (key) do update set value = excluded.value",
+                &[&key, &sql_seq(value)],
+            )
+            .map_err(transient)?;
+        Ok(())
+    }
+
+    fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .conn(&self.reader)?
+            .query("select key, value from collabd_revocations", &[])
+            .map_err(transient)?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, String>(0), seq_of(row.get(1))))
+            .collect())
+    }
+
+    fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
+        let row = self
+            .conn(&self.reader)?
+            .query_opt(
+                "select number, base, graveyard from collabd_epochs where room = $1",
+                &[&room],
+            )
+            .map_err(transient)?;
+        Ok(row.map_or_else(Epoch::default, |row| Epoch {
+            number: seq_of(row.get(0)),
+            base: seq_of(row.get(1)),
+            graveyard: row.get(2),
+            deleting: false,
+        }))
+    }
+
+    /// One transaction: atomic, so no deletion is ever half done. What the room appended
+    /// and no flush committed yet goes first (the room stopped before the deletion).
+    fn delete_room(&self, room: &str, next: &Epoch) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.refuse_if_failed()?;
+        let _turn = lock(&self.flushing);
+        for pending in [&self.pending, &self.committing] {
+            let mut pending = lock(pending);
+            pending.updates.retain(|(r, _), _| r != room);
+            pending.snapshots.remove(room);
+        }
+        let mut writer = self.conn(&self.writer)?;
+        let mut tx = writer.transaction().map_err(transient)?;
+        tx.execute(
+            "insert into collabd_epochs (room, number, base, graveyard) values ($1, $2, $3, $4)
+             on conflict (room) do update set number = excluded.number, base = excluded.base,
+                 graveyard = excluded.graveyard",
+            &[
+                &room,
+                &sql_seq(next.number),
+                &sql_seq(next.base),
+                &next.graveyard,
+            ],
+        )
+        .map_err(transient)?;
+        tx.execute("delete from collabd_updates where room = $1", &[&room])
+            .map_err(transient)?;
+        tx.execute("delete from collabd_snapshots where room = $1", &[&room])
+            .map_err(transient)?;
+        tx.commit().map_err(transient)
+    }
+
+    fn rooms(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        let limit = limit.min(super::MAX_LISTING) as i64;
+        let after = after.unwrap_or("");
+        let rows = self
+            .conn(&self.reader)?
+            .query(
+                "with r as (
+                     (select distinct room from collabd_updates
+                      where starts_with(room, $1) and room > $2 order by room limit $3)
+                     union
+                     (select room from collabd_snapshots
+                      where starts_with(room, $1) and room > $2 order by room limit $3)
+                 )
+                 select r.room,
+                     greatest(coalesce(max(u.seq), 0), coalesce(s.seq, 0), coalesce(e.base, 0)),
+                     coalesce(length(s.state), 0)
+                         + coalesce(sum(length(u.bytes)) filter (where u.seq > coalesce(s.seq, 0)), 0),
+                     (extract(epoch from greatest(max(u.written_at), s.written_at)) * 1000)::bigint,
+                     coalesce(e.number, 0)
+                 from r
+                 left join collabd_updates u on u.room = r.room
+                 left join collabd_snapshots s on s.room = r.room
+                 left join collabd_epochs e on e.room = r.room
+                 group by r.room, s.seq, s.state, s.written_at, e.base, e.number
+                 order by r.room
+                 limit $3",
+                &[&prefix, &after, &limit],
+            )
+            .map_err(transient)?;
+        Ok(rows
+            .iter()
+            .map(|row| RoomSummary {
+                room: row.get(0),
+                seq: seq_of(row.get(1)),
+                size: seq_of(row.get(2)),
+                changed_ms: row.get::<_, Option<i64>>(3).map_or(0, seq_of),
+                epoch: seq_of(row.get(4)),
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -560,6 +692,19 @@ mod tests {
         let db = Fresh::new();
         let store = PostgresStore::open(&db.url).unwrap();
         crate::store::contract::check(&store);
+    }
+
+    #[test]
+    fn deletes_rooms_lists_them_and_keeps_revocations() {
+        let db = Fresh::new();
+        let store = PostgresStore::open(&db.url).unwrap();
+        crate::store::contract::check_deletion(&store);
+        store.put_revocation("sub:alice", 5).unwrap();
+        store.put_revocation("sub:alice", 7).unwrap();
+        assert_eq!(
+            store.revocations().unwrap(),
+            vec![("sub:alice".to_string(), 7)]
+        );
     }
 
     #[test]

@@ -131,6 +131,16 @@ impl Store for RedisStore {
         self.call(async move { roomlog::delete_before(&conn, &room, seq).await })
     }
 
+    fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        let (conn, key) = (self.cluster.conn().clone(), key.to_string());
+        self.call(async move { crate::cluster::revoke::put(&conn, &key, value).await })
+    }
+
+    fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.cluster.conn().clone();
+        self.call(async move { crate::cluster::revoke::all(&conn).await })
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         // Whatever Redis answered is as durable as its settings make it.
         match self.cluster.unavailable() {

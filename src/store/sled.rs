@@ -117,6 +117,8 @@ pub struct SledStore {
     checkpoints: ::sled::Tree,
     /// Rooms deleted at least once: their epoch and graveyard.
     epochs: ::sled::Tree,
+    /// Revoked subjects and tokens.
+    revocations: ::sled::Tree,
     /// sled's single data file (`<dir>/db`), opened read-only: `fdatasync` on any
     /// descriptor of the file flushes its dirty pages, its size and the device cache.
     data_file: File,
@@ -155,6 +157,7 @@ impl SledStore {
         let authors = db.open_tree("authors")?;
         let checkpoints = db.open_tree("checkpoints")?;
         let epochs = db.open_tree("epochs")?;
+        let revocations = db.open_tree("revocations")?;
         db.flush()?;
         let data_file = File::open(dir.join("db"))?;
         // sled created files (and maybe the directory): make their names durable.
@@ -176,6 +179,7 @@ impl SledStore {
             authors,
             checkpoints,
             epochs,
+            revocations,
             data_file,
             dir: dir.to_path_buf(),
             writes: AtomicU64::new(0),
@@ -750,6 +754,30 @@ impl Store for SledStore {
 
     fn failure(&self) -> Option<String> {
         self.failed.get().cloned()
+    }
+
+    fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.writable()?;
+        self.wrote(
+            self.revocations
+                .insert(key.as_bytes(), &value.to_be_bytes()),
+        )
+    }
+
+    fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.revocations.iter() {
+            let (key, value) = entry?;
+            let value: [u8; 8] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt("", 0, format!("revocation {key:?}: not a u64")))?;
+            out.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                u64::from_be_bytes(value),
+            ));
+        }
+        Ok(out)
     }
 
     fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
