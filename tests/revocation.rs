@@ -116,7 +116,7 @@ async fn revoking_a_subject_or_a_token_closes_its_sessions_and_refuses_it() {
             "{bad}"
         );
     }
-    assert!(!alice_ws.closed.is_some());
+    assert!(alice_ws.closed.is_none());
 
     // Revoke alice: her session closes with 4403, her stream ends with `revoked`.
     let (status, body) = revoke(&server, &admin, r#"{"sub":"alice"}"#).await;
