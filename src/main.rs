@@ -36,6 +36,10 @@ enum Command {
         /// Grant write access (default: read only).
         #[arg(long)]
         write: bool,
+        /// Grant admin access: write, plus listing and deleting the rooms named, and
+        /// revoking tokens when the room is `*`.
+        #[arg(long, conflicts_with = "write")]
+        admin: bool,
         /// Seconds until the token expires.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     if let Some(Command::Token {
         room,
         write,
+        admin,
         ttl,
         sub,
         aud,
@@ -82,7 +87,11 @@ fn main() -> ExitCode {
         };
         let claims = Claims {
             room,
-            perm: if write { Access::Write } else { Access::Read },
+            perm: match (admin, write) {
+                (true, _) => Access::Admin,
+                (false, true) => Access::Write,
+                (false, false) => Access::Read,
+            },
             exp: auth::expiry_in(Duration::from_secs(ttl)),
             sub,
             aud: aud.or(settings.token_audience).map(Audience::One),

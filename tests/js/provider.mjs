@@ -179,7 +179,56 @@ async function tokensAreRenewed () {
   await server.stop()
 }
 
+// The room is deleted under a provider on each transport: each stops and says so, and
+// none brings the deleted content back; providers on fresh documents work in the room's
+// new life.
+async function deletionIsNoticed () {
+  const server = await startServer(tempDataDir())
+  const base = `http://127.0.0.1:${server.port}`
+  const room = 'provider/deleted'
+  const make = kind => {
+    const doc = new Y.Doc()
+    const c = { kind, doc, text: doc.getText('t'), deleted: null }
+    c.p = new CollabdProvider(base, room, doc, {
+      WebSocketPolyfill: WebSocket,
+      EventSourcePolyfill: EventSource,
+      transports: [kind],
+      backoff: { minMs: 20, maxMs: 200 },
+      pollWaitS: 1
+    })
+    c.p.on('deleted', info => { c.deleted = info })
+    return c
+  }
+  const clients = ['websocket', 'sse', 'polling'].map(make)
+  await until('all synced', () => clients.every(c => c.p.synced))
+  clients.forEach(c => c.text.insert(0, `[old ${c.kind}]`))
+  await until('the old content is stored', async () => {
+    const res = await fetch(`${base}/rooms/${encodeURIComponent(room)}/state`)
+    const doc = new Y.Doc()
+    Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+    return clients.every(c => doc.getText('t').toString().includes(`[old ${c.kind}]`))
+  })
+  const res = await fetch(`${base}/rooms/${encodeURIComponent(room)}`, { method: 'DELETE' })
+  assertEqual(res.status, 200, 'DELETE')
+  await until('every provider noticed', () => clients.every(c => c.deleted !== null))
+  assertEqual(clients.map(c => c.deleted.transport), ['websocket', 'sse', 'polling'], 'how')
+  assertEqual(clients.map(c => c.p.status), ['disconnected', 'disconnected', 'disconnected'], 'stopped')
+  // Edits to the old documents go nowhere; fresh providers start the new life.
+  clients.forEach(c => c.text.insert(0, 'late '))
+  const fresh = ['websocket', 'sse', 'polling'].map(make)
+  await until('fresh providers synced', () => fresh.every(c => c.p.synced))
+  fresh[0].text.insert(0, 'new life')
+  await until('the new life converges', () => fresh.every(c => c.text.toString() === 'new life'))
+  const state = await fetch(`${base}/rooms/${encodeURIComponent(room)}/state`)
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, new Uint8Array(await state.arrayBuffer()))
+  assertEqual(doc.getText('t').toString(), 'new life', 'nothing deleted came back')
+  clients.concat(fresh).forEach(c => c.p.destroy())
+  await server.stop()
+}
+
 run('the JS provider: backoff, every transport, restarts, fallback and back', async () => {
+  await deletionIsNoticed()
   await backoffIsBounded()
   await silentSseIsNoticed()
   await everyTransportForced()

@@ -191,6 +191,18 @@ export class CollabdProvider extends Observable {
     transport.start()
   }
 
+  // The room was deleted (close code 4410, an SSE `reset`, a poll answer with `reset`, a
+  // POST answered 410): this document holds what was deleted, and syncing it would bring
+  // it back (the server refuses that too). The provider stops for good and says so; the
+  // application starts a new Y.Doc and a new provider (see README).
+  _roomDeleted (info = {}) {
+    if (this.deleted) return
+    this.deleted = true
+    this._unsent = []
+    this.disconnect()
+    this.emit('deleted', [info])
+  }
+
   // Reconnect after a backoff; a transport that keeps failing gives way to the next.
   _retry ({ kind, opened, openedAt, retryAfter }) {
     // Never opened, or cut at once (a proxy that drops upgraded connections).
@@ -282,6 +294,10 @@ export class CollabdProvider extends Observable {
       if (res.status === 409) {
         res = await this._post(this._roomPath('/updates'), Y.encodeStateAsUpdate(this.doc))
       }
+      if (res.status === 410) {
+        this._posting = false
+        return this._roomDeleted({ transport: this.transport })
+      }
       if (res.ok) {
         // The answer's seq is not a read cursor: updates of others below it may not
         // have been read yet, so `this.seq` moves only with what the reads deliver.
@@ -341,7 +357,17 @@ class WsTransport {
     }
     // 4401: the token expired (or was refused); a refused upgrade cannot be told apart
     // from a network failure here, so `null` (unknown) for a socket that never opened.
-    ws.onclose = event => this._closed(event.code === 4401 ? true : this.opened ? false : null)
+    // 4403: the token was revoked (a new one is needed, as for expiry); 4410: the room
+    // was deleted.
+    ws.onclose = event => {
+      if (event.code === 4410) {
+        clearTimeout(this.deadline)
+        this.stopped = true
+        return p._roomDeleted({ transport: 'websocket' })
+      }
+      const auth = event.code === 4401 || event.code === 4403
+      this._closed(auth ? true : this.opened ? false : null)
+    }
     ws.onerror = () => {}
   }
 
@@ -534,6 +560,13 @@ class SseTransport extends HttpTransport {
       if (seq > p.seq) p.seq = seq
       p._setSynced(true)
     })
+    // The room was deleted: the stream ends; this document must not be synced again.
+    es.addEventListener('reset', e => {
+      this.stop()
+      p._roomDeleted({ transport: 'sse', ...JSON.parse(e.data) })
+    })
+    // The token was revoked: a new one is needed.
+    es.addEventListener('revoked', () => this._fail(null, true))
     es.addEventListener('awareness', e => {
       this._touch()
       awarenessProtocol.applyAwarenessUpdate(p.awareness, fromBase64(e.data), p)
@@ -605,6 +638,10 @@ class PollTransport extends HttpTransport {
         ? { since: String(p.seq), wait: first ? '0' : String(p.pollWaitS) }
         : {}
       const answer = await (await this._get(p._roomPath('/updates'), query)).json()
+      if (answer.reset) {
+        this.stop()
+        return p._roomDeleted({ transport: 'polling', epoch: answer.epoch, seq: answer.seq })
+      }
       if (answer.snapshot) this._apply(answer.snapshot)
       for (const { update } of answer.updates || []) this._apply(update)
       if (answer.updates && answer.updates.length) {
