@@ -169,8 +169,10 @@ impl Builder {
 /// Fills the revocation list from the store, before anything is served.
 fn load_revocations(store: &dyn Store, auth: &Auth) -> io::Result<()> {
     let now = crate::auth::now_secs();
-    let kept = store
-        .revocations()
+    // On a thread of its own: a database store's blocking client must not run on this
+    // (async) one.
+    let kept = std::thread::scope(|s| s.spawn(|| store.revocations()).join())
+        .map_err(|_| io::Error::other("reading revocations panicked"))?
         .map_err(|e| io::Error::other(format!("reading revocations: {e}")))?;
     for (key, value) in kept {
         match crate::revocation::Revocation::decode(&key, value) {

@@ -44,8 +44,25 @@ fn close_code(client: &YClient) -> Option<u16> {
 
 #[actix_rt::test]
 async fn deleting_a_room_starts_a_new_epoch_on_every_transport() {
+    every_transport(&[]).await;
+}
+
+/// The same on PostgreSQL: epochs, the graveyard and the deletion live in the database.
+#[actix_rt::test]
+async fn deleting_a_room_on_postgres() {
+    let db = FreshDb::new();
+    every_transport(&["--postgres-url", &db.url]).await;
+    let rows: i64 = db.with(|c| {
+        c.query_one("select count(*) from collabd_updates where seq < 6", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(rows, 0, "the deleted epochs' rows are gone");
+}
+
+async fn every_transport(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start(dir.path(), &[]);
+    let mut server = TestServer::start(dir.path(), args);
     let room = "life/doc";
 
     // The old epoch: three updates over WebSocket; an SSE stream and a poll cursor on it.
@@ -151,7 +168,7 @@ async fn deleting_a_room_starts_a_new_epoch_on_every_transport() {
     // All of it survives a restart: the epoch, its seqs and the graveyard.
     drop((fresh, resumed, current));
     server.terminate();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start(dir.path(), args);
     let (_, info) = server.get_json(&format!("/rooms/{room}")).await;
     assert_eq!(
         (info["seq"].as_u64(), info["epoch"].as_u64()),
