@@ -335,3 +335,131 @@ async fn listing_and_deleting_need_an_admin_token() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 200, "{:?}", res.body().await);
 }
+
+/// Cluster mode: a room deleted on one node ends on every node (sessions 4410, SSE
+/// `reset`), writes racing the deletion never reach the new epoch, every node serves the
+/// new epoch and refuses the old content, and listings agree. With the PostgreSQL archive
+/// the archived history goes too.
+#[actix_rt::test]
+async fn deleting_a_room_across_a_cluster() {
+    let Some(redis) = redis_or_skip() else { return };
+    let db = FreshDb::new();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--postgres-url",
+        db.url.as_str(),
+        "--archive-after",
+        "2",
+    ];
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestServer::start(dirs[0].path(), &args);
+    let b = TestServer::start(dirs[1].path(), &args);
+    let room = "life/cluster";
+
+    let mut on_a = YClient::connect(&a, room).await;
+    let mut on_b = YClient::connect(&b, room).await;
+    on_a.until("synced", |c| c.synced).await;
+    on_b.until("synced", |c| c.synced).await;
+    for i in 0..3 {
+        on_a.append("t", &format!("a{i} ")).await;
+        on_b.append("t", &format!("b{i} ")).await;
+    }
+    a.wait_for_seq(room, 6).await;
+    b.wait_for_seq(room, 6).await;
+    let old_doc = on_b.doc().clone();
+    let mut sse_b = SseClient::connect(&b, room, None).await;
+    assert_eq!(sse_b.next_doc_event().await.kind, "snapshot");
+
+    // A writer on B keeps posting while A deletes: whatever lands after the deletion
+    // builds on deleted content and is refused.
+    let writer_b = b.url("");
+    let racing = actix_rt::spawn(async move {
+        let writer = HttpWriter::new();
+        let client = awc::Client::new();
+        let mut statuses = Vec::new();
+        for i in 0..40 {
+            let res = client
+                .post(format!("{writer_b}/rooms/{room}/updates"))
+                .send_body(writer.append("t", &format!("w{i} ")))
+                .await;
+            statuses.push(res.map(|r| r.status().as_u16()).unwrap_or(0));
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        statuses
+    });
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    let (status, body) = send(&a, "DELETE", &format!("/rooms/{room}"), None).await;
+    assert_eq!((status, body["epoch"].as_u64()), (200, Some(1)), "{body}");
+    let base = body["seq"].as_u64().unwrap();
+    assert!(base > 6);
+    let statuses = racing.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| [200, 409, 410, 503].contains(s)),
+        "{statuses:?}"
+    );
+
+    // Every node's sessions and streams hear of it.
+    for client in [&mut on_a, &mut on_b] {
+        client.until("closed", |c| c.closed.is_some()).await;
+        assert_eq!(close_code(client), Some(4410));
+    }
+    // (Updates the racing writer got in before the deletion come first.)
+    let mut reset = sse_b.next_doc_event().await;
+    while reset.kind == "update" {
+        assert!(reset.id.unwrap() < base);
+        reset = sse_b.next_doc_event().await;
+    }
+    assert_eq!(reset.kind, "reset");
+    assert_eq!(reset.data, format!(r#"{{"epoch":1,"seq":{base}}}"#));
+
+    // Both nodes serve the new, empty epoch.
+    for node in [&a, &b] {
+        let (_, info) = node.get_json(&format!("/rooms/{room}")).await;
+        assert_eq!(info["epoch"], 1, "{info}");
+        let (doc, seq) = node.state(room).await;
+        assert_eq!((text_of(&doc, "t"), seq), (String::new(), base));
+    }
+
+    // The new life: written on B, read on A; old cursors reset; old content refused.
+    let mut fresh = YClient::connect(&b, room).await;
+    fresh.until("synced", |c| c.synced).await;
+    fresh.append("t", "new").await;
+    a.wait_for_seq(room, base + 1).await;
+    let (_, polled) = a.get_json(&format!("/rooms/{room}/updates?since=6")).await;
+    assert_eq!(
+        (polled["reset"].as_bool(), polled["epoch"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let (_, polled) = a
+        .get_json(&format!("/rooms/{room}/updates?since={base}"))
+        .await;
+    assert_eq!(
+        polled["updates"][0]["seq"].as_u64(),
+        Some(base + 1),
+        "{polled}"
+    );
+    let mut stale = YClient::connect_with(&a, room, old_doc).await;
+    stale.until("closed", |c| c.closed.is_some()).await;
+    assert_eq!(close_code(&stale), Some(4410));
+    for node in [&a, &b] {
+        let (doc, _) = node.state(room).await;
+        assert_eq!(text_of(&doc, "t"), "new");
+        let (status, page) = node.get_json("/rooms?prefix=life/").await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["rooms"][0]["room"], room);
+        assert_eq!(page["rooms"][0]["epoch"], 1);
+        assert_eq!(page["rooms"][0]["seq"].as_u64(), Some(base + 1));
+    }
+    // The archive kept nothing of the deleted epoch.
+    let old_rows: i64 = db.with(|c| {
+        c.query_one(
+            "select count(*) from collabd_updates where room = $1 and seq <= $2",
+            &[&room, &(base as i64)],
+        )
+        .unwrap()
+        .get(0)
+    });
+    assert_eq!(old_rows, 0);
+}

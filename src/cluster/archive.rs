@@ -206,10 +206,10 @@ impl Cluster {
         let Some(archive) = self.archive() else {
             return;
         };
-        match scan_rooms(self.conn()).await {
+        match roomlog::rooms(self.conn(), "").await {
             Ok(rooms) => {
                 for room in rooms {
-                    archive.candidate(&room);
+                    archive.candidate(&Arc::from(room));
                 }
             }
             Err(e) => warn!("archive: could not list the rooms in Redis: {e}"),
@@ -298,39 +298,6 @@ async fn leave(conn: &Conn, room: &str, idle_ms: u64) -> Result<bool, StoreError
         .arg(now_ms())
         .arg(idle_ms);
     Ok(matches!(conn.query(&cmd).await?, Value::Int(1)))
-}
-
-/// Every room with a counter in Redis (on every master of a Redis Cluster).
-async fn scan_rooms(conn: &Conn) -> Result<Vec<Arc<str>>, StoreError> {
-    let mut rooms = Vec::new();
-    for client in conn.masters().await? {
-        let mut c = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("collabd:{*}:seq")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
-            rooms.extend(keys.iter().filter_map(|k| {
-                k.strip_prefix("collabd:{")
-                    .and_then(|k| k.strip_suffix("}:seq"))
-                    .map(Arc::from)
-            }));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
-    Ok(rooms)
 }
 
 /// The archive's part of a catch-up read: entries after `after` that the stream no

@@ -185,16 +185,24 @@ impl Conn {
             .collect()
     }
 
-    /// Runs one command.
+    /// Runs one command. An error reply (a script's `redis.error_reply`, a failed
+    /// command) is an error here: redis-rs hands it back as a value.
     pub async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
         let mut live = self.live()?;
-        live.query(cmd).await.map_err(|e| self.classify(e))
+        live.query(cmd)
+            .await
+            .and_then(Value::extract_error)
+            .map_err(|e| self.classify(e))
     }
 
-    /// Runs a pipeline (one round trip; in a Redis Cluster every key in one slot).
+    /// Runs a pipeline (one round trip; in a Redis Cluster every key in one slot); an
+    /// error reply to any of its commands is an error.
     pub async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
         let mut live = self.live()?;
-        live.pipeline(pipe).await.map_err(|e| self.classify(e))
+        live.pipeline(pipe)
+            .await
+            .and_then(|values| values.into_iter().map(Value::extract_error).collect())
+            .map_err(|e| self.classify(e))
     }
 
     fn live(&self) -> Result<Live, StoreError> {

@@ -28,9 +28,24 @@
 //! | `collabd:{ROOM}:seq` | string | the room's counter: its newest seq |
 //! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket), `w` (ms since the epoch) |
 //! | `collabd:{ROOM}:snap` | hash | `seq`, `state` (Yjs update v1), `at` (ms since the epoch) |
+//! | `collabd:{ROOM}:epoch` | hash | `number`, `base`, `graveyard`: the room's epoch once deleted (see [`crate::store::Epoch`]) |
+//! | `collabd:revocations` | hash | revoked subjects and tokens (see [`revoke`]) |
 //!
-//! Channel `collabd:{ROOM}`: `u<seq>:<node>:<ticket>:<update>` for each entry, and
-//! `a<node>:<session>:<awareness update>` for presence (ephemeral, no seq).
+//! Channel `collabd:{ROOM}`: `u<seq>:<node>:<ticket>:<update>` for each entry,
+//! `a<node>:<session>:<awareness update>` for presence (ephemeral, no seq), and
+//! `d<number>:<base>:` when the room is deleted. Channel `collabd:revocations`: each
+//! revocation.
+//!
+//! # Deleting a room
+//!
+//! [`roomlog::DELETE`] removes the room's keys, sets its counter to the new epoch's base
+//! and records the epoch, unless a node wrote since the deleting node read the room (it
+//! then reads again and retries). Every append carries the epoch its room instance
+//! belongs to, and [`roomlog::APPEND`] refuses one of an epoch that is over: an instance
+//! that missed the channel's `d` message learns of the deletion from its next append or
+//! catch-up read, and nothing written on a deleted document reaches the new epoch. With
+//! the archive, PostgreSQL forgets the room after Redis did; what an archiver wrote there
+//! for a deleted epoch meanwhile is below the new base, and reads ignore it.
 //!
 //! # Durability
 //!
@@ -110,6 +125,9 @@ pub enum FromCluster {
     },
     /// A connection to Redis came back: messages may have been missed.
     Reconnected,
+    /// The room was deleted: epoch `number` began at seq `base` (see
+    /// [`crate::store::Epoch`]). A room instance of an earlier epoch ends.
+    Deleted { number: u64, base: u64 },
 }
 
 /// An append a room hands to its appender.
@@ -118,6 +136,8 @@ struct Append {
     update: Bytes,
     /// Sent again after Redis did not answer it.
     retry: bool,
+    /// The room's epoch as the room knows it: Redis refuses the update if it is over.
+    epoch: u64,
 }
 
 struct Subscription {
@@ -349,25 +369,40 @@ impl Cluster {
     /// Hands `update` to the room's appender; the answer comes as
     /// [`FromCluster::Appended`]. Never blocks. `retry`: an update Redis did not answer,
     /// sent again (see [`Cluster::append_loop`] for why it matters).
-    pub fn append(&self, room: &Arc<str>, ticket: u64, update: Bytes, retry: bool) {
+    pub fn append(&self, room: &Arc<str>, ticket: u64, update: Bytes, retry: bool, epoch: u64) {
         let rooms = self.inner.rooms.lock().unwrap();
         if let Some(sub) = rooms.get(room) {
             let _ = sub.appends.send(Append {
                 ticket,
                 update,
                 retry,
+                epoch,
             });
         }
     }
 
     /// Reads what follows `after` in the room's log; the answer comes as
-    /// [`FromCluster::CaughtUp`] (or `CatchUpFailed`).
-    pub fn catch_up(&self, room: &Arc<str>, after: u64, to: Recipient<FromCluster>) {
+    /// [`FromCluster::CaughtUp`] (or `CatchUpFailed`), or as [`FromCluster::Deleted`]
+    /// when the room is no longer in `epoch` (its deletion's message was missed).
+    pub fn catch_up(&self, room: &Arc<str>, after: u64, epoch: u64, to: Recipient<FromCluster>) {
         let (cluster, room) = (self.clone(), room.clone());
         self.inner.runtime.spawn(async move {
             let conn = cluster.inner.conn.clone();
-            match cluster.read_after(&room, after).await {
-                Ok((snapshot, entries)) => to.do_send(FromCluster::CaughtUp { snapshot, entries }),
+            let read = async {
+                let now = roomlog::epoch(&conn, &room).await?;
+                if now.number != epoch {
+                    return Ok(Err(now));
+                }
+                cluster.read_after(&room, after).await.map(Ok)
+            };
+            match read.await {
+                Ok(Err(now)) => to.do_send(FromCluster::Deleted {
+                    number: now.number,
+                    base: now.base,
+                }),
+                Ok(Ok((snapshot, entries))) => {
+                    to.do_send(FromCluster::CaughtUp { snapshot, entries })
+                }
                 Err(e) => {
                     warn!("room {room:?}: catch-up read failed: {e}");
                     conn.failed(&e);
@@ -488,16 +523,29 @@ impl Cluster {
             let updates: Vec<(u64, &[u8])> =
                 batch.iter().map(|a| (a.ticket, &a.update[..])).collect();
             let strict = self.archive().is_some();
-            let mut answers =
-                roomlog::append(&self.inner.conn, &room, node, strict, &updates).await;
+            let epoch = batch.first().map_or(0, |a| a.epoch);
+            let conn = &self.inner.conn;
+            let mut answers = roomlog::append(conn, &room, node, strict, epoch, &updates).await;
             if matches!(&answers, Err(StoreError::Failed(why)) if why.contains("NOCOUNTER")) {
                 // The room left Redis for the archive: its counter comes back first.
                 answers = match self.restore(&room).await {
-                    Ok(()) => {
-                        roomlog::append(&self.inner.conn, &room, node, strict, &updates).await
-                    }
+                    Ok(()) => roomlog::append(conn, &room, node, strict, epoch, &updates).await,
                     Err(e) => Err(e),
                 };
+            }
+            if let Err(StoreError::Failed(why)) = &answers
+                && let Some((number, base)) = deleted_epoch(why)
+            {
+                // The room was deleted under this instance: nothing of it is taken.
+                info!("room {room:?}: epoch {number} began at seq {base}; appends refused");
+                to.do_send(FromCluster::Deleted { number, base });
+                for append in batch.drain(..) {
+                    to.do_send(FromCluster::Appended {
+                        ticket: append.ticket,
+                        result: Err(StoreError::Unavailable("the room was deleted".into())),
+                    });
+                }
+                continue;
             }
             if let Err(e) = &answers {
                 self.inner.conn.failed(e);
@@ -518,6 +566,23 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The epoch (number, base) an append script refused with: `EPOCH number base`.
+fn deleted_epoch(why: &str) -> Option<(u64, u64)> {
+    let rest = &why[why.find("EPOCH")? + "EPOCH".len()..];
+    let mut numbers = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>());
+    Some((numbers.next()?.ok()?, numbers.next()?.ok()?))
+}
+
+#[cfg(test)]
+#[test]
+fn a_refusal_names_the_epoch() {
+    assert_eq!(deleted_epoch("EPOCH 3 1207"), Some((3, 1207)));
+    assert_eq!(deleted_epoch("NOCOUNTER the room is not in Redis"), None);
 }
 
 /// The same error again, for each append of a batch it failed.

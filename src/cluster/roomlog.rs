@@ -10,17 +10,22 @@ use crate::store::{LoggedUpdate, Snapshot, StoreError, now_ms};
 
 /// Appends updates to a room's log, each with the next seq: the counter, the stream and
 /// the channel change together (a script runs atomically), and the room's last-write
-/// time. `KEYS`: counter, stream, touched. `ARGV`: node, channel, strict, now (ms), then
-/// (ticket, update) pairs. Returns the seqs, in order. With `strict` (an archive in
-/// PostgreSQL), a room without a counter may have left Redis for the archive: the
-/// script refuses (`NOCOUNTER`) until the counter is restored from it ([`RESTORE`]), so
-/// that no seq is ever given twice.
+/// time. `KEYS`: counter, stream, touched, epoch. `ARGV`: node, channel, strict, now
+/// (ms), the room's epoch as the node knows it, then (ticket, update) pairs. Returns the
+/// seqs, in order. With `strict` (an archive in PostgreSQL), a room without a counter may
+/// have left Redis for the archive: the script refuses (`NOCOUNTER`) until the counter is
+/// restored from it ([`RESTORE`]), so that no seq is ever given twice. An update of a
+/// deleted epoch is refused (`EPOCH number base`): it may build on deleted content.
 pub const APPEND: &str = r#"
+local epoch = redis.call('HMGET', KEYS[4], 'number', 'base')
+if tonumber(epoch[1] or '0') ~= tonumber(ARGV[5]) then
+  return redis.error_reply('EPOCH ' .. (epoch[1] or '0') .. ' ' .. (epoch[2] or '0'))
+end
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOCOUNTER the room is not in Redis')
 end
 local seqs = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local seq = redis.call('INCR', KEYS[1])
   local id = string.format('%d-0', seq)
   redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 1], 'n', ARGV[1], 't', ARGV[i], 'w', ARGV[4])
@@ -106,6 +111,26 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 "#;
 
+/// Deletes a room's log and starts its next epoch, unless the room changed since the
+/// deleting node read it: its epoch is still `number` and its counter below `base`.
+/// Removes the stream, snapshot, archive marks and lease; sets the counter to `base`
+/// (the next update gets `base + 1`); records the epoch and its graveyard; tells every
+/// node (`d<number>:<base>` on the room's channel). `KEYS`: counter, stream, snapshot,
+/// archived, touched, lease, epoch. `ARGV`: number (the new epoch's), base, graveyard,
+/// channel. Returns 1, or the error `CHANGED` when the room changed (not `MOVED`: a Redis Cluster client takes that for a redirection).
+pub const DELETE: &str = r#"
+local current = tonumber(redis.call('HGET', KEYS[7], 'number') or '0')
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current + 1 ~= tonumber(ARGV[1]) or seq >= tonumber(ARGV[2]) then
+  return redis.error_reply('CHANGED the room changed during its deletion')
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[7], 'number', ARGV[1], 'base', ARGV[2], 'graveyard', ARGV[3])
+redis.call('PUBLISH', ARGV[4], 'd' .. ARGV[1] .. ':' .. ARGV[2] .. ':')
+return 1
+"#;
+
 /// Replaces a room's snapshot, only by a newer one (several nodes may write one for the
 /// same room). `KEYS`: snapshot. `ARGV`: seq, state, time. Returns 1 if stored.
 pub const SNAPSHOT: &str = r#"
@@ -148,6 +173,10 @@ pub fn lease_key(room: &str) -> String {
     key(room, "lease")
 }
 
+pub fn epoch_key(room: &str) -> String {
+    key(room, "epoch")
+}
+
 /// The room's pub/sub channel.
 pub fn channel(room: &str) -> String {
     format!("collabd:{{{room}}}")
@@ -160,18 +189,21 @@ pub async fn append(
     room: &str,
     node: u64,
     strict: bool,
+    epoch: u64,
     updates: &[(u64, &[u8])],
 ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(APPEND)
-        .arg(3)
+        .arg(4)
         .arg(seq_key(room))
         .arg(log_key(room))
         .arg(touched_key(room))
+        .arg(epoch_key(room))
         .arg(node.to_string())
         .arg(channel(room))
         .arg(if strict { "1" } else { "0" })
-        .arg(now_ms());
+        .arg(now_ms())
+        .arg(epoch);
     for (ticket, update) in updates {
         cmd.arg(ticket.to_string()).arg(*update);
     }
@@ -299,6 +331,99 @@ pub async fn catch_up(
     }
 }
 
+/// The room's epoch ([`crate::store::Epoch::default`] for one never deleted).
+pub async fn epoch(conn: &Conn, room: &str) -> Result<crate::store::Epoch, StoreError> {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(epoch_key(room))
+        .arg("number")
+        .arg("base")
+        .arg("graveyard");
+    let Value::Array(values) = conn.query(&cmd).await? else {
+        return Ok(Default::default());
+    };
+    Ok(crate::store::Epoch {
+        number: values.first().and_then(int).unwrap_or(0),
+        base: values.get(1).and_then(int).unwrap_or(0),
+        graveyard: match values.get(2) {
+            Some(Value::BulkString(bytes)) => bytes.clone(),
+            _ => Vec::new(),
+        },
+        deleting: false,
+    })
+}
+
+/// Every room with a counter in Redis whose name starts with `prefix` (a scan of every
+/// master of a Redis Cluster), in no order.
+pub async fn rooms(conn: &Conn, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let mut escaped = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    let pattern = format!("collabd:{{{escaped}*}}:seq");
+    let mut rooms = Vec::new();
+    for client in conn.masters().await? {
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+            rooms.extend(keys.iter().filter_map(|k| {
+                k.strip_prefix("collabd:{")
+                    .and_then(|k| k.strip_suffix("}:seq"))
+                    .map(str::to_string)
+            }));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(rooms)
+}
+
+/// Runs [`DELETE`]: `Ok(false)` when the room changed since it was read.
+pub async fn delete(
+    conn: &Conn,
+    room: &str,
+    next: &crate::store::Epoch,
+) -> Result<bool, StoreError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(DELETE)
+        .arg(7)
+        .arg(seq_key(room))
+        .arg(log_key(room))
+        .arg(snapshot_key(room))
+        .arg(archived_key(room))
+        .arg(touched_key(room))
+        .arg(lease_key(room))
+        .arg(epoch_key(room))
+        .arg(next.number)
+        .arg(next.base)
+        .arg(&next.graveyard[..])
+        .arg(channel(room));
+    match conn.query(&cmd).await {
+        Ok(Value::Int(1)) => Ok(true),
+        Err(StoreError::Failed(why)) if why.contains("CHANGED") => Ok(false),
+        Ok(other) => Err(StoreError::Failed(format!(
+            "Redis: the delete script answered {other:?}"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 /// Publishes a presence update of `session` on `node` to the room's channel.
 pub async fn publish_awareness(
     conn: &Conn,
@@ -329,6 +454,16 @@ pub fn decode_message<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, 
                 at_ms: now_ms(),
             };
             Some((room, FromCluster::Entries(vec![entry])))
+        }
+        b'd' => {
+            let (fields, _) = split_fields::<2>(rest)?;
+            Some((
+                room,
+                FromCluster::Deleted {
+                    number: fields[0],
+                    base: fields[1],
+                },
+            ))
         }
         b'a' => {
             let (fields, update) = split_fields::<2>(rest)?;

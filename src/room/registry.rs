@@ -201,10 +201,6 @@ impl Handler<DeleteRoom> for Registry {
     /// is spawned meanwhile.
     fn handle(&mut self, msg: DeleteRoom, _ctx: &mut Context<Self>) -> Self::Result {
         let name = msg.name;
-        if self.cluster.is_some() {
-            let unsupported = StoreError::Unsupported("room deletion in cluster mode");
-            return Box::pin(actix::fut::ready(Err(unsupported)));
-        }
         if self.stopping || !self.deleting.insert(name.clone()) {
             let busy =
                 StoreError::Unavailable("the room is being deleted or the server stops".into());
@@ -233,24 +229,42 @@ impl Handler<DeleteRoom> for Registry {
 }
 
 /// Deletes `room` from `store`: the next epoch begins above the last seq, and its
-/// graveyard adds the deleted document's state vector (from the stopped room, else from
-/// the store). `Ok(None)`: nothing of the room's current epoch is stored, and no room ran.
+/// graveyard adds the deleted document's state vector (what the store holds, and what
+/// the stopped room held). `Ok(None)`: nothing of the room's current epoch is stored, and
+/// no room ran. In cluster mode other nodes may write meanwhile: the store then refuses
+/// ([`StoreError::Changed`]) and the room is read again.
 fn delete_stored(
     store: &dyn Store,
     room: &str,
     ended: Option<(u64, StateVector)>,
 ) -> Result<Option<Epoch>, StoreError> {
-    let epoch = store.epoch(room)?;
-    let (seq, vector) = match ended {
-        Some(ended) => ended,
-        None => {
-            let loaded = super::load::read(store, room)?;
-            if loaded.seq == epoch.base && loaded.snapshot_seq == 0 {
-                return Ok(None);
-            }
-            (loaded.seq, loaded.doc.transact().state_vector())
+    let mut attempt = 0;
+    loop {
+        match delete_once(store, room, ended.as_ref()) {
+            Err(StoreError::Changed(_)) if attempt < 10 => attempt += 1,
+            done => return done,
         }
-    };
+    }
+}
+
+fn delete_once(
+    store: &dyn Store,
+    room: &str,
+    ended: Option<&(u64, StateVector)>,
+) -> Result<Option<Epoch>, StoreError> {
+    let epoch = store.epoch(room)?;
+    let loaded = super::load::read(store, room)?;
+    if ended.is_none() && loaded.seq == epoch.base && loaded.snapshot_seq == 0 {
+        return Ok(None);
+    }
+    let mut vector = loaded.doc.transact().state_vector();
+    let mut seq = loaded.seq;
+    if let Some((room_seq, room_vector)) = ended {
+        seq = seq.max(*room_seq);
+        for (client, clock) in room_vector.iter() {
+            vector.set_max(*client, *clock);
+        }
+    }
     let mut graveyard = match epoch.graveyard.as_slice() {
         [] => StateVector::default(),
         bytes => StateVector::decode_v1(bytes).map_err(|e| StoreError::Corrupt {

@@ -201,6 +201,10 @@ pub enum StoreError {
     /// This store does not keep what was asked (webhook delivery state outside sled).
     #[error("not supported by this store: {0}")]
     Unsupported(&'static str),
+    /// The room changed while it was being deleted (another node wrote to it): nothing was
+    /// deleted; read it again and retry.
+    #[error("room {0:?} changed during its deletion")]
+    Changed(String),
 }
 
 /// The longest room listing one call returns.
@@ -382,6 +386,26 @@ pub trait Store: Send + Sync + 'static {
             updates,
         })
     }
+}
+
+/// A listing's line for `room` from what `store` holds of its current epoch (`None`:
+/// nothing): for stores without a cheaper way.
+pub fn summarize(store: &dyn Store, room: &str) -> Result<Option<RoomSummary>, StoreError> {
+    let epoch = store.epoch(room)?;
+    let snapshot = store.snapshot(room)?.filter(|s| s.seq >= epoch.base);
+    let after = snapshot.as_ref().map_or(0, |s| s.seq).max(epoch.base);
+    let updates = store.updates_after(room, after, usize::MAX)?;
+    if snapshot.is_none() && updates.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RoomSummary {
+        room: room.to_string(),
+        seq: updates.last().map_or(after, |u| u.seq),
+        size: snapshot.as_ref().map_or(0, |s| s.state.len() as u64)
+            + updates.iter().map(|u| u.update.len() as u64).sum::<u64>(),
+        changed_ms: updates.last().map_or(0, |u| u.at_ms),
+        epoch: epoch.number,
+    }))
 }
 
 /// Refuses names the key layout cannot hold (see the module docs).

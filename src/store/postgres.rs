@@ -262,12 +262,15 @@ impl PostgresStore {
     }
 
     /// `which` connection, reconnected first if the database closed it.
-    /// The room's newest stored seq (0 if none), committed or waiting to be.
+    /// The room's newest stored seq (0 if none; its epoch's base after a deletion),
+    /// committed or waiting to be.
     pub fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
         let stored: Option<i64> = self
             .conn(&self.reader)?
             .query_one(
-                "select max(seq) from collabd_updates where room = $1",
+                "select greatest(
+                     (select max(seq) from collabd_updates where room = $1),
+                     (select base from collabd_epochs where room = $1))",
                 &[&room],
             )
             .map_err(transient)?
@@ -320,16 +323,24 @@ impl PostgresStore {
             let rooms: Vec<&str> = batch.updates.keys().map(|(r, _)| r.as_str()).collect();
             let seqs: Vec<i64> = batch.updates.keys().map(|(_, s)| sql_seq(*s)).collect();
             let bytes: Vec<&[u8]> = batch.updates.values().map(Vec::as_slice).collect();
+            // Records of a deleted epoch (an archiver that read them before the deletion)
+            // are not taken.
             tx.execute(
                 "insert into collabd_updates (room, seq, bytes)
-                 select * from unnest($1::text[], $2::bigint[], $3::bytea[])
+                 select u.room, u.seq, u.bytes
+                 from unnest($1::text[], $2::bigint[], $3::bytea[]) as u(room, seq, bytes)
+                 where not exists (
+                     select 1 from collabd_epochs e where e.room = u.room and e.base >= u.seq)
                  on conflict (room, seq) do nothing",
                 &[&rooms, &seqs, &bytes],
             )?;
         }
         for (room, snapshot) in &batch.snapshots {
             tx.execute(
-                "insert into collabd_snapshots (room, seq, state) values ($1, $2, $3)
+                "insert into collabd_snapshots (room, seq, state)
+                 select $1, $2, $3
+                 where not exists (
+                     select 1 from collabd_epochs e where e.room = $1 and e.base > $2)
                  on conflict (room) do update
                    set seq = excluded.seq, state = excluded.state, written_at = now()
                    where collabd_snapshots.seq <= excluded.seq",

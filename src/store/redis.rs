@@ -9,7 +9,9 @@
 //! nothing to do.
 
 use crate::cluster::{Cluster, roomlog};
-use crate::store::{LoggedUpdate, Snapshot, Store, StoreError, check_room_name};
+use crate::store::{
+    Epoch, LoggedUpdate, MAX_LISTING, RoomSummary, Snapshot, Store, StoreError, check_room_name,
+};
 
 pub struct RedisStore {
     cluster: Cluster,
@@ -34,6 +36,12 @@ impl RedisStore {
             self.cluster.conn().failed(e);
         }
         answer
+    }
+
+    /// The seq the room's epoch began at: what the archive holds below it is a deleted
+    /// epoch's (an archiver that read it before the deletion may have written it after).
+    fn epoch_base(&self, room: &str) -> Result<u64, StoreError> {
+        Ok(self.epoch(room)?.base)
     }
 }
 
@@ -61,7 +69,8 @@ impl Store for RedisStore {
         let Some(archive) = self.cluster.archive() else {
             return Ok(hot);
         };
-        let cold = archive.log().snapshot(room)?;
+        let base = self.epoch_base(room)?;
+        let cold = archive.log().snapshot(room)?.filter(|s| s.seq >= base);
         Ok(match (hot, cold) {
             (Some(h), Some(c)) => Some(if c.seq > h.seq { c } else { h }),
             (h, c) => h.or(c),
@@ -74,7 +83,7 @@ impl Store for RedisStore {
             return Ok(true);
         }
         match self.cluster.archive() {
-            Some(archive) => archive.log().has_snapshot(room),
+            Some(_) => self.snapshot(room).map(|s| s.is_some()),
             None => Ok(false),
         }
     }
@@ -114,6 +123,7 @@ impl Store for RedisStore {
     fn first_seq(&self, room: &str) -> Result<Option<u64>, StoreError> {
         if let Some(archive) = self.cluster.archive()
             && let Some(first) = archive.log().first_seq(room)?
+            && first > self.epoch_base(room)?
         {
             return Ok(Some(first));
         }
@@ -129,6 +139,64 @@ impl Store for RedisStore {
         }
         let (conn, room) = (self.cluster.conn().clone(), room.to_string());
         self.call(async move { roomlog::delete_before(&conn, &room, seq).await })
+    }
+
+    fn epoch(&self, room: &str) -> Result<Epoch, StoreError> {
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        self.call(async move { roomlog::epoch(&conn, &name).await })
+    }
+
+    /// The script removes the room from Redis and starts the epoch there (refused when a
+    /// node wrote meanwhile: [`StoreError::Changed`]), and every node hears of it; then
+    /// the archive forgets the room.
+    fn delete_room(&self, room: &str, next: &Epoch) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        let (conn, name, epoch) = (self.cluster.conn().clone(), room.to_string(), next.clone());
+        if !self.call(async move { roomlog::delete(&conn, &name, &epoch).await })? {
+            return Err(StoreError::Changed(room.to_string()));
+        }
+        if let Some(archive) = self.cluster.archive() {
+            archive.log().delete_room(room, next)?;
+        }
+        Ok(())
+    }
+
+    /// The rooms with a counter in Redis and, with the archive, those that left it for
+    /// PostgreSQL; each summed up from what the store holds. A scan of Redis' keys per
+    /// call: fine for an administrator's listing, not for a hot path.
+    fn rooms(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        let (conn, pattern) = (self.cluster.conn().clone(), prefix.to_string());
+        let mut names = self.call(async move { roomlog::rooms(&conn, &pattern).await })?;
+        if let Some(archive) = self.cluster.archive() {
+            let mut from = after.map(str::to_string);
+            loop {
+                let page = archive.log().rooms(prefix, from.as_deref(), MAX_LISTING)?;
+                let done = page.len() < MAX_LISTING;
+                from = page.last().map(|r| r.room.clone());
+                names.extend(page.into_iter().map(|r| r.room));
+                if done || names.len() > 100 * MAX_LISTING {
+                    break;
+                }
+            }
+        }
+        names.retain(|n| n.starts_with(prefix) && after.is_none_or(|a| n.as_str() > a));
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            if out.len() >= limit.min(MAX_LISTING) {
+                break;
+            }
+            if let Some(summary) = super::summarize(self, &name)? {
+                out.push(summary);
+            }
+        }
+        Ok(out)
     }
 
     fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {

@@ -52,7 +52,7 @@ impl Room {
         };
         let ticket = cluster.ticket();
         sequencer.sent(ticket, update.clone());
-        cluster.append(&self.name, ticket, update, false);
+        cluster.append(&self.name, ticket, update, false, self.epoch.number);
     }
 
     /// Applies what the sequencer now holds in order, answers who waited for it, and asks
@@ -177,7 +177,8 @@ impl Room {
         );
         self.caught_up_waiters
             .append(&mut self.next_catch_up_waiters);
-        cluster.catch_up(&self.name, self.seq, ctx.address().recipient());
+        let epoch = self.epoch.number;
+        cluster.catch_up(&self.name, self.seq, epoch, ctx.address().recipient());
     }
 
     /// A catch-up read ended (applied, or failed): who waited for it hears so, and a read
@@ -307,7 +308,7 @@ impl Handler<FromCluster> for Room {
                             );
                         }
                         for (ticket, update) in again {
-                            cluster.append(&self.name, ticket, update, true);
+                            cluster.append(&self.name, ticket, update, true, self.epoch.number);
                         }
                     }
                 }
@@ -329,6 +330,11 @@ impl Handler<FromCluster> for Room {
                 Err(e) => debug!("room {:?}: unreadable relayed presence: {e}", self.name),
             },
             FromCluster::Reconnected => self.catch_up(ctx),
+            FromCluster::Deleted { number, base } => {
+                if number > self.epoch.number {
+                    self.end_deleted(number, base, ctx);
+                }
+            }
         }
     }
 }

@@ -31,22 +31,29 @@ impl Room {
             });
             return;
         }
+        let _ = reply.send((self.seq, self.doc.transact().state_vector()));
+        // The next epoch's start as far as this room knows (the registry's answer has
+        // the exact one; SSE clients resume and get it).
+        self.end_deleted(self.epoch.number + 1, self.seq + 1, ctx);
+    }
+
+    /// Ends the room because it was deleted (here, or on another node: epoch `number`
+    /// began at seq `base`): sessions close with 4410, SSE streams get `event: reset`
+    /// and end, nothing more is appended, and the room stops.
+    pub(super) fn end_deleted(&mut self, number: u64, base: u64, ctx: &mut Context<Self>) {
         self.failed = true; // nothing more is appended
         info!("room {:?} deleted at seq {}", self.name, self.seq);
         self.fanout.close_all(
             close::ROOM_DELETED,
             "the room was deleted; drop the document and reconnect",
         );
-        let (next, epoch) = (self.seq + 1, self.epoch.number + 1);
-        let event = crate::protocol::sse::reset(epoch, next);
-        let budget = usize::MAX;
+        let event = crate::protocol::sse::reset(number, base);
         self.streams.publish(
             &self.name,
             crate::room::messages::LiveEvent::Reset { event },
-            budget,
+            usize::MAX,
         );
         self.streams.clear();
-        let _ = reply.send((self.seq, self.doc.transact().state_vector()));
         ctx.stop();
     }
 
