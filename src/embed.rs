@@ -317,6 +317,28 @@ impl Collabd {
         Ok(RoomHandle::new(name, self.inner.state.clone()))
     }
 
+    /// The stored rooms whose name starts with `prefix`, by name, after `after`, at most
+    /// `limit` (1 to 1,000): what `GET /rooms` answers.
+    pub async fn rooms(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::protocol::json::RoomSummary>, http::error::ApiError> {
+        let limit = limit.clamp(1, crate::store::MAX_LISTING);
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        http::rooms::list_rooms(&self.inner.state, prefix, after, limit).await
+    }
+
+    /// Revokes a subject's tokens or one token (what `POST /admin/revoke` does): stored,
+    /// applied on every node, and the sessions it covers are closed with 4403.
+    pub async fn revoke(
+        &self,
+        revocation: crate::revocation::Revocation,
+    ) -> Result<(), http::error::ApiError> {
+        http::admin::record(&self.inner.state, revocation).await
+    }
+
     /// Closes every connection (WebSocket: 1001), flushes every room and the store, and
     /// stops the rooms. Call when the host app stops; later calls do nothing.
     pub async fn shutdown(&self) {

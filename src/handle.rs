@@ -60,6 +60,14 @@ pub enum RoomEvent {
         /// The state as a Yjs update v1.
         state: Bytes,
     },
+    /// The room was deleted: drop the document you built (start from an empty one);
+    /// epoch `epoch` began, empty, at `seq`, and its updates follow.
+    Reset {
+        /// The new epoch's number.
+        epoch: u64,
+        /// The seq it began at.
+        seq: u64,
+    },
 }
 
 impl RoomHandle {
@@ -69,6 +77,17 @@ impl RoomHandle {
             state,
             writer: Arc::new(tokio::sync::Mutex::new(Doc::new().client_id())),
         }
+    }
+
+    /// Deletes the room (what `DELETE /rooms/{room}` does): its content is gone for
+    /// good, its next epoch begins, its connections close with 4410. `None` when nothing
+    /// of it is stored. The handle writes under a fresh client id afterwards: its old one
+    /// wrote deleted content, which the room refuses to take back.
+    pub async fn delete(&self) -> Result<Option<crate::protocol::json::Deleted>, ApiError> {
+        let mut writer = self.writer.lock().await;
+        let deleted = rooms::delete_room(&self.state, &self.name).await;
+        *writer = Doc::new().client_id();
+        deleted
     }
 
     /// The room's name.
@@ -121,7 +140,9 @@ impl RoomHandle {
     /// Transactions of one handle run one at a time. Nothing changed: the room's current
     /// seq. Meant for changes at human rates (bots, importers of small pieces): each
     /// copies the document; a bulk import builds one update and calls
-    /// [`RoomHandle::apply_update`].
+    /// [`RoomHandle::apply_update`]. After the room was deleted by other means than
+    /// this handle, one change fails (410 `room_deleted`: the handle's client id wrote
+    /// deleted content) and the handle takes a fresh id; the next one works.
     pub async fn transact<F, R>(&self, change: F) -> Result<(u64, R), ApiError>
     where
         F: FnOnce(&mut TransactionMut<'_>) -> R,
@@ -236,6 +257,16 @@ impl Follow {
             self.last = Some(durable);
             return Ok(());
         };
+        let epoch = subscribed.epoch;
+        if epoch.is_stale(Some(since)) {
+            // Deleted since: what the subscriber holds is gone; the new epoch follows.
+            self.ready.push_back(RoomEvent::Reset {
+                epoch: epoch.number,
+                seq: epoch.base,
+            });
+            since = epoch.base;
+            self.last = Some(since);
+        }
         while since < durable {
             match catch_up(
                 state,

@@ -584,3 +584,90 @@ async fn a_client_that_does_not_read_is_closed_on_a_hosts_connection_too() {
     }
     host.collabd.shutdown().await;
 }
+
+/// The host lists, deletes and revokes through the library: a subscription hears the
+/// deletion as a reset, the handle writes the room's new life, and a revoked subject's
+/// token is refused on the host's routes.
+#[actix_rt::test]
+async fn the_host_lists_deletes_and_revokes_through_the_library() {
+    const SECRET: &str = "embed-lifecycle-secret-0123456789";
+    let host = Host::start(|b| b, |s| s.auth_secret = Some(SECRET.into())).await;
+    let room = host.collabd.room("lib/a").unwrap();
+    let (seq, ()) = room
+        .transact(|txn| txn.get_or_insert_text("t").push(txn, "old"))
+        .await
+        .unwrap();
+    assert_eq!(seq, 1);
+    let listed = host.collabd.rooms("lib/", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].room.as_str(), listed[0].seq), ("lib/a", 1));
+
+    let mut events = Box::pin(room.subscribe(Some(0)));
+    let first = actix_rt::time::timeout(PATIENCE, events.next())
+        .await
+        .unwrap();
+    assert!(matches!(
+        first,
+        Some(collabd::handle::RoomEvent::Update { seq: 1, .. })
+    ));
+    let deleted = room.delete().await.unwrap().expect("something was stored");
+    assert_eq!((deleted.epoch, deleted.seq), (1, 2));
+    let reset = actix_rt::time::timeout(PATIENCE, events.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reset,
+            Some(collabd::handle::RoomEvent::Reset { epoch: 1, seq: 2 })
+        ),
+        "{reset:?}"
+    );
+    let (seq, ()) = room
+        .transact(|txn| txn.get_or_insert_text("t").push(txn, "new"))
+        .await
+        .unwrap();
+    assert_eq!(seq, 3);
+    match actix_rt::time::timeout(PATIENCE, events.next())
+        .await
+        .unwrap()
+    {
+        Some(collabd::handle::RoomEvent::Update { seq: 3, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(room.json().await.unwrap()["t"], "new");
+    assert!(
+        host.collabd
+            .room("lib/never")
+            .unwrap()
+            .delete()
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let claims = collabd::auth::Claims {
+        room: "lib/*".into(),
+        perm: collabd::auth::Access::Read,
+        exp: collabd::auth::expiry_in(Duration::from_secs(600)),
+        sub: Some("mallory".into()),
+        aud: None,
+        iss: None,
+        iat: Some(collabd::auth::now_secs() - 5),
+    };
+    let token = collabd::auth::mint(SECRET, &claims).unwrap();
+    let path = format!("/collab/rooms/lib/a?token={token}");
+    assert_eq!(host.get(&path).await.0, 200);
+    host.collabd
+        .revoke(collabd::revocation::Revocation::Subject {
+            sub: "mallory".into(),
+            at: collabd::auth::now_secs(),
+        })
+        .await
+        .unwrap();
+    let (status, body) = host.get(&path).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked"))
+    );
+    host.collabd.shutdown().await;
+}

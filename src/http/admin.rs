@@ -80,6 +80,19 @@ pub async fn revoke(
             ));
         }
     };
+    record(&state, revocation).await?;
+    log::warn!(
+        "revoked {answer}{}",
+        Sub(admin.subject.as_deref())
+            .to_string()
+            .replace("sub", "by sub")
+    );
+    Ok(HttpResponse::Ok().json(json!({ "revoked": answer })))
+}
+
+/// Keeps `revocation` in the store (durable when this returns; in cluster mode, published
+/// to every node) and applies it here.
+pub async fn record(state: &AppState, revocation: Revocation) -> Result<(), ApiError> {
     let (key, value) = revocation.encode();
     let store = state.store.clone();
     web::block(move || {
@@ -88,14 +101,8 @@ pub async fn revoke(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    state.auth.revocations().apply(revocation, now);
-    log::warn!(
-        "revoked {answer}{}",
-        Sub(admin.subject.as_deref())
-            .to_string()
-            .replace("sub", "by sub")
-    );
-    Ok(HttpResponse::Ok().json(json!({ "revoked": answer })))
+    state.auth.revocations().apply(revocation, now_secs());
+    Ok(())
 }
 
 /// The `exp` claim of a token, read without checking it (the revocation entry lasts as

@@ -341,21 +341,47 @@ pub async fn apply(
 /// next epoch. Its sessions are closed with 4410 and its SSE streams reset; a client
 /// holding a cursor from before gets a reset and the new (empty) state.
 pub async fn delete(state: web::Data<AppState>, room: Arc<str>) -> Result<HttpResponse, ApiError> {
+    match delete_room(&state, &room).await? {
+        Some(deleted) => Ok(HttpResponse::Ok().json(deleted)),
+        None => Err(ApiError::not_found(format!(
+            "room {room:?} has nothing stored"
+        ))),
+    }
+}
+
+/// Deletes `room` (see [`delete`]); `None` when nothing of it is stored.
+pub async fn delete_room(
+    state: &AppState,
+    room: &Arc<str>,
+) -> Result<Option<crate::protocol::json::Deleted>, ApiError> {
     let deleted = state
         .registry
         .send(DeleteRoom { name: room.clone() })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    let Some(epoch) = deleted else {
-        return Err(ApiError::not_found(format!(
-            "room {room:?} has nothing stored"
-        )));
-    };
-    Ok(HttpResponse::Ok().json(json!({
-        "room": &*room,
-        "epoch": epoch.number,
-        "seq": epoch.base,
-    })))
+    Ok(deleted.map(|epoch| crate::protocol::json::Deleted {
+        room: room.to_string(),
+        epoch: epoch.number,
+        seq: epoch.base,
+    }))
+}
+
+/// The stored rooms whose name starts with `prefix`, after `after`, at most `limit`
+/// (1 to [`crate::store::MAX_LISTING`]): durable (the store is flushed first).
+pub async fn list_rooms(
+    state: &AppState,
+    prefix: String,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Vec<crate::store::RoomSummary>, ApiError> {
+    let store = state.store.clone();
+    Ok(web::block(move || {
+        // What a listing shows is durable: flush what rooms appended (free when nothing).
+        store.flush()?;
+        store.rooms(&prefix, after.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??)
 }
 
 /// `GET /rooms?prefix=&after=&limit=` (admin for the prefix): rooms with anything stored,
@@ -381,14 +407,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                 )
             })?,
     };
-    let store = state.store.clone();
-    let rooms = web::block(move || {
-        // What a listing shows is durable: flush what rooms appended (free when nothing).
-        store.flush()?;
-        store.rooms(&prefix, after.as_deref(), limit)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let rooms = list_rooms(&state, prefix, after, limit).await?;
     let next = (rooms.len() == limit).then(|| rooms.last().map(|r| r.room.clone()));
     Ok(HttpResponse::Ok()
         .insert_header((CACHE_CONTROL, "no-store"))

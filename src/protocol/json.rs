@@ -25,6 +25,33 @@ pub struct RoomInfo {
     pub first_seq: Option<u64>,
 }
 
+/// A room in the listing of `GET /rooms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    /// The room's name.
+    pub room: String,
+    /// The newest stored seq.
+    pub seq: u64,
+    /// The stored size in bytes: the snapshot plus the records after it.
+    pub size: u64,
+    /// When the newest record was written (ms since the Unix epoch; 0: not known).
+    pub changed_ms: u64,
+    /// The room's epoch: 0, and one more each time it is deleted.
+    pub epoch: u64,
+}
+
+/// The answer to `DELETE /rooms/{room}`: the room's new epoch and the seq it begins at
+/// (its first update gets `seq + 1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The room's name.
+    pub room: String,
+    /// The new epoch's number.
+    pub epoch: u64,
+    /// The seq the new epoch begins at: every cursor below it is from a deleted epoch.
+    pub seq: u64,
+}
+
 /// Every error answer: `{"error": CODE, "message": TEXT}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

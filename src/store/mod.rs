@@ -159,20 +159,7 @@ pub struct Epoch {
     pub deleting: bool,
 }
 
-/// A room in [`Store::rooms`]'s listing.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RoomSummary {
-    pub room: String,
-    /// The newest stored seq (durable ones and any appended since the last flush).
-    pub seq: u64,
-    /// The stored size in bytes: the snapshot plus the records after it.
-    pub size: u64,
-    /// When the newest record or snapshot was written (ms since the Unix epoch; 0: not
-    /// known).
-    pub changed_ms: u64,
-    /// The room's epoch number (see [`Epoch`]).
-    pub epoch: u64,
-}
+pub use crate::protocol::json::RoomSummary;
 
 /// What can go wrong below the room.
 #[derive(Debug, thiserror::Error)]
