@@ -1,6 +1,7 @@
 // Stock Yjs clients (yjs + y-websocket's WebsocketProvider, no changes) against collabd:
 // three clients converge on Y.Text and Y.Map edits, see each other's awareness, survive a
-// server restart, and merge the edits they made while the server was down.
+// server restart, and merge the edits they made while the server was down; a room deleted
+// under stock clients never gets its content back.
 import * as Y from 'yjs'
 import { startServer, tempDataDir, until, assertEqual, run, yWebsocketClient } from './harness.mjs'
 
@@ -30,6 +31,44 @@ async function converged (clients, what) {
     const first = JSON.stringify(view(clients[0]))
     return clients.every(c => JSON.stringify(view(c)) === first)
   })
+}
+
+// A room deleted under stock y-websocket clients: each is closed with 4410. A stock
+// provider reconnects by itself and offers its whole (deleted) document again; the server
+// refuses it each time (4410 again), so nothing deleted comes back. The application's
+// part, as the README says: on 4410, destroy the provider and document, start afresh.
+async function deletedUnderStockClients (port) {
+  const room = 'interop/deleted'
+  const base = `http://127.0.0.1:${port}/rooms/${encodeURIComponent(room)}`
+  const stale = await Promise.all(['dee', 'eve'].map(n => yWebsocketClient(port, room, n)))
+  const closes = stale.map(() => [])
+  stale.forEach((c, i) => c.provider.on('connection-close', e => e && closes[i].push(e.code)))
+  await until('synced', () => stale.every(c => c.provider.synced))
+  stale[0].doc.getText('text').insert(0, 'secret')
+  await until('stored', async () => {
+    const res = await fetch(`${base}/state`)
+    const doc = new Y.Doc()
+    Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+    return doc.getText('text').toString() === 'secret'
+  })
+  assertEqual((await fetch(base, { method: 'DELETE' })).status, 200, 'DELETE')
+  await until('both closed with 4410, and refused again on reconnecting', () =>
+    closes.every(codes => codes.filter(c => c === 4410).length >= 2))
+  const res = await fetch(`${base}/state`)
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+  assertEqual(doc.getText('text').toString(), '', 'nothing deleted came back')
+  stale.forEach(c => { c.provider.destroy(); c.doc.destroy() })
+  const fresh = await yWebsocketClient(port, room, 'fresh')
+  await until('a fresh document syncs', () => fresh.provider.synced)
+  fresh.doc.getText('text').insert(0, 'new life')
+  await until('the new life is stored', async () => {
+    const res = await fetch(`${base}/state`)
+    const doc = new Y.Doc()
+    Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+    return doc.getText('text').toString() === 'new life'
+  })
+  fresh.provider.destroy()
 }
 
 run('stock Yjs clients interoperate with collabd', async () => {
@@ -84,6 +123,7 @@ run('stock Yjs clients interoperate with collabd', async () => {
 
   ann.provider.destroy()
   bob.provider.destroy()
+  await deletedUnderStockClients(port)
   await server.stop()
   // Everything survives a clean stop.
   server = await startServer(dataDir)
