@@ -695,9 +695,9 @@ impl Settings {
                      in front of an https receiver)"
                 ));
             }
-            if self.postgres_url.is_some() || self.redis_url.is_some() {
+            if self.redis_url.is_some() {
                 errors.push(
-                    "webhook_url needs the embedded store: not with postgres_url or redis_url yet"
+                    "webhook_url needs one node (sled or postgres_url): not in cluster mode yet"
                         .into(),
                 );
             }

@@ -17,7 +17,15 @@
 //! `X-Collabd-Signature: sha256=HEX` (HMAC-SHA256 of `TIMESTAMP.BODY`). At most one per
 //! room per `webhook_debounce_ms`; a failed one (no answer in 10 s, or not 2xx) is retried
 //! with exponential backoff (0.5 s doubling to 60 s) and full jitter, and covers whatever
-//! changed meanwhile. Deliveries go one at a time, in the order rooms became due.
+//! changed meanwhile. Deliveries go one at a time, in the order rooms became due. Every
+//! body also carries the room's `"epoch"`.
+//!
+//! A deleted room's pending changes are dropped (their content is gone) and its deletion
+//! is delivered instead, at least once like a change: `{"room", "deleted": true,
+//! "epoch", "seq", "id"}` (`seq`: the new epoch's start; `id`: `ROOM:deleted:EPOCH`).
+//! The deletion stores the room's delivery state as "delivered up to `seq - 1`, known up
+//! to `seq`": a range starting at the epoch's base, which no update ever has, is the
+//! deletion's notice, so a restart before it went out still sends it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,16 +39,39 @@ use crate::config::Settings;
 use crate::room::history::{self, At};
 use crate::store::{Store, StoreError};
 
-/// How rooms reach the deliverer: `(room, seq)` once changes up to `seq` are durable.
+/// What reaches the deliverer.
+enum Fed {
+    /// The room's changes up to `seq` are durable.
+    Changed(Arc<str>, u64),
+    /// The room was deleted; its next epoch began at `seq` (its delivery state is stored
+    /// as pending the deletion's notice).
+    Deleted(Arc<str>, u64),
+}
+
+/// How rooms and the registry reach the deliverer.
 #[derive(Clone)]
 pub struct WebhookFeed {
-    tx: mpsc::UnboundedSender<(Arc<str>, u64)>,
+    tx: mpsc::UnboundedSender<Fed>,
 }
 
 impl WebhookFeed {
+    /// The room's changes up to `seq` are durable.
     pub fn changed(&self, room: &Arc<str>, seq: u64) {
-        let _ = self.tx.send((room.clone(), seq));
+        let _ = self.tx.send(Fed::Changed(room.clone(), seq));
     }
+
+    /// The room was deleted and its next epoch began at `base`; the store already holds
+    /// the pending notice ([`deletion_pending`]).
+    pub fn deleted(&self, room: &Arc<str>, base: u64) {
+        let _ = self.tx.send(Fed::Deleted(room.clone(), base));
+    }
+}
+
+/// Stores the deleted room's delivery state so that its deletion is delivered (at least
+/// once, a restart included): delivered up to `base - 1`, known up to `base`.
+pub fn deletion_pending(store: &dyn Store, room: &str, base: u64) -> Result<(), StoreError> {
+    store.put_webhook(room, base - 1, base)?;
+    store.flush()
 }
 
 struct RoomState {
@@ -65,7 +96,7 @@ async fn run(
     url: String,
     settings: Arc<Settings>,
     store: Arc<dyn Store>,
-    mut rx: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+    mut rx: mpsc::UnboundedReceiver<Fed>,
 ) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -109,31 +140,13 @@ async fn run(
             d.saturating_duration_since(Instant::now())
         });
         tokio::select! {
-            changed = rx.recv() => {
-                let Some((room, seq)) = changed else { return };
+            fed = rx.recv() => {
+                let Some(fed) = fed else { return };
                 let now = Instant::now();
-                let state = rooms.entry(room).or_insert(RoomState {
-                    delivered: 0,
-                    target: 0,
-                    stored_target: 0,
-                    next: now + debounce,
-                    attempts: 0,
-                });
-                if state.target <= state.delivered {
-                    // Nothing pending: the debounce starts with this change.
-                    state.next = state.next.max(now + debounce);
-                }
-                state.target = state.target.max(seq);
+                take(&mut rooms, fed, now, debounce, true);
                 // More of what arrived meanwhile, without waiting.
-                while let Ok((room, seq)) = rx.try_recv() {
-                    let state = rooms.entry(room).or_insert(RoomState {
-                        delivered: 0,
-                        target: 0,
-                        stored_target: 0,
-                        next: now + debounce,
-                        attempts: 0,
-                    });
-                    state.target = state.target.max(seq);
+                while let Ok(fed) = rx.try_recv() {
+                    take(&mut rooms, fed, now, debounce, false);
                 }
                 continue;
             }
@@ -149,7 +162,21 @@ async fn run(
             let Some(state) = rooms.get_mut(&name) else {
                 continue;
             };
-            let (from, to) = (state.delivered + 1, state.target);
+            let (from, mut to) = (state.delivered + 1, state.target);
+            let epoch = {
+                let (store, room) = (store.clone(), name.clone());
+                actix_rt::task::spawn_blocking(move || store.epoch(&room)).await
+            };
+            let Ok(Ok(epoch)) = epoch else {
+                warn!("webhook: room {name:?}: could not read its epoch");
+                state.next = now + backoff(state.attempts);
+                continue;
+            };
+            // A range from the epoch's base is its deletion's notice, alone.
+            let deletion = epoch.number > 0 && from == epoch.base;
+            if deletion {
+                to = from;
+            }
             // The target is durable before anything is sent: a restart finds it.
             if state.stored_target < to {
                 let (store, room, delivered) = (store.clone(), name.clone(), state.delivered);
@@ -165,7 +192,11 @@ async fn run(
                 }
                 state.stored_target = to;
             }
-            match deliver(&client, &url, &settings, &store, &name, from, to).await {
+            let delivered = match deletion {
+                true => deliver_deletion(&client, &url, &settings, &name, &epoch).await,
+                false => deliver(&client, &url, &settings, &store, &name, from, to, &epoch).await,
+            };
+            match delivered {
                 Ok(()) => {
                     debug!("webhook: room {name:?}: delivered {from}..={to}");
                     state.delivered = to;
@@ -192,7 +223,72 @@ async fn run(
     }
 }
 
+/// What the deliverer does with what it is fed.
+fn take(
+    rooms: &mut HashMap<Arc<str>, RoomState>,
+    fed: Fed,
+    now: Instant,
+    debounce: Duration,
+    first: bool,
+) {
+    let fresh = || RoomState {
+        delivered: 0,
+        target: 0,
+        stored_target: 0,
+        next: now + debounce,
+        attempts: 0,
+    };
+    match fed {
+        Fed::Changed(room, seq) => {
+            let state = rooms.entry(room).or_insert_with(fresh);
+            if first && state.target <= state.delivered {
+                // Nothing pending: the debounce starts with this change.
+                state.next = state.next.max(now + debounce);
+            }
+            state.target = state.target.max(seq);
+        }
+        Fed::Deleted(room, base) => {
+            // What was pending is gone with the room; its deletion goes at once.
+            rooms.insert(
+                room,
+                RoomState {
+                    delivered: base - 1,
+                    target: base,
+                    stored_target: base,
+                    next: now,
+                    attempts: 0,
+                },
+            );
+        }
+    }
+}
+
+/// The room's name as a header value (visible ASCII): percent-encoded.
+fn id_of(room: &str) -> String {
+    percent_encoding::utf8_percent_encode(room, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A deletion's notice; `Err` says why it did not get a 2xx.
+async fn deliver_deletion(
+    client: &awc::Client,
+    url: &str,
+    settings: &Settings,
+    room: &Arc<str>,
+    epoch: &crate::store::Epoch,
+) -> Result<(), String> {
+    let id = format!("{}:deleted:{}", id_of(room), epoch.number);
+    let body = json!({
+        "room": &**room,
+        "deleted": true,
+        "epoch": epoch.number,
+        "seq": epoch.base,
+        "id": id,
+    });
+    post(client, url, settings, &id, &body).await
+}
+
 /// One delivery; `Err` says why it did not get a 2xx.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     client: &awc::Client,
     url: &str,
@@ -201,13 +297,16 @@ async fn deliver(
     room: &Arc<str>,
     from: u64,
     to: u64,
+    epoch: &crate::store::Epoch,
 ) -> Result<(), String> {
-    // A header value is visible ASCII: the room's name goes percent-encoded.
-    let id = format!(
-        "{}:{from}:{to}",
-        percent_encoding::utf8_percent_encode(room, percent_encoding::NON_ALPHANUMERIC)
-    );
-    let mut body = json!({ "room": &**room, "from_seq": from, "to_seq": to, "id": id });
+    let id = format!("{}:{from}:{to}", id_of(room));
+    let mut body = json!({
+        "room": &**room,
+        "from_seq": from,
+        "to_seq": to,
+        "id": id,
+        "epoch": epoch.number,
+    });
     if settings.webhook_state {
         let (store, name) = (store.clone(), room.clone());
         let at = actix_rt::task::spawn_blocking(move || history::state_at(&*store, &name, to))
@@ -218,7 +317,18 @@ async fn deliver(
             body["state"] = crate::room::doc_json::to_json(&doc);
         }
     }
-    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    post(client, url, settings, &id, &body).await
+}
+
+/// POSTs `body`, signed; `Err` unless the answer is a 2xx.
+async fn post(
+    client: &awc::Client,
+    url: &str,
+    settings: &Settings,
+    id: &str,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -226,7 +336,7 @@ async fn deliver(
     let mut request = client
         .post(url)
         .insert_header(("Content-Type", "application/json"))
-        .insert_header(("Idempotency-Key", id.as_str()))
+        .insert_header(("Idempotency-Key", id))
         .insert_header(("X-Collabd-Timestamp", timestamp.as_str()));
     if let Some(secret) = &settings.webhook_secret {
         request = request.insert_header((

@@ -428,8 +428,19 @@ async fn a_fresh_token_changes_a_session_without_reconnecting() {
 /// over WebSocket, POST and PATCH alike.
 #[actix_rt::test]
 async fn the_history_names_each_updates_author() {
+    authors_on(&[]).await;
+}
+
+/// The same on PostgreSQL: authors are committed with their records.
+#[actix_rt::test]
+async fn the_history_names_each_updates_author_on_postgres() {
+    let db = FreshDb::new();
+    authors_on(&["--postgres-url", &db.url]).await;
+}
+
+async fn authors_on(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    let server = start(dir.path(), store);
     let room = "authors/doc";
     let mint_for = |sub: &str| {
         let claims = Claims {

@@ -6,6 +6,11 @@
 
 mod common;
 
+/// The server's arguments: the store's, then the test's.
+fn with<'a>(store: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+    store.iter().chain(args).copied().collect()
+}
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -234,10 +239,21 @@ async fn restore_brings_back_an_earlier_seq() {
 /// from it; `restore` takes `{"version"}`; a name is taken once.
 #[actix_rt::test]
 async fn named_versions_outlive_compaction() {
+    named_versions_outlive_compaction_on(&[]).await;
+}
+
+/// The same on PostgreSQL (the versions table).
+#[actix_rt::test]
+async fn named_versions_outlive_compaction_on_postgres() {
+    let db = FreshDb::new();
+    named_versions_outlive_compaction_on(&["--postgres-url", &db.url]).await;
+}
+
+async fn named_versions_outlive_compaction_on(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         dir.path(),
-        &["--snapshot-every", "10", "--replay-window", "10"],
+        &with(store, &["--snapshot-every", "10", "--replay-window", "10"]),
     );
     let room = "history/versions";
     let w = HttpWriter::new();
@@ -305,17 +321,31 @@ async fn named_versions_outlive_compaction() {
 /// the newest checkpoint stays.
 #[actix_rt::test]
 async fn checkpoints_reach_beyond_the_replay_window() {
+    checkpoints_reach_beyond_the_replay_window_on(&[]).await;
+}
+
+/// The same on PostgreSQL (the checkpoints table).
+#[actix_rt::test]
+async fn checkpoints_reach_beyond_the_replay_window_on_postgres() {
+    let db = FreshDb::new();
+    checkpoints_reach_beyond_the_replay_window_on(&["--postgres-url", &db.url]).await;
+}
+
+async fn checkpoints_reach_beyond_the_replay_window_on(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         dir.path(),
-        &[
-            "--snapshot-every",
-            "10",
-            "--replay-window",
-            "10",
-            "--checkpoint-every",
-            "20",
-        ],
+        &with(
+            store,
+            &[
+                "--snapshot-every",
+                "10",
+                "--replay-window",
+                "10",
+                "--checkpoint-every",
+                "20",
+            ],
+        ),
     );
     let room = "history/checkpoints";
     let w = HttpWriter::new();
@@ -343,17 +373,22 @@ async fn checkpoints_reach_beyond_the_replay_window() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         dir.path(),
-        &[
-            "--snapshot-every",
-            "10",
-            "--replay-window",
-            "10",
-            "--checkpoint-every",
-            "20",
-            "--checkpoint-retention-ms",
-            "0",
-        ],
+        &with(
+            store,
+            &[
+                "--snapshot-every",
+                "10",
+                "--replay-window",
+                "10",
+                "--checkpoint-every",
+                "20",
+                "--checkpoint-retention-ms",
+                "0",
+            ],
+        ),
     );
+    // Another room: the store may be shared with the first server (PostgreSQL).
+    let room = "history/checkpoints-kept-none";
     let w = HttpWriter::new();
     for i in 1..=65u64 {
         post_update(&server, room, w.append("t", &format!("<{i}>"))).await;

@@ -6,6 +6,11 @@
 
 mod common;
 
+/// The server's arguments: the store's, then the test's.
+fn with<'a>(store: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+    store.iter().chain(args).copied().collect()
+}
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -245,17 +250,35 @@ async fn a_failing_receiver_is_retried_and_a_restart_loses_nothing() {
 /// pending delivery is stored with its record.
 #[actix_rt::test]
 async fn changes_acknowledged_before_a_kill_are_delivered_after_the_restart() {
+    changes_acknowledged_before_a_kill_are_delivered_after_the_restart_on(&[]).await;
+}
+
+/// The same on PostgreSQL (marks committed with the records).
+#[actix_rt::test]
+async fn changes_acknowledged_before_a_kill_are_delivered_after_the_restart_on_postgres() {
+    let db = FreshDb::new();
+    changes_acknowledged_before_a_kill_are_delivered_after_the_restart_on(&[
+        "--postgres-url",
+        &db.url,
+    ])
+    .await;
+}
+
+async fn changes_acknowledged_before_a_kill_are_delivered_after_the_restart_on(store: &[&str]) {
     let receiver = Receiver::start();
     let dir = tempfile::tempdir().unwrap();
     let url = receiver.url();
     let mut server = TestServer::start(
         dir.path(),
-        &[
-            "--webhook-url",
-            url.as_str(),
-            "--webhook-debounce-ms",
-            "60000",
-        ],
+        &with(
+            store,
+            &[
+                "--webhook-url",
+                url.as_str(),
+                "--webhook-debounce-ms",
+                "60000",
+            ],
+        ),
     );
     let w = HttpWriter::new();
     for i in 0..3 {
@@ -269,13 +292,93 @@ async fn changes_acknowledged_before_a_kill_are_delivered_after_the_restart() {
     );
     let _server = TestServer::start(
         dir.path(),
-        &[
-            "--webhook-url",
-            url.as_str(),
-            "--webhook-debounce-ms",
-            "100",
-        ],
+        &with(
+            store,
+            &[
+                "--webhook-url",
+                url.as_str(),
+                "--webhook-debounce-ms",
+                "100",
+            ],
+        ),
     );
     let delivered = receiver.until_delivered("hooks/kill", 3).await;
     assert!(contiguous(&delivered), "{delivered:?}");
+}
+
+/// A deleted room's pending changes are not delivered (their content is gone); its
+/// deletion is, at least once: here the receiver fails until the server is killed, and
+/// the restarted server delivers the deletion, then the room's new changes.
+#[actix_rt::test]
+async fn a_deletion_is_delivered_at_least_once_instead_of_the_deleted_changes() {
+    let receiver = Receiver::start();
+    receiver.status.store(500, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let url = receiver.url();
+    let args = ["--webhook-url", url.as_str(), "--webhook-debounce-ms", "50"];
+    let mut server = TestServer::start(dir.path(), &args);
+    let room = "hooks/deleted";
+    let w = HttpWriter::new();
+    for i in 0..3 {
+        let (status, _) = post_update(&server, room, w.append("t", &format!("{i}"))).await;
+        assert_eq!(status, 200);
+    }
+    let mut res = awc::Client::new()
+        .delete(server.url(&format!("/rooms/{room}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "{:?}", res.body().await);
+    let is_deletion = |d: &Delivery| d.body["room"] == room && d.body["deleted"] == true;
+    let deadline = Instant::now() + PATIENCE;
+    while !receiver.got.lock().unwrap().iter().any(is_deletion) {
+        assert!(Instant::now() < deadline, "the deletion was never tried");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    receiver.status.store(200, Ordering::SeqCst);
+    let server = TestServer::start(dir.path(), &args);
+    let deadline = Instant::now() + PATIENCE;
+    let deletion = loop {
+        if let Some(d) = receiver.accepted().into_iter().find(is_deletion) {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deletion was never delivered"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (
+            deletion.body["epoch"].as_u64(),
+            deletion.body["seq"].as_u64()
+        ),
+        (Some(1), Some(4))
+    );
+    assert_eq!(
+        deletion.headers["idempotency-key"],
+        "hooks%2Fdeleted:deleted:1"
+    );
+    // The room's new life is delivered from its first seq on, in its epoch.
+    let (status, body) = post_update(&server, room, HttpWriter::new().append("t", "new")).await;
+    assert_eq!((status, body["seq"].as_u64()), (200, Some(5)));
+    let delivered = receiver.until_delivered(room, 5).await;
+    let ranges: Vec<(u64, u64)> = delivered
+        .iter()
+        .filter(|d| d.body["deleted"] != true)
+        .map(|d| {
+            (
+                d.body["from_seq"].as_u64().unwrap(),
+                d.body["to_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(5, 5)],
+        "nothing of the deleted epoch was accepted"
+    );
+    let last = delivered.last().unwrap();
+    assert_eq!(last.body["epoch"], 1);
 }

@@ -209,6 +209,7 @@ impl Handler<DeleteRoom> for Registry {
         let running = self.rooms.remove(&name).map(|entry| entry.addr);
         let store = self.store.clone();
         let room = name.clone();
+        let webhooks = self.webhooks.clone();
         let work = async move {
             let ended = match running {
                 Some(addr) => match addr.send(Delete).await {
@@ -217,9 +218,17 @@ impl Handler<DeleteRoom> for Registry {
                 },
                 None => None,
             };
-            actix_rt::task::spawn_blocking(move || delete_stored(&*store, &room, ended))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+            actix_rt::task::spawn_blocking(move || {
+                let deleted = delete_stored(&*store, &room, ended)?;
+                // Webhooks: the deletion is delivered like a change (at least once).
+                if let (Some(epoch), Some(webhooks)) = (&deleted, webhooks) {
+                    crate::webhooks::deletion_pending(&*store, &room, epoch.base)?;
+                    webhooks.deleted(&room, epoch.base);
+                }
+                Ok(deleted)
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
         };
         Box::pin(work.into_actor(self).map(move |deleted, registry, _| {
             registry.deleting.remove(&name);

@@ -83,15 +83,109 @@ const MIGRATIONS: &[(i32, &str)] = &[
              value bigint not null
          );",
     ),
+    (
+        3,
+        "create table collabd_authors (
+             room text not null,
+             seq bigint not null,
+             author text not null,
+             primary key (room, seq)
+         );
+         create table collabd_versions (
+             room text not null,
+             name text not null,
+             seq bigint not null,
+             pinned_at timestamptz not null default now(),
+             state bytea not null,
+             primary key (room, name)
+         );
+         create table collabd_checkpoints (
+             room text not null,
+             seq bigint not null,
+             written_at timestamptz not null default now(),
+             state bytea not null,
+             primary key (room, seq)
+         );
+         create table collabd_webhooks (
+             room text primary key,
+             delivered bigint not null default 0,
+             target bigint not null default 0,
+             marked bigint not null default 0
+         );",
+    ),
 ];
 
 /// What waits for the next commit, visible to reads meanwhile.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Pending {
     /// (room, seq) → update.
     updates: BTreeMap<(String, u64), Vec<u8>>,
     /// room → its newest snapshot.
     snapshots: BTreeMap<String, Snapshot>,
+    /// (room, seq) → who wrote it.
+    authors: BTreeMap<(String, u64), String>,
+    /// room → the seq its changes await webhook delivery up to.
+    marks: BTreeMap<String, u64>,
+    /// (room, seq) → a checkpoint's state, and the time (ms) before which older ones go.
+    checkpoints: BTreeMap<(String, u64), (Vec<u8>, u64)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.updates.is_empty()
+            && self.snapshots.is_empty()
+            && self.authors.is_empty()
+            && self.marks.is_empty()
+            && self.checkpoints.is_empty()
+    }
+
+    /// Takes in everything of `newer` (which came after).
+    fn absorb(&mut self, newer: &mut Pending) {
+        self.updates.append(&mut newer.updates);
+        self.snapshots.append(&mut newer.snapshots);
+        self.authors.append(&mut newer.authors);
+        for (room, seq) in std::mem::take(&mut newer.marks) {
+            let mark = self.marks.entry(room).or_default();
+            *mark = (*mark).max(seq);
+        }
+        self.checkpoints.append(&mut newer.checkpoints);
+    }
+
+    /// Forgets what `committed` holds (and nothing that replaced it since).
+    fn forget(&mut self, committed: &Pending) {
+        for key in committed.updates.keys() {
+            self.updates.remove(key);
+        }
+        for (room, snapshot) in &committed.snapshots {
+            if self
+                .snapshots
+                .get(room)
+                .is_some_and(|s| s.seq == snapshot.seq)
+            {
+                self.snapshots.remove(room);
+            }
+        }
+        for key in committed.authors.keys() {
+            self.authors.remove(key);
+        }
+        for (room, seq) in &committed.marks {
+            if self.marks.get(room) == Some(seq) {
+                self.marks.remove(room);
+            }
+        }
+        for key in committed.checkpoints.keys() {
+            self.checkpoints.remove(key);
+        }
+    }
+
+    /// Drops everything of `room`.
+    fn drop_room(&mut self, room: &str) {
+        self.updates.retain(|(r, _), _| r != room);
+        self.snapshots.remove(room);
+        self.authors.retain(|(r, _), _| r != room);
+        self.marks.remove(room);
+        self.checkpoints.retain(|(r, _), _| r != room);
+    }
 }
 
 /// The op log in PostgreSQL. Two connections: one commits (the flusher's), one reads.
@@ -347,6 +441,33 @@ impl PostgresStore {
                 &[room, &sql_seq(snapshot.seq), &snapshot.state],
             )?;
         }
+        for ((room, seq), author) in &batch.authors {
+            tx.execute(
+                "insert into collabd_authors (room, seq, author) values ($1, $2, $3)
+                 on conflict (room, seq) do nothing",
+                &[room, &sql_seq(*seq), author],
+            )?;
+        }
+        for (room, seq) in &batch.marks {
+            tx.execute(
+                "insert into collabd_webhooks (room, marked) values ($1, $2)
+                 on conflict (room) do update
+                   set marked = greatest(collabd_webhooks.marked, excluded.marked)",
+                &[room, &sql_seq(*seq)],
+            )?;
+        }
+        for ((room, seq), (state, before_ms)) in &batch.checkpoints {
+            tx.execute(
+                "insert into collabd_checkpoints (room, seq, state) values ($1, $2, $3)
+                 on conflict (room, seq) do nothing",
+                &[room, &sql_seq(*seq), state],
+            )?;
+            tx.execute(
+                "delete from collabd_checkpoints
+                 where room = $1 and written_at < to_timestamp($2::double precision / 1000)",
+                &[room, &(*before_ms as f64)],
+            )?;
+        }
         tx.commit()
     }
 }
@@ -471,12 +592,194 @@ impl Store for PostgresStore {
                 &[&room, &sql_seq(seq)],
             )
             .map_err(transient)?;
+        // The authors of what went (kept no longer than their records).
+        self.conn(&self.writer)?
+            .execute(
+                "delete from collabd_authors where room = $1 and seq < $2",
+                &[&room, &sql_seq(seq)],
+            )
+            .map_err(transient)?;
         let mut pending = lock(&self.pending);
         let before = pending.updates.len();
         pending
             .updates
             .retain(|(r, s), _| r.as_str() != room || *s >= seq);
+        pending
+            .authors
+            .retain(|(r, s), _| r.as_str() != room || *s >= seq);
         Ok(usize::try_from(stored).unwrap_or(usize::MAX) + before - pending.updates.len())
+    }
+
+    fn put_author(&self, room: &str, seq: u64, author: &str) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
+        lock(&self.pending)
+            .authors
+            .insert((room.to_string(), seq), author.to_string());
+        Ok(())
+    }
+
+    fn authors(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<std::collections::HashMap<u64, String>, StoreError> {
+        let rows = self
+            .conn(&self.reader)?
+            .query(
+                "select seq, author from collabd_authors
+                 where room = $1 and seq >= $2 and seq <= $3",
+                &[&room, &sql_seq(from), &sql_seq(to)],
+            )
+            .map_err(transient)?;
+        let mut out: std::collections::HashMap<u64, String> = rows
+            .iter()
+            .map(|row| (seq_of(row.get(0)), row.get(1)))
+            .collect();
+        let (low, high) = ((room.to_string(), from), (room.to_string(), to));
+        self.with_pending(|p: &Pending, _: Option<()>| {
+            for ((_, seq), author) in p.authors.range(low.clone()..=high.clone()) {
+                out.insert(*seq, author.clone());
+            }
+            None
+        });
+        Ok(out)
+    }
+
+    fn mark_webhook(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
+        let mut pending = lock(&self.pending);
+        let mark = pending.marks.entry(room.to_string()).or_default();
+        *mark = (*mark).max(seq);
+        Ok(())
+    }
+
+    fn put_webhook(&self, room: &str, delivered: u64, target: u64) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
+        self.conn(&self.writer)?
+            .execute(
+                "insert into collabd_webhooks (room, delivered, target) values ($1, $2, $3)
+                 on conflict (room) do update
+                   set delivered = excluded.delivered, target = excluded.target",
+                &[&room, &sql_seq(delivered), &sql_seq(target)],
+            )
+            .map_err(transient)?;
+        Ok(())
+    }
+
+    fn webhooks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let rows = self
+            .conn(&self.reader)?
+            .query(
+                "select room, delivered, greatest(target, marked) from collabd_webhooks",
+                &[],
+            )
+            .map_err(transient)?;
+        let mut out: BTreeMap<String, (u64, u64)> = rows
+            .iter()
+            .map(|row| (row.get(0), (seq_of(row.get(1)), seq_of(row.get(2)))))
+            .collect();
+        self.with_pending(|p: &Pending, _: Option<()>| {
+            for (room, seq) in &p.marks {
+                let entry = out.entry(room.clone()).or_default();
+                entry.1 = entry.1.max(*seq);
+            }
+            None
+        });
+        Ok(out
+            .into_iter()
+            .map(|(room, (delivered, target))| (room, delivered, target))
+            .collect())
+    }
+
+    fn put_checkpoint(
+        &self,
+        room: &str,
+        snapshot: &Snapshot,
+        before_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
+        lock(&self.pending).checkpoints.insert(
+            (room.to_string(), snapshot.seq),
+            (snapshot.state.clone(), before_ms),
+        );
+        Ok(())
+    }
+
+    fn checkpoint_before(&self, room: &str, seq: u64) -> Result<Option<Snapshot>, StoreError> {
+        let (low, high) = ((room.to_string(), 0), (room.to_string(), seq));
+        let remembered = self.with_pending(|p: &Pending, found: Option<Snapshot>| {
+            let newer = p
+                .checkpoints
+                .range(low.clone()..=high.clone())
+                .next_back()
+                .map(|((_, s), (state, _))| Snapshot {
+                    seq: *s,
+                    state: state.clone(),
+                });
+            match (found, newer) {
+                (Some(f), Some(n)) => Some(if n.seq >= f.seq { n } else { f }),
+                (f, n) => n.or(f),
+            }
+        });
+        let stored = self
+            .conn(&self.reader)?
+            .query_opt(
+                "select seq, state from collabd_checkpoints
+                 where room = $1 and seq <= $2 order by seq desc limit 1",
+                &[&room, &sql_seq(seq)],
+            )
+            .map_err(transient)?
+            .map(|row| Snapshot {
+                seq: seq_of(row.get(0)),
+                state: row.get(1),
+            });
+        Ok(match (stored, remembered) {
+            (Some(s), Some(r)) => Some(if r.seq >= s.seq { r } else { s }),
+            (s, r) => r.or(s),
+        })
+    }
+
+    fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        check_room_name(room)?;
+        self.refuse_if_failed()?;
+        self.conn(&self.writer)?
+            .execute(
+                "insert into collabd_versions (room, name, seq, state) values ($1, $2, $3, $4)
+                 on conflict (room, name) do nothing",
+                &[&room, &name, &sql_seq(snapshot.seq), &snapshot.state],
+            )
+            .map_err(transient)?;
+        Ok(())
+    }
+
+    fn version(&self, room: &str, name: &str) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .conn(&self.reader)?
+            .query_opt(
+                "select seq, state from collabd_versions where room = $1 and name = $2",
+                &[&room, &name],
+            )
+            .map_err(transient)?
+            .map(|row| Snapshot {
+                seq: seq_of(row.get(0)),
+                state: row.get(1),
+            }))
+    }
+
+    fn versions(&self, room: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let rows = self
+            .conn(&self.reader)?
+            .query(
+                "select name, seq, (extract(epoch from pinned_at) * 1000)::bigint
+                 from collabd_versions where room = $1 order by seq, name",
+                &[&room],
+            )
+            .map_err(transient)?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), seq_of(row.get(1)), seq_of(row.get(2))))
+            .collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -486,18 +789,10 @@ impl Store for PostgresStore {
         let batch = {
             let mut committing = lock(&self.committing);
             let mut pending = lock(&self.pending);
-            for (key, update) in std::mem::take(&mut pending.updates) {
-                committing.updates.insert(key, update);
-            }
-            for (room, snapshot) in std::mem::take(&mut pending.snapshots) {
-                committing.snapshots.insert(room, snapshot);
-            }
-            Pending {
-                updates: committing.updates.clone(),
-                snapshots: committing.snapshots.clone(),
-            }
+            committing.absorb(&mut pending);
+            committing.clone()
         };
-        if batch.updates.is_empty() && batch.snapshots.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
         match self.commit(&batch) {
@@ -505,19 +800,7 @@ impl Store for PostgresStore {
                 if let Some(was) = lock(&self.down).take() {
                     info!("postgres: reachable again (was: {was}); writes are taken again");
                 }
-                let mut committing = lock(&self.committing);
-                for key in batch.updates.keys() {
-                    committing.updates.remove(key);
-                }
-                for (room, snapshot) in &batch.snapshots {
-                    if committing
-                        .snapshots
-                        .get(room)
-                        .is_some_and(|s| s.seq == snapshot.seq)
-                    {
-                        committing.snapshots.remove(room);
-                    }
-                }
+                lock(&self.committing).forget(&batch);
                 Ok(())
             }
             Err(StoreError::Unavailable(why)) => {
@@ -587,9 +870,7 @@ impl Store for PostgresStore {
         self.refuse_if_failed()?;
         let _turn = lock(&self.flushing);
         for pending in [&self.pending, &self.committing] {
-            let mut pending = lock(pending);
-            pending.updates.retain(|(r, _), _| r != room);
-            pending.snapshots.remove(room);
+            lock(pending).drop_room(room);
         }
         let mut writer = self.conn(&self.writer)?;
         let mut tx = writer.transaction().map_err(transient)?;
@@ -607,8 +888,16 @@ impl Store for PostgresStore {
         .map_err(transient)?;
         tx.execute("delete from collabd_updates where room = $1", &[&room])
             .map_err(transient)?;
-        tx.execute("delete from collabd_snapshots where room = $1", &[&room])
-            .map_err(transient)?;
+        for table in [
+            "collabd_snapshots",
+            "collabd_authors",
+            "collabd_versions",
+            "collabd_checkpoints",
+            "collabd_webhooks",
+        ] {
+            tx.execute(&format!("delete from {table} where room = $1"), &[&room])
+                .map_err(transient)?;
+        }
         tx.commit().map_err(transient)
     }
 
