@@ -309,4 +309,28 @@ async fn history_beyond_redis_reads_the_archive() {
         .collect();
     assert_eq!(seqs, vec![7, 6, 5]);
     assert_eq!(history["first_seq"], 1);
+
+    // Named versions live in the archive: pinned on one node, listed and restored on
+    // another.
+    let (b, _db) = node(&redis.url(), &db.url, &small);
+    let mut res = awc::Client::new()
+        .post(a.url(&format!("/rooms/{room}/versions")))
+        .send_json(&serde_json::json!({"name": "sixty"}))
+        .await
+        .unwrap();
+    let pinned: serde_json::Value = res.json().await.unwrap();
+    assert_eq!((res.status().as_u16(), pinned["seq"].as_u64()), (200, Some(60)));
+    post_update(&a, room, w.append("t", "<61>")).await;
+    let (_, versions) = b.get_json(&format!("/rooms/{room}/versions")).await;
+    assert_eq!(versions["versions"][0]["name"], "sixty", "{versions}");
+    let mut res = awc::Client::new()
+        .post(b.url(&format!("/rooms/{room}/restore")))
+        .send_json(&serde_json::json!({"version": "sixty"}))
+        .await
+        .unwrap();
+    let restored: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200, "{restored}");
+    a.wait_for_seq(room, restored["seq"].as_u64().unwrap()).await;
+    let (_, json) = a.get_json(&format!("/rooms/{room}/json")).await;
+    assert!(!json["t"].as_str().unwrap().contains("<61>"), "{json}");
 }

@@ -199,6 +199,28 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    /// Named versions live in the archive (PostgreSQL), when there is one.
+    fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
+        match self.cluster.archive() {
+            Some(archive) => archive.log().put_version(room, name, snapshot),
+            None => Err(StoreError::Unsupported("named versions without postgres_url")),
+        }
+    }
+
+    fn version(&self, room: &str, name: &str) -> Result<Option<Snapshot>, StoreError> {
+        match self.cluster.archive() {
+            Some(archive) => archive.log().version(room, name),
+            None => Err(StoreError::Unsupported("named versions without postgres_url")),
+        }
+    }
+
+    fn versions(&self, room: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        match self.cluster.archive() {
+            Some(archive) => archive.log().versions(room),
+            None => Err(StoreError::Unsupported("named versions without postgres_url")),
+        }
+    }
+
     fn put_revocation(&self, key: &str, value: u64) -> Result<(), StoreError> {
         let (conn, key) = (self.cluster.conn().clone(), key.to_string());
         self.call(async move { crate::cluster::revoke::put(&conn, &key, value).await })
