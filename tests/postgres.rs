@@ -187,17 +187,18 @@ fn collabd_migrate_creates_the_schema_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     let tables: i64 = c
         .query_one(
             "select count(*) from information_schema.tables
              where table_name in ('collabd_updates', 'collabd_snapshots', 'collabd_epochs',
-                 'collabd_revocations')",
+                 'collabd_revocations', 'collabd_authors', 'collabd_versions',
+                 'collabd_checkpoints', 'collabd_webhooks')",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(tables, 4);
+    assert_eq!(tables, 8);
 }
 
 /// The database cut away under writes and brought back, without a restart: while it is

@@ -203,21 +203,27 @@ impl Store for RedisStore {
     fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
         match self.cluster.archive() {
             Some(archive) => archive.log().put_version(room, name, snapshot),
-            None => Err(StoreError::Unsupported("named versions without postgres_url")),
+            None => Err(StoreError::Unsupported(
+                "named versions without postgres_url",
+            )),
         }
     }
 
     fn version(&self, room: &str, name: &str) -> Result<Option<Snapshot>, StoreError> {
         match self.cluster.archive() {
             Some(archive) => archive.log().version(room, name),
-            None => Err(StoreError::Unsupported("named versions without postgres_url")),
+            None => Err(StoreError::Unsupported(
+                "named versions without postgres_url",
+            )),
         }
     }
 
     fn versions(&self, room: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
         match self.cluster.archive() {
             Some(archive) => archive.log().versions(room),
-            None => Err(StoreError::Unsupported("named versions without postgres_url")),
+            None => Err(StoreError::Unsupported(
+                "named versions without postgres_url",
+            )),
         }
     }
 
