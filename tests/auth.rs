@@ -438,6 +438,24 @@ async fn the_history_names_each_updates_author_on_postgres() {
     authors_on(&["--postgres-url", &db.url]).await;
 }
 
+/// The same in a cluster, with the archive: authors travel with the stream's entries,
+/// and the archive keeps them for what left the stream.
+#[actix_rt::test]
+async fn the_history_names_each_updates_author_in_a_cluster() {
+    let Some(redis) = redis_or_skip() else { return };
+    let db = FreshDb::new();
+    let url = redis.url();
+    authors_on(&[
+        "--redis-url",
+        &url,
+        "--postgres-url",
+        &db.url,
+        "--archive-after",
+        "1",
+    ])
+    .await;
+}
+
 async fn authors_on(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), store);

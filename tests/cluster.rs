@@ -806,6 +806,7 @@ async fn a_bad_entry_in_the_log_stalls_nothing() {
         "0",
         "0",
         "1",
+        "",
         "\u{1}not a yjs update",
     ]);
     assert_eq!(answer, "2", "the bad entry is seq 2");

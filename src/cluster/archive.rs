@@ -251,6 +251,9 @@ fn write_batch(
 ) -> Result<(), StoreError> {
     for entry in &entries {
         pg.append(room, entry.seq, &entry.update)?;
+        if let Some(author) = &entry.author {
+            pg.put_author(room, entry.seq, author)?;
+        }
     }
     if let Some(snapshot) = &snapshot {
         pg.put_snapshot(room, snapshot)?;
@@ -318,6 +321,7 @@ pub(super) async fn archived_after(
             ticket: 0,
             update: bytes::Bytes::from(u.update),
             at_ms: u.at_ms,
+            author: None,
         })
         .collect())
 }

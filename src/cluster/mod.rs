@@ -26,7 +26,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `collabd:{ROOM}:seq` | string | the room's counter: its newest seq |
-//! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket), `w` (ms since the epoch) |
+//! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket), `w` (ms since the epoch), `a` (the author, when there is one) |
 //! | `collabd:{ROOM}:snap` | hash | `seq`, `state` (Yjs update v1), `at` (ms since the epoch) |
 //! | `collabd:{ROOM}:epoch` | hash | `number`, `base`, `graveyard`: the room's epoch once deleted (see [`crate::store::Epoch`]) |
 //! | `collabd:revocations` | hash | revoked subjects and tokens (see [`revoke`]) |
@@ -96,6 +96,8 @@ pub struct Entry {
     pub update: Bytes,
     /// When Redis took it, ms since the epoch (0: not known).
     pub at_ms: u64,
+    /// Who wrote it (the writer's token `sub`), when it was read from the stream.
+    pub author: Option<String>,
 }
 
 /// What the cluster tells a room.
@@ -138,6 +140,8 @@ struct Append {
     retry: bool,
     /// The room's epoch as the room knows it: Redis refuses the update if it is over.
     epoch: u64,
+    /// The writer's token `sub`, for the history.
+    author: Option<Arc<str>>,
 }
 
 struct Subscription {
@@ -369,7 +373,15 @@ impl Cluster {
     /// Hands `update` to the room's appender; the answer comes as
     /// [`FromCluster::Appended`]. Never blocks. `retry`: an update Redis did not answer,
     /// sent again (see [`Cluster::append_loop`] for why it matters).
-    pub fn append(&self, room: &Arc<str>, ticket: u64, update: Bytes, retry: bool, epoch: u64) {
+    pub fn append(
+        &self,
+        room: &Arc<str>,
+        ticket: u64,
+        update: Bytes,
+        retry: bool,
+        epoch: u64,
+        author: Option<Arc<str>>,
+    ) {
         let rooms = self.inner.rooms.lock().unwrap();
         if let Some(sub) = rooms.get(room) {
             let _ = sub.appends.send(Append {
@@ -377,6 +389,7 @@ impl Cluster {
                 update,
                 retry,
                 epoch,
+                author,
             });
         }
     }
@@ -520,8 +533,10 @@ impl Cluster {
                 }
                 continue;
             }
-            let updates: Vec<(u64, &[u8])> =
-                batch.iter().map(|a| (a.ticket, &a.update[..])).collect();
+            let updates: Vec<(u64, &str, &[u8])> = batch
+                .iter()
+                .map(|a| (a.ticket, a.author.as_deref().unwrap_or(""), &a.update[..]))
+                .collect();
             let strict = self.archive().is_some();
             let epoch = batch.first().map_or(0, |a| a.epoch);
             let conn = &self.inner.conn;

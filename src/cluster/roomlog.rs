@@ -11,7 +11,8 @@ use crate::store::{LoggedUpdate, Snapshot, StoreError, now_ms};
 /// Appends updates to a room's log, each with the next seq: the counter, the stream and
 /// the channel change together (a script runs atomically), and the room's last-write
 /// time. `KEYS`: counter, stream, touched, epoch. `ARGV`: node, channel, strict, now
-/// (ms), the room's epoch as the node knows it, then (ticket, update) pairs. Returns the
+/// (ms), the room's epoch as the node knows it, then (ticket, author, update) triples (an
+/// empty author: none; an entry's `a` field holds it for the history). Returns the
 /// seqs, in order. With `strict` (an archive in PostgreSQL), a room without a counter may
 /// have left Redis for the archive: the script refuses (`NOCOUNTER`) until the counter is
 /// restored from it ([`RESTORE`]), so that no seq is ever given twice. An update of a
@@ -25,12 +26,17 @@ if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOCOUNTER the room is not in Redis')
 end
 local seqs = {}
-for i = 6, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
   local seq = redis.call('INCR', KEYS[1])
   local id = string.format('%d-0', seq)
-  redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 1], 'n', ARGV[1], 't', ARGV[i], 'w', ARGV[4])
+  if ARGV[i + 1] == '' then
+    redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 2], 'n', ARGV[1], 't', ARGV[i], 'w', ARGV[4])
+  else
+    redis.call('XADD', KEYS[2], id, 'u', ARGV[i + 2], 'n', ARGV[1], 't', ARGV[i], 'w', ARGV[4],
+      'a', ARGV[i + 1])
+  end
   redis.call('PUBLISH', ARGV[2],
-    'u' .. string.format('%d', seq) .. ':' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[i + 1])
+    'u' .. string.format('%d', seq) .. ':' .. ARGV[1] .. ':' .. ARGV[i] .. ':' .. ARGV[i + 2])
   seqs[#seqs + 1] = seq
 end
 redis.call('SET', KEYS[3], ARGV[4])
@@ -190,7 +196,7 @@ pub async fn append(
     node: u64,
     strict: bool,
     epoch: u64,
-    updates: &[(u64, &[u8])],
+    updates: &[(u64, &str, &[u8])],
 ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(APPEND)
@@ -204,8 +210,8 @@ pub async fn append(
         .arg(if strict { "1" } else { "0" })
         .arg(now_ms())
         .arg(epoch);
-    for (ticket, update) in updates {
-        cmd.arg(ticket.to_string()).arg(*update);
+    for (ticket, author, update) in updates {
+        cmd.arg(ticket.to_string()).arg(*author).arg(*update);
     }
     let answer = conn.query(&cmd).await?;
     let Value::Array(seqs) = answer else {
@@ -452,6 +458,7 @@ pub fn decode_message<'a>(channel: &'a str, payload: &[u8]) -> Option<(&'a str, 
                 ticket: fields[2],
                 update: Bytes::copy_from_slice(update),
                 at_ms: now_ms(),
+                author: None,
             };
             Some((room, FromCluster::Entries(vec![entry])))
         }
@@ -515,6 +522,7 @@ fn entries(room: &str, answer: Value) -> Result<Vec<Entry>, StoreError> {
                 ticket: 0,
                 update: Bytes::new(),
                 at_ms: 0,
+                author: None,
             };
             let Some(Value::Array(fields)) = fields else {
                 return Err(corrupt(room, seq, "stream entry fields"));
@@ -531,6 +539,7 @@ fn entries(room: &str, answer: Value) -> Result<Vec<Entry>, StoreError> {
                     Some("n") => entry.node = int(value).unwrap_or(0),
                     Some("w") => entry.at_ms = int(value).unwrap_or(0),
                     Some("t") => entry.ticket = int(value).unwrap_or(0),
+                    Some("a") => entry.author = string(value),
                     _ => {}
                 }
             }

@@ -256,6 +256,7 @@ mod tests {
             ticket,
             update: Bytes::from(vec![seq as u8]),
             at_ms: 0,
+            author: None,
         }
     }
 

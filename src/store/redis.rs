@@ -199,6 +199,31 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    /// From the stream's `a` fields; what the stream no longer holds, from the archive.
+    fn authors(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<std::collections::HashMap<u64, String>, StoreError> {
+        let mut out = match self.cluster.archive() {
+            Some(archive) => archive.log().authors(room, from, to)?,
+            None => Default::default(),
+        };
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        let limit = usize::try_from(to.saturating_sub(from) + 1).unwrap_or(usize::MAX);
+        let entries =
+            self.call(
+                async move { roomlog::range(&conn, &name, from.saturating_sub(1), limit).await },
+            )?;
+        for entry in entries.into_iter().filter(|e| e.seq <= to) {
+            if let Some(author) = entry.author {
+                out.insert(entry.seq, author);
+            }
+        }
+        Ok(out)
+    }
+
     /// Named versions live in the archive (PostgreSQL), when there is one.
     fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
         match self.cluster.archive() {

@@ -4,6 +4,7 @@
 //! (Redis holds it) and published like any durable update; gaps are filled by catch-up
 //! reads; presence crosses nodes through the room's channel. A child of `actor.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{AsyncContext, Context, Handler, MessageResult};
@@ -45,14 +46,15 @@ fn apply_to(doc: &yrs::Doc, update: &[u8]) -> Result<(), String> {
 }
 
 impl Room {
-    /// Hands one of this room's updates to Redis.
-    pub(super) fn send_to_cluster(&mut self, update: Bytes) {
+    /// Hands one of this room's updates to Redis, with its author (the writer's `sub`).
+    pub(super) fn send_to_cluster(&mut self, update: Bytes, author: Option<Arc<str>>) {
         let (Some(cluster), Some(sequencer)) = (&self.deps.cluster, &mut self.sequencer) else {
             return;
         };
         let ticket = cluster.ticket();
         sequencer.sent(ticket, update.clone());
-        cluster.append(&self.name, ticket, update, false, self.epoch.number);
+        let epoch = self.epoch.number;
+        cluster.append(&self.name, ticket, update, false, epoch, author);
     }
 
     /// Applies what the sequencer now holds in order, answers who waited for it, and asks
@@ -308,7 +310,10 @@ impl Handler<FromCluster> for Room {
                             );
                         }
                         for (ticket, update) in again {
-                            cluster.append(&self.name, ticket, update, true, self.epoch.number);
+                            // (An update sent again goes without its author: the
+                            // history shows none for it.)
+                            let epoch = self.epoch.number;
+                            cluster.append(&self.name, ticket, update, true, epoch, None);
                         }
                     }
                 }

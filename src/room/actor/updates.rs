@@ -87,9 +87,14 @@ impl Room {
     ) {
         self.doc_bytes += diff.len();
         self.version += 1;
+        // The author, for the history: the session's `sub`, or the HTTP writer's.
+        let author = match origin {
+            Some(session) => self.fanout.get_mut(session).and_then(|m| m.subject.clone()),
+            None => self.http_author.clone(),
+        };
         if self.sequencer.is_some() {
             self.broadcast(&protocol::encode_update(&diff), origin);
-            self.send_to_cluster(Bytes::from(diff));
+            self.send_to_cluster(Bytes::from(diff), author);
             return;
         }
         self.seq += 1;
@@ -98,11 +103,6 @@ impl Room {
             self.fail(ctx, &e.to_string());
             return;
         }
-        // The author, for the history: the session's `sub`, or the HTTP writer's.
-        let author = match origin {
-            Some(session) => self.fanout.get_mut(session).and_then(|m| m.subject.clone()),
-            None => self.http_author.clone(),
-        };
         if let Some(author) = author
             && let Err(e) = self.deps.store.put_author(&self.name, self.seq, &author)
         {
