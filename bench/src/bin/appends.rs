@@ -26,6 +26,9 @@ struct Args {
     writers: usize,
     #[arg(long, default_value_t = 20)]
     rooms: usize,
+    /// Rooms are `appends/{first_room}` … `appends/{first_room + rooms - 1}`.
+    #[arg(long, default_value_t = 0)]
+    first_room: usize,
     /// Seconds of writing.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -50,7 +53,7 @@ fn main() {
             let url = format!(
                 "{}/rooms/appends/{}/updates",
                 bases[w % bases.len()],
-                w % args.rooms
+                args.first_room + w % args.rooms
             );
             async move {
                 let doc = Doc::new();
