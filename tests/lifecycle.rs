@@ -14,6 +14,16 @@ use collabd::auth::{Access, Claims, expiry_in, mint};
 use common::*;
 use yrs::Doc;
 
+/// The room names of a listing page.
+fn room_names(page: &serde_json::Value) -> Vec<&str> {
+    page["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room"].as_str().unwrap())
+        .collect()
+}
+
 async fn send(
     server: &TestServer,
     method: &str,
@@ -32,14 +42,6 @@ async fn send(
     let body = res.body().limit(1 << 24).await.unwrap();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (res.status().as_u16(), json)
-}
-
-fn close_code(client: &YClient) -> Option<u16> {
-    client
-        .closed
-        .as_ref()
-        .and_then(|c| c.as_ref())
-        .map(|c| u16::from(c.code))
 }
 
 #[actix_rt::test]
@@ -86,7 +88,7 @@ async fn every_transport(args: &[&str]) {
 
     // WebSocket: closed with 4410. SSE: `reset`, then the stream ends.
     old.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&old), Some(4410));
+    assert_eq!(old.close_code(), Some(4410));
     let reset = live.next_doc_event().await;
     assert_eq!(reset.kind, "reset");
     assert_eq!(reset.data, r#"{"epoch":1,"seq":4}"#);
@@ -148,7 +150,7 @@ async fn every_transport(args: &[&str]) {
     // A client that kept the deleted document cannot bring it back, over WebSocket...
     let mut stale = YClient::connect_with(&server, room, old_doc.clone()).await;
     stale.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&stale), Some(4410));
+    assert_eq!(stale.close_code(), Some(4410));
     // ... or POST.
     let whole = {
         use yrs::{ReadTxn, StateVector, Transact};
@@ -176,7 +178,7 @@ async fn every_transport(args: &[&str]) {
     );
     let mut stale = YClient::connect_with(&server, room, old_doc).await;
     stale.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&stale), Some(4410));
+    assert_eq!(stale.close_code(), Some(4410));
 
     // Deleting again: epoch 2, above seq 5. A room with nothing stored: 404.
     let (status, body) = send(&server, "DELETE", &format!("/rooms/{room}"), None).await;
@@ -228,12 +230,7 @@ async fn listing_rooms_page_by_page() {
     }
     let (status, page) = server.get_json("/rooms?prefix=list/&limit=2").await;
     assert_eq!(status, 200, "{page}");
-    let names: Vec<&str> = page["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["room"].as_str().unwrap())
-        .collect();
+    let names = room_names(&page);
     assert_eq!(names, ["list/a", "list/b"]);
     assert_eq!(page["next"], "list/b");
     let b = &page["rooms"][1];
@@ -251,12 +248,7 @@ async fn listing_rooms_page_by_page() {
 
     send(&server, "DELETE", "/rooms/list/b", None).await;
     let (_, page) = server.get_json("/rooms?prefix=list/").await;
-    let names: Vec<&str> = page["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["room"].as_str().unwrap())
-        .collect();
+    let names = room_names(&page);
     assert_eq!(names, ["list/a", "list/c"], "a deleted room is not listed");
 
     for bad in [
@@ -403,7 +395,7 @@ async fn deleting_a_room_across_a_cluster() {
     // Every node's sessions and streams hear of it.
     for client in [&mut on_a, &mut on_b] {
         client.until("closed", |c| c.closed.is_some()).await;
-        assert_eq!(close_code(client), Some(4410));
+        assert_eq!(client.close_code(), Some(4410));
     }
     // (Updates the racing writer got in before the deletion come first.)
     let mut reset = sse_b.next_doc_event().await;
@@ -442,7 +434,7 @@ async fn deleting_a_room_across_a_cluster() {
     );
     let mut stale = YClient::connect_with(&a, room, old_doc).await;
     stale.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&stale), Some(4410));
+    assert_eq!(stale.close_code(), Some(4410));
     for node in [&a, &b] {
         let (doc, _) = node.state(room).await;
         assert_eq!(text_of(&doc, "t"), "new");

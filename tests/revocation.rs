@@ -67,14 +67,6 @@ async fn connect(server: &TestServer, room: &str, token: &str) -> YClient {
     client
 }
 
-fn close_code(client: &YClient) -> Option<u16> {
-    client
-        .closed
-        .as_ref()
-        .and_then(|c| c.as_ref())
-        .map(|c| u16::from(c.code))
-}
-
 #[actix_rt::test]
 async fn revoking_a_subject_or_a_token_closes_its_sessions_and_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +115,7 @@ async fn revoking_a_subject_or_a_token_closes_its_sessions_and_refuses_it() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked"]["sub"], "alice");
     alice_ws.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&alice_ws), Some(4403));
+    assert_eq!(alice_ws.close_code(), Some(4403));
     assert_eq!(alice_sse.next().await.kind, "revoked");
     alice_sse.until_ended().await;
 
@@ -155,7 +147,7 @@ async fn revoking_a_subject_or_a_token_closes_its_sessions_and_refuses_it() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked"]["token_sha256"].as_str().unwrap().len(), 64);
     bob_ws.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&bob_ws), Some(4403));
+    assert_eq!(bob_ws.close_code(), Some(4403));
     assert_eq!(state_status(&server, room, &bob).await.0, 401);
     assert_eq!(state_status(&server, room, &bob_other).await.0, 200);
 
@@ -203,7 +195,7 @@ async fn a_revocation_reaches_every_node_of_a_cluster() {
     let (status, body) = revoke(&a, &admin, r#"{"sub":"alice"}"#).await;
     assert_eq!(status, 200, "{body}");
     on_b.until("closed", |c| c.closed.is_some()).await;
-    assert_eq!(close_code(&on_b), Some(4403));
+    assert_eq!(on_b.close_code(), Some(4403));
     assert_eq!(sse_b.next().await.kind, "revoked");
     assert_eq!(state_status(&b, room, &alice).await.0, 401);
 

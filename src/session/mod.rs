@@ -370,14 +370,19 @@ impl WsSession {
             if act.token_generation != generation {
                 return;
             }
-            info!(
-                "session {} in room {:?}: token expired{}",
-                act.id,
-                act.room_name,
-                Sub(act.subject.as_deref())
-            );
-            act.close(ctx, close::TOKEN_EXPIRED, "token expired");
+            act.end_access(ctx, close::TOKEN_EXPIRED, "token expired");
         });
+    }
+
+    /// Closes the session because its access ended (`why`: expired, revoked), logged.
+    fn end_access(&mut self, ctx: &mut Context<Self>, code: u16, why: &str) {
+        info!(
+            "session {} in room {:?}: {why}{}",
+            self.id,
+            self.room_name,
+            Sub(self.subject.as_deref())
+        );
+        self.close(ctx, code, why);
     }
 
     /// A fresh token ([`protocol::MSG_TOKEN`]): checked as a connection's token is; if
@@ -595,13 +600,7 @@ impl StreamHandler<crate::revocation::RevocationsChanged> for WsSession {
             self.token_hash.as_ref(),
         );
         if revoked && !self.closed {
-            info!(
-                "session {} in room {:?}: access revoked{}",
-                self.id,
-                self.room_name,
-                Sub(self.subject.as_deref())
-            );
-            self.close(ctx, close::REVOKED, "access revoked");
+            self.end_access(ctx, close::REVOKED, "access revoked");
         }
     }
 

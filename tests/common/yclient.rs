@@ -179,6 +179,14 @@ impl YClient {
             .and_then(|(_, s)| s.data.as_deref().map(str::to_string))
     }
 
+    /// The close code the server sent, once it has.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed
+            .as_ref()
+            .and_then(|c| c.as_ref())
+            .map(|c| u16::from(c.code))
+    }
+
     pub fn client_id(&self) -> u64 {
         self.doc().client_id().get()
     }
