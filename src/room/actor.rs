@@ -137,6 +137,9 @@ pub struct Room {
     /// Who waits for the catch-up read in flight, and who waits for the next one (they
     /// asked after the one in flight began).
     caught_up_waiters: Vec<oneshot::Sender<()>>,
+    /// Cluster mode: the authors of this room's updates Redis has not answered yet, by
+    /// ticket, so that one sent again keeps its author.
+    cluster_authors: std::collections::HashMap<u64, Arc<str>>,
     next_catch_up_waiters: Vec<oneshot::Sender<()>>,
     /// The durable seq — the only seq shown outside (ARCHITECTURE.md, contract 1) — with
     /// what waits for it: undurable updates, waiters, the compaction due.
@@ -234,6 +237,7 @@ impl Room {
             epoch: EpochAt::default(),
             graveyard: None,
             caught_up_waiters: Vec::new(),
+            cluster_authors: Default::default(),
             next_catch_up_waiters: Vec::new(),
             durability: Durability::default(),
             snapshot_seq: 0,

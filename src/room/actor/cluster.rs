@@ -53,6 +53,9 @@ impl Room {
         };
         let ticket = cluster.ticket();
         sequencer.sent(ticket, update.clone());
+        if let Some(author) = &author {
+            self.cluster_authors.insert(ticket, author.clone());
+        }
         let epoch = self.epoch.number;
         cluster.append(&self.name, ticket, update, false, epoch, author);
     }
@@ -65,6 +68,10 @@ impl Room {
         };
         let drained = sequencer.drain();
         let has_gap = sequencer.has_gap();
+        if !sequencer.has_unlogged() {
+            // Whatever Redis took without answering is in the log now.
+            self.cluster_authors.clear();
+        }
         let mut own_logged = false;
         let last = drained.last().map(|d| d.seq);
         for entry in drained {
@@ -260,6 +267,7 @@ impl Handler<FromCluster> for Room {
             }
             FromCluster::Appended { ticket, result } => match result {
                 Ok(seq) => {
+                    self.cluster_authors.remove(&ticket);
                     if let Some(sequencer) = &mut self.sequencer {
                         sequencer.appended(ticket, seq);
                     }
@@ -310,10 +318,9 @@ impl Handler<FromCluster> for Room {
                             );
                         }
                         for (ticket, update) in again {
-                            // (An update sent again goes without its author: the
-                            // history shows none for it.)
                             let epoch = self.epoch.number;
-                            cluster.append(&self.name, ticket, update, true, epoch, None);
+                            let author = self.cluster_authors.get(&ticket).cloned();
+                            cluster.append(&self.name, ticket, update, true, epoch, author);
                         }
                     }
                 }
