@@ -688,19 +688,13 @@ impl Settings {
         if self.data_dir.as_os_str().is_empty() {
             errors.push("data_dir must not be empty".into());
         }
-        if let Some(url) = &self.webhook_url {
-            if !url.starts_with("http://") {
-                errors.push(format!(
-                    "webhook_url ({url:?}) must be an http:// URL (put a TLS-terminating proxy \
-                     in front of an https receiver)"
-                ));
-            }
-            if self.redis_url.is_some() {
-                errors.push(
-                    "webhook_url needs one node (sled or postgres_url): not in cluster mode yet"
-                        .into(),
-                );
-            }
+        if let Some(url) = &self.webhook_url
+            && !url.starts_with("http://")
+        {
+            errors.push(format!(
+                "webhook_url ({url:?}) must be an http:// URL (put a TLS-terminating proxy \
+                 in front of an https receiver)"
+            ));
         }
         if self.archive_after == 0 {
             errors.push("archive_after must be greater than 0".into());

@@ -137,6 +137,7 @@ impl Builder {
         // revoked before is read next.
         if let Some(cluster) = &cluster {
             cluster.set_revocations(auth.revocations().clone());
+            cluster.set_webhooks(settings.webhook_url.is_some());
         }
         load_revocations(&*store, &auth)?;
         if !auth.enabled() && hooks.authenticate.is_none() {

@@ -26,6 +26,14 @@
 //! The deletion stores the room's delivery state as "delivered up to `seq - 1`, known up
 //! to `seq`": a range starting at the epoch's base, which no update ever has, is the
 //! deletion's notice, so a restart before it went out still sends it.
+//!
+//! In cluster mode every node runs a deliverer and hears of every durable change of the
+//! rooms it has loaded. The append script marks the room's `target` with the entries;
+//! a node delivers a room only while it holds the room's lease in Redis
+//! ([`Store::webhook_lease`], renewed at each delivery) and starts from the delivery
+//! state stored there ([`Store::webhook`]), so ranges stay contiguous across nodes. Every
+//! lease period each node also looks for rooms with changes nobody delivered (their
+//! deliverer died) and takes them over once the lease has expired.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +110,12 @@ async fn run(
         .timeout(Duration::from_secs(10))
         .finish();
     let debounce = Duration::from_millis(settings.webhook_debounce_ms);
+    // Cluster mode: how long a node keeps delivering a room after its last delivery
+    // before another may take over (and how often every node looks for rooms whose
+    // deliverer died).
+    let lease_ms = (settings.webhook_debounce_ms * 3).clamp(2_000, 60_000);
+    let cluster = settings.redis_url.is_some();
+    let mut next_scan = Instant::now() + Duration::from_millis(lease_ms);
     let mut rooms: HashMap<Arc<str>, RoomState> = HashMap::new();
     let stored = {
         let store = store.clone();
@@ -136,6 +150,10 @@ async fn run(
             .filter(|r| r.target > r.delivered)
             .map(|r| r.next)
             .min();
+        let due = match cluster {
+            true => Some(due.map_or(next_scan, |d| d.min(next_scan))),
+            false => due,
+        };
         let wait = due.map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
         });
@@ -153,6 +171,25 @@ async fn run(
             () = tokio::time::sleep(wait) => {}
         }
         let now = Instant::now();
+        if cluster && now >= next_scan {
+            // Rooms another node left undelivered (it died holding them).
+            next_scan = now + Duration::from_millis(lease_ms);
+            let stored = {
+                let store = store.clone();
+                actix_rt::task::spawn_blocking(move || store.webhooks()).await
+            };
+            if let Ok(Ok(rows)) = stored {
+                for (room, delivered, target) in rows.into_iter().filter(|(_, d, t)| t > d) {
+                    rooms.entry(room.into()).or_insert(RoomState {
+                        delivered,
+                        target,
+                        stored_target: target,
+                        next: now,
+                        attempts: 0,
+                    });
+                }
+            }
+        }
         let due: Vec<Arc<str>> = rooms
             .iter()
             .filter(|(_, r)| r.target > r.delivered && r.next <= now)
@@ -162,16 +199,40 @@ async fn run(
             let Some(state) = rooms.get_mut(&name) else {
                 continue;
             };
-            let (from, mut to) = (state.delivered + 1, state.target);
-            let epoch = {
+            // One node at a time delivers a room (on one node: this one); another may
+            // have delivered some meanwhile (cluster mode): go on from the stored state.
+            let checked = {
                 let (store, room) = (store.clone(), name.clone());
-                actix_rt::task::spawn_blocking(move || store.epoch(&room)).await
+                actix_rt::task::spawn_blocking(move || {
+                    if !store.webhook_lease(&room, lease_ms)? {
+                        return Ok(None);
+                    }
+                    Ok::<_, StoreError>(Some((store.webhook(&room)?, store.epoch(&room)?)))
+                })
+                .await
             };
-            let Ok(Ok(epoch)) = epoch else {
-                warn!("webhook: room {name:?}: could not read its epoch");
-                state.next = now + backoff(state.attempts);
+            let (stored, epoch) = match checked {
+                Ok(Ok(Some(checked))) => checked,
+                Ok(Ok(None)) => {
+                    // Another node delivers it; this one looks again later.
+                    state.next = now + debounce.max(Duration::from_millis(lease_ms / 2));
+                    continue;
+                }
+                _ => {
+                    warn!("webhook: room {name:?}: could not read its delivery state");
+                    state.next = now + backoff(state.attempts);
+                    continue;
+                }
+            };
+            if let Some((delivered, target)) = stored {
+                state.delivered = state.delivered.max(delivered);
+                state.target = state.target.max(target);
+                state.stored_target = state.stored_target.max(target);
+            }
+            if state.target <= state.delivered {
                 continue;
-            };
+            }
+            let (from, mut to) = (state.delivered + 1, state.target);
             // A range from the epoch's base is its deletion's notice, alone.
             let deletion = epoch.number > 0 && from == epoch.base;
             if deletion {

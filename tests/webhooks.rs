@@ -382,3 +382,65 @@ async fn a_deletion_is_delivered_at_least_once_instead_of_the_deleted_changes() 
     let last = delivered.last().unwrap();
     assert_eq!(last.body["epoch"], 1);
 }
+
+/// Cluster mode: writes on two nodes, one node at a time delivers the room (a lease in
+/// Redis), in contiguous ranges; when that node dies, the other takes over from what was
+/// stored, and every change is delivered.
+#[actix_rt::test]
+async fn in_a_cluster_one_node_delivers_a_room_and_another_takes_over() {
+    let Some(redis) = redis_or_skip() else { return };
+    let receiver = Receiver::start();
+    let (url, redis_url) = (receiver.url(), redis.url());
+    let args = [
+        "--redis-url",
+        redis_url.as_str(),
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-debounce-ms",
+        "50",
+    ];
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestServer::start(dirs[0].path(), &args);
+    let b = TestServer::start(dirs[1].path(), &args);
+    let room = "hooks/cluster";
+    let w = HttpWriter::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (status, body) = post_update(node, room, w.append("t", &format!("{i}"))).await;
+        assert_eq!((status, body["seq"].as_u64()), (200, Some(i + 1)), "{body}");
+    }
+    let delivered = receiver.until_delivered(room, 10).await;
+    assert!(contiguous(&delivered), "one node at a time: {delivered:?}");
+
+    // The node holding the room's webhook lease dies; the other delivers what follows
+    // once the lease has expired.
+    let holder: u64 = redis
+        .command(&["GET", &format!("collabd:{{{room}}}:hooklease")])
+        .trim()
+        .parse()
+        .expect("a node holds the lease");
+    let holds = |server: &TestServer| {
+        let id = format!("node {holder:016x}");
+        server.logs().iter().any(|line| line.contains(&id))
+    };
+    let (mut dead, alive) = match (holds(&a), holds(&b)) {
+        (true, false) => (a, b),
+        (false, true) => (b, a),
+        other => panic!("which node holds the lease? {other:?}"),
+    };
+    dead.kill();
+    for i in 10..15 {
+        let (status, _) = post_update(&alive, room, w.append("t", &format!("{i}"))).await;
+        assert_eq!(status, 200);
+    }
+    let delivered = receiver.until_delivered(room, 15).await;
+    let mut covered = std::collections::BTreeSet::new();
+    for d in &delivered {
+        let (from, to) = (
+            d.body["from_seq"].as_u64().unwrap(),
+            d.body["to_seq"].as_u64().unwrap(),
+        );
+        covered.extend(from..=to);
+    }
+    assert_eq!(covered, (1..=15).collect(), "{delivered:?}");
+}

@@ -29,6 +29,8 @@
 //! | `collabd:{ROOM}:log` | stream | entry `<seq>-0`: fields `u` (update), `n` (node), `t` (ticket), `w` (ms since the epoch), `a` (the author, when there is one) |
 //! | `collabd:{ROOM}:snap` | hash | `seq`, `state` (Yjs update v1), `at` (ms since the epoch) |
 //! | `collabd:{ROOM}:epoch` | hash | `number`, `base`, `graveyard`: the room's epoch once deleted (see [`crate::store::Epoch`]) |
+//! | `collabd:{ROOM}:hook` | hash | `delivered`, `target`: webhook delivery state (the append script raises `target`) |
+//! | `collabd:{ROOM}:hooklease` | string | the node delivering the room's webhooks, with an expiry |
 //! | `collabd:revocations` | hash | revoked subjects and tokens (see [`revoke`]) |
 //!
 //! Channel `collabd:{ROOM}`: `u<seq>:<node>:<ticket>:<update>` for each entry,
@@ -169,6 +171,8 @@ struct Inner {
     archive: OnceLock<archive::Archive>,
     /// The node's revocation list, which other nodes' revocations reach through Redis.
     revocations: OnceLock<Arc<crate::revocation::Revocations>>,
+    /// Webhooks are on (`webhook_url`): appends mark what awaits delivery.
+    webhooks: AtomicBool,
 }
 
 impl Cluster {
@@ -209,6 +213,7 @@ impl Cluster {
                         stopping: AtomicBool::new(false),
                         archive: OnceLock::new(),
                         revocations: OnceLock::new(),
+                        webhooks: AtomicBool::new(false),
                     });
                     let cluster = Cluster {
                         inner: inner.clone(),
@@ -243,6 +248,12 @@ impl Cluster {
             let cluster = self.clone();
             self.inner.runtime.spawn(cluster.sweep_forever());
         }
+    }
+
+    /// Webhooks are on: every append marks its room's changes for delivery, with the
+    /// entries (see [`crate::webhooks`]).
+    pub fn set_webhooks(&self, on: bool) {
+        self.inner.webhooks.store(on, Ordering::SeqCst);
     }
 
     /// Makes `list` the list that revocations published by any node reach.
@@ -540,11 +551,15 @@ impl Cluster {
             let strict = self.archive().is_some();
             let epoch = batch.first().map_or(0, |a| a.epoch);
             let conn = &self.inner.conn;
-            let mut answers = roomlog::append(conn, &room, node, strict, epoch, &updates).await;
+            let hooks = self.inner.webhooks.load(Ordering::Relaxed);
+            let mut answers =
+                roomlog::append(conn, &room, node, strict, epoch, hooks, &updates).await;
             if matches!(&answers, Err(StoreError::Failed(why)) if why.contains("NOCOUNTER")) {
                 // The room left Redis for the archive: its counter comes back first.
                 answers = match self.restore(&room).await {
-                    Ok(()) => roomlog::append(conn, &room, node, strict, epoch, &updates).await,
+                    Ok(()) => {
+                        roomlog::append(conn, &room, node, strict, epoch, hooks, &updates).await
+                    }
                     Err(e) => Err(e),
                 };
             }

@@ -10,8 +10,9 @@ use crate::store::{LoggedUpdate, Snapshot, StoreError, now_ms};
 
 /// Appends updates to a room's log, each with the next seq: the counter, the stream and
 /// the channel change together (a script runs atomically), and the room's last-write
-/// time. `KEYS`: counter, stream, touched, epoch. `ARGV`: node, channel, strict, now
-/// (ms), the room's epoch as the node knows it, then (ticket, author, update) triples (an
+/// time. `KEYS`: counter, stream, touched, epoch, webhook state. `ARGV`: node, channel,
+/// strict, now (ms), the room's epoch as the node knows it, webhooks (`1`: the last seq
+/// is marked for delivery, with the entries), then (ticket, author, update) triples (an
 /// empty author: none; an entry's `a` field holds it for the history). Returns the
 /// seqs, in order. With `strict` (an archive in PostgreSQL), a room without a counter may
 /// have left Redis for the archive: the script refuses (`NOCOUNTER`) until the counter is
@@ -26,7 +27,7 @@ if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOCOUNTER the room is not in Redis')
 end
 local seqs = {}
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local seq = redis.call('INCR', KEYS[1])
   local id = string.format('%d-0', seq)
   if ARGV[i + 1] == '' then
@@ -40,6 +41,9 @@ for i = 6, #ARGV, 3 do
   seqs[#seqs + 1] = seq
 end
 redis.call('SET', KEYS[3], ARGV[4])
+if ARGV[6] == '1' and #seqs > 0 then
+  redis.call('HSET', KEYS[5], 'target', seqs[#seqs])
+end
 return seqs
 "#;
 
@@ -122,7 +126,7 @@ return 1
 /// Removes the stream, snapshot, archive marks and lease; sets the counter to `base`
 /// (the next update gets `base + 1`); records the epoch and its graveyard; tells every
 /// node (`d<number>:<base>` on the room's channel). `KEYS`: counter, stream, snapshot,
-/// archived, touched, lease, epoch. `ARGV`: number (the new epoch's), base, graveyard,
+/// archived, touched, lease, epoch, webhook state, webhook lease. `ARGV`: number (the new epoch's), base, graveyard,
 /// channel. Returns 1, or the error `CHANGED` when the room changed (not `MOVED`: a Redis Cluster client takes that for a redirection).
 pub const DELETE: &str = r#"
 local current = tonumber(redis.call('HGET', KEYS[7], 'number') or '0')
@@ -130,7 +134,7 @@ local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current + 1 ~= tonumber(ARGV[1]) or seq >= tonumber(ARGV[2]) then
   return redis.error_reply('CHANGED the room changed during its deletion')
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[8], KEYS[9])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[7], 'number', ARGV[1], 'base', ARGV[2], 'graveyard', ARGV[3])
 redis.call('PUBLISH', ARGV[4], 'd' .. ARGV[1] .. ':' .. ARGV[2] .. ':')
@@ -183,6 +187,27 @@ pub fn epoch_key(room: &str) -> String {
     key(room, "epoch")
 }
 
+/// The room's webhook delivery state: `delivered`, `target` (see [`crate::webhooks`]).
+pub fn hook_key(room: &str) -> String {
+    key(room, "hook")
+}
+
+/// The node delivering the room's webhooks (a lease, like the archive's).
+pub fn hook_lease_key(room: &str) -> String {
+    key(room, "hooklease")
+}
+
+/// Records webhook deliveries: `delivered` as given, `target` only raised (appends raise
+/// it too). `KEYS`: webhook state. `ARGV`: delivered, target.
+pub const PUT_HOOK: &str = r#"
+redis.call('HSET', KEYS[1], 'delivered', ARGV[1])
+local target = tonumber(redis.call('HGET', KEYS[1], 'target') or '0')
+if tonumber(ARGV[2]) > target then
+  redis.call('HSET', KEYS[1], 'target', ARGV[2])
+end
+return 1
+"#;
+
 /// The room's pub/sub channel.
 pub fn channel(room: &str) -> String {
     format!("collabd:{{{room}}}")
@@ -196,20 +221,23 @@ pub async fn append(
     node: u64,
     strict: bool,
     epoch: u64,
+    webhooks: bool,
     updates: &[(u64, &str, &[u8])],
 ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(APPEND)
-        .arg(4)
+        .arg(5)
         .arg(seq_key(room))
         .arg(log_key(room))
         .arg(touched_key(room))
         .arg(epoch_key(room))
+        .arg(hook_key(room))
         .arg(node.to_string())
         .arg(channel(room))
         .arg(if strict { "1" } else { "0" })
         .arg(now_ms())
-        .arg(epoch);
+        .arg(epoch)
+        .arg(if webhooks { "1" } else { "0" });
     for (ticket, author, update) in updates {
         cmd.arg(ticket.to_string()).arg(*author).arg(*update);
     }
@@ -358,6 +386,59 @@ pub async fn epoch(conn: &Conn, room: &str) -> Result<crate::store::Epoch, Store
     })
 }
 
+/// Records webhook deliveries ([`PUT_HOOK`]).
+pub async fn put_hook(
+    conn: &Conn,
+    room: &str,
+    delivered: u64,
+    target: u64,
+) -> Result<(), StoreError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(PUT_HOOK)
+        .arg(1)
+        .arg(hook_key(room))
+        .arg(delivered)
+        .arg(target);
+    conn.query(&cmd).await.map(|_| ())
+}
+
+/// The room's webhook delivery state: (delivered, target).
+pub async fn hook(conn: &Conn, room: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(hook_key(room)).arg("delivered").arg("target");
+    let Value::Array(values) = conn.query(&cmd).await? else {
+        return Ok(None);
+    };
+    let delivered = values.first().and_then(int);
+    let target = values.get(1).and_then(int);
+    Ok(match (delivered, target) {
+        (None, None) => None,
+        (d, t) => Some((d.unwrap_or(0), t.unwrap_or(0))),
+    })
+}
+
+/// Every room with webhook delivery state (a scan of every master).
+pub async fn hooks(conn: &Conn) -> Result<Vec<(String, u64, u64)>, StoreError> {
+    let mut out = Vec::new();
+    for room in scan(conn, "collabd:{*}:hook", "}:hook").await? {
+        if let Some((delivered, target)) = hook(conn, &room).await? {
+            out.push((room, delivered, target));
+        }
+    }
+    Ok(out)
+}
+
+/// Takes or renews the room's webhook lease for `node` ([`LEASE`]).
+pub async fn hook_lease(conn: &Conn, room: &str, node: u64, ms: u64) -> Result<bool, StoreError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(LEASE)
+        .arg(1)
+        .arg(hook_lease_key(room))
+        .arg(node.to_string())
+        .arg(ms);
+    Ok(matches!(conn.query(&cmd).await?, Value::Int(1)))
+}
+
 /// Every room with a counter in Redis whose name starts with `prefix` (a scan of every
 /// master of a Redis Cluster), in no order.
 pub async fn rooms(conn: &Conn, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -368,7 +449,11 @@ pub async fn rooms(conn: &Conn, prefix: &str) -> Result<Vec<String>, StoreError>
         }
         escaped.push(c);
     }
-    let pattern = format!("collabd:{{{escaped}*}}:seq");
+    scan(conn, &format!("collabd:{{{escaped}*}}:seq"), "}:seq").await
+}
+
+/// The rooms of the keys matching `pattern` (which end in `suffix`), on every master.
+async fn scan(conn: &Conn, pattern: &str, suffix: &str) -> Result<Vec<String>, StoreError> {
     let mut rooms = Vec::new();
     for client in conn.masters().await? {
         let mut c = client
@@ -380,7 +465,7 @@ pub async fn rooms(conn: &Conn, prefix: &str) -> Result<Vec<String>, StoreError>
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut c)
@@ -388,7 +473,7 @@ pub async fn rooms(conn: &Conn, prefix: &str) -> Result<Vec<String>, StoreError>
                 .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
             rooms.extend(keys.iter().filter_map(|k| {
                 k.strip_prefix("collabd:{")
-                    .and_then(|k| k.strip_suffix("}:seq"))
+                    .and_then(|k| k.strip_suffix(suffix))
                     .map(str::to_string)
             }));
             if next == 0 {
@@ -408,7 +493,7 @@ pub async fn delete(
 ) -> Result<bool, StoreError> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(DELETE)
-        .arg(7)
+        .arg(9)
         .arg(seq_key(room))
         .arg(log_key(room))
         .arg(snapshot_key(room))
@@ -416,6 +501,8 @@ pub async fn delete(
         .arg(touched_key(room))
         .arg(lease_key(room))
         .arg(epoch_key(room))
+        .arg(hook_key(room))
+        .arg(hook_lease_key(room))
         .arg(next.number)
         .arg(next.base)
         .arg(&next.graveyard[..])

@@ -263,6 +263,23 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("webhooks"))
     }
 
+    /// One room's webhook delivery state, as [`Store::webhooks`] gives it.
+    fn webhook(&self, room: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self
+            .webhooks()?
+            .into_iter()
+            .find(|(r, ..)| r == room)
+            .map(|(_, delivered, target)| (delivered, target)))
+    }
+
+    /// Whether this process may deliver `room`'s webhooks now: always on one node; in
+    /// cluster mode the node holding the room's webhook lease (taken or renewed for
+    /// `ms`), so that one node at a time delivers a room.
+    fn webhook_lease(&self, room: &str, ms: u64) -> Result<bool, StoreError> {
+        let _ = (room, ms);
+        Ok(true)
+    }
+
     /// Records who wrote the update at `seq` (the writer's token `sub`), for the room's
     /// history. Written by the room with the record, durable with it; deleted with it by
     /// compaction. Stores without it keep no authors (the history shows none).

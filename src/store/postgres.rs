@@ -692,6 +692,25 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    fn webhook(&self, room: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let stored = self
+            .conn(&self.reader)?
+            .query_opt(
+                "select delivered, greatest(target, marked) from collabd_webhooks
+                 where room = $1",
+                &[&room],
+            )
+            .map_err(transient)?
+            .map(|row| (seq_of(row.get(0)), seq_of(row.get(1))));
+        let marked = self
+            .with_pending(|p: &Pending, found: Option<u64>| p.marks.get(room).copied().max(found));
+        Ok(match (stored, marked) {
+            (None, None) => None,
+            (Some((d, t)), m) => Some((d, t.max(m.unwrap_or(0)))),
+            (None, Some(m)) => Some((0, m)),
+        })
+    }
+
     fn put_checkpoint(
         &self,
         room: &str,

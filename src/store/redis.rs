@@ -199,6 +199,35 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    /// Marked by the append script, with the entries.
+    fn mark_webhook(&self, _room: &str, _seq: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn put_webhook(&self, room: &str, delivered: u64, target: u64) -> Result<(), StoreError> {
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        self.call(async move { roomlog::put_hook(&conn, &name, delivered, target).await })
+    }
+
+    fn webhooks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let conn = self.cluster.conn().clone();
+        self.call(async move { roomlog::hooks(&conn).await })
+    }
+
+    fn webhook(&self, room: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let (conn, name) = (self.cluster.conn().clone(), room.to_string());
+        self.call(async move { roomlog::hook(&conn, &name).await })
+    }
+
+    fn webhook_lease(&self, room: &str, ms: u64) -> Result<bool, StoreError> {
+        let (conn, name, node) = (
+            self.cluster.conn().clone(),
+            room.to_string(),
+            self.cluster.node(),
+        );
+        self.call(async move { roomlog::hook_lease(&conn, &name, node, ms).await })
+    }
+
     /// From the stream's `a` fields; what the stream no longer holds, from the archive.
     fn authors(
         &self,

@@ -622,6 +622,28 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn webhook(&self, room: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let marked = self
+            .webhook_marks
+            .get(room.as_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes);
+        let state = self
+            .webhooks
+            .get(room.as_bytes())?
+            .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok())
+            .map(|b| {
+                let delivered = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                let target = u64::from_be_bytes(b[8..].try_into().expect("8 bytes"));
+                (delivered, target)
+            });
+        Ok(match (state, marked) {
+            (None, None) => None,
+            (Some((d, t)), m) => Some((d, t.max(m.unwrap_or(0)))),
+            (None, Some(m)) => Some((0, m)),
+        })
+    }
+
     fn put_snapshot(&self, room: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
         check_room_name(room)?;
         self.writable()?;
