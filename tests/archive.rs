@@ -265,6 +265,8 @@ async fn history_beyond_redis_reads_the_archive() {
         "10",
         "--replay-window",
         "10",
+        "--checkpoint-every",
+        "20",
     ];
     let (a, _da) = node(&redis.url(), &db.url, &small);
     let room = "archive/history";
@@ -309,6 +311,30 @@ async fn history_beyond_redis_reads_the_archive() {
         .collect();
     assert_eq!(seqs, vec![7, 6, 5]);
     assert_eq!(history["first_seq"], 1);
+
+    // Checkpoints go to the archive with its batches.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let kept: i64 = db.with(|c| {
+            c.query_one(
+                "select count(*) from collabd_checkpoints where room = $1",
+                &[&room],
+            )
+            .unwrap()
+            .get(0)
+        });
+        if kept >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kept} checkpoints archived"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, json) = a.get_json(&format!("/rooms/{room}/json?at=40")).await;
+    assert_eq!(status, 200, "{json}");
+    assert!(json["t"].as_str().unwrap().ends_with("<40>"), "{json}");
 
     // Named versions live in the archive: pinned on one node, listed and restored on
     // another.

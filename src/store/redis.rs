@@ -253,6 +253,33 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    /// Checkpoints go to the archive (PostgreSQL), when there is one, committed with its
+    /// next batch; without one there are none.
+    fn put_checkpoint(
+        &self,
+        room: &str,
+        snapshot: &Snapshot,
+        before_ms: u64,
+    ) -> Result<(), StoreError> {
+        match self.cluster.archive() {
+            Some(archive) => archive.log().put_checkpoint(room, snapshot, before_ms),
+            None => Ok(()),
+        }
+    }
+
+    fn checkpoint_before(&self, room: &str, seq: u64) -> Result<Option<Snapshot>, StoreError> {
+        match self.cluster.archive() {
+            Some(archive) => {
+                let base = self.epoch_base(room)?;
+                Ok(archive
+                    .log()
+                    .checkpoint_before(room, seq)?
+                    .filter(|c| c.seq >= base))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Named versions live in the archive (PostgreSQL), when there is one.
     fn put_version(&self, room: &str, name: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
         match self.cluster.archive() {
