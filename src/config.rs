@@ -398,6 +398,17 @@ settings! {
     #[arg(value_delimiter = ',')]
     allowed_origins: Vec<String> = Vec::new();
 
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges
+    /// (`10.0.0.0/8`, `::1`); empty: none (the TCP peer is the client).
+    ///
+    /// A request from one of them is counted against the per-IP limits
+    /// (`max_connections_per_ip`, `admission_rate_per_ip`, `http_rate_per_ip`) under the
+    /// rightmost address of its `X-Forwarded-For` that is not itself a trusted proxy.
+    /// Several: `--trusted-proxies 127.0.0.1,10.0.0.0/8` or
+    /// `COLLABD_TRUSTED_PROXIES=127.0.0.1,10.0.0.0/8`.
+    #[arg(value_delimiter = ',')]
+    trusted_proxies: Vec<String> = Vec::new();
+
     /// When set, a token is accepted only if its `aud` claim (a string or an array of
     /// strings) contains this value (else 401 `token_wrong_audience`).
     ///
@@ -598,7 +609,8 @@ impl Settings {
                     .source(Some(env))
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("allowed_origins"),
+                    .with_list_parse_key("allowed_origins")
+                    .with_list_parse_key("trusted_proxies"),
             )
             .add_source(flags)
             .build()?
@@ -758,6 +770,13 @@ impl Settings {
                 Some(_) => {}
             }
         }
+        for proxy in &self.trusted_proxies {
+            if parse_net(proxy).is_none() {
+                errors.push(format!(
+                    "trusted_proxies: {proxy:?} is not an address or a CIDR range (10.0.0.0/8)"
+                ));
+            }
+        }
         for origin in &self.allowed_origins {
             let path = origin
                 .split_once("://")
@@ -819,6 +838,54 @@ impl Settings {
     /// `client_timeout_ms` as a duration.
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_timeout_ms)
+    }
+}
+
+/// An address or a CIDR range: the network address and the prefix length.
+pub fn parse_net(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (address, bits) = match text.trim().split_once('/') {
+        Some((address, bits)) => (address, Some(bits.parse::<u8>().ok()?)),
+        None => (text.trim(), None),
+    };
+    let address: std::net::IpAddr = address.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let bits = bits.unwrap_or(max);
+    (bits <= max).then_some((address.to_canonical(), bits))
+}
+
+/// Whether `ip` lies in the network `net` (from [`parse_net`]).
+pub fn in_net(ip: std::net::IpAddr, (net, bits): (std::net::IpAddr, u8)) -> bool {
+    use std::net::IpAddr;
+    match (ip.to_canonical(), net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn networks_match_addresses_and_ranges() {
+    let net = |t: &str| parse_net(t).unwrap();
+    let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+    assert!(in_net(ip("10.1.2.3"), net("10.0.0.0/8")));
+    assert!(!in_net(ip("11.1.2.3"), net("10.0.0.0/8")));
+    assert!(in_net(ip("127.0.0.1"), net("127.0.0.1")));
+    assert!(
+        in_net(ip("::ffff:127.0.0.1"), net("127.0.0.1")),
+        "a mapped v4 peer"
+    );
+    assert!(in_net(ip("fd00::1"), net("fd00::/8")));
+    assert!(in_net(ip("1.2.3.4"), net("0.0.0.0/0")));
+    assert!(!in_net(ip("::1"), net("127.0.0.1")));
+    for bad in ["", "10.0.0.0/33", "x", "::1/129", "10.0.0.0/a"] {
+        assert!(parse_net(bad).is_none(), "{bad}");
     }
 }
 

@@ -387,3 +387,71 @@ async fn metrics_count_what_happens() {
         .wait_for_metric("collabd_connections{transport=\"ws\"}", |v| v == 1.0)
         .await;
 }
+
+/// Behind a trusted proxy (`--trusted-proxies`), the per-IP limits count each client by
+/// the rightmost `X-Forwarded-For` address that is not a trusted proxy; without it, the
+/// header is ignored and every request counts against the proxy's own address.
+#[actix_rt::test]
+async fn per_ip_limits_count_clients_behind_a_trusted_proxy() {
+    async fn sse(
+        server: &TestServer,
+        forwarded: &str,
+    ) -> (
+        u16,
+        Option<awc::ClientResponse<impl futures_util::Stream + use<>>>,
+    ) {
+        let res = awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish()
+            .get(server.url("/rooms/proxied/events"))
+            .insert_header(("X-Forwarded-For", forwarded))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, (status == 200).then_some(res))
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &[
+            "--trusted-proxies",
+            "127.0.0.1,10.9.0.0/16",
+            "--max-connections-per-ip",
+            "1",
+        ],
+    );
+    let (status, _one) = sse(&server, "192.0.2.1").await;
+    assert_eq!(status, 200);
+    let (status, _) = sse(&server, "192.0.2.1").await;
+    assert_eq!(status, 503, "the same client twice");
+    let (status, _two) = sse(&server, "192.0.2.2").await;
+    assert_eq!(status, 200, "another client behind the same proxy");
+    // A chain: the client, then a second trusted proxy. What the client itself wrote to
+    // the left of its own address counts for nothing.
+    let (status, _) = sse(&server, "198.51.100.7, 192.0.2.1, 10.9.0.5").await;
+    assert_eq!(
+        status, 503,
+        "192.0.2.1 again, through another proxy of ours"
+    );
+    let (status, _three) = sse(&server, "192.0.2.1, 192.0.2.3").await;
+    assert_eq!(status, 200, "the nearest untrusted hop is the client");
+    drop(server);
+
+    // Not trusted: the header means nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--max-connections-per-ip", "1"]);
+    let (status, _one) = sse(&server, "192.0.2.1").await;
+    assert_eq!(status, 200);
+    let (status, _) = sse(&server, "192.0.2.2").await;
+    assert_eq!(status, 503, "every request is the proxy's");
+
+    // A bad list is refused at startup.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
+        .args(["--trusted-proxies", "10.0.0.0/40"])
+        .env("COLLABD_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trusted_proxies"));
+}

@@ -128,10 +128,46 @@ pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError>
     ))
 }
 
-/// The client's address: the TCP peer (proxy headers are not trusted).
-fn peer_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+/// The client's address, for the per-IP limits: the TCP peer, unless it is one of
+/// `trusted_proxies`; then the rightmost address of `X-Forwarded-For` that is not a
+/// trusted proxy itself (each proxy appends the address it got the request from, so
+/// what lies left of an untrusted hop may be forged). An entry that does not parse ends
+/// the walk at the last trusted hop.
+fn peer_ip(req: &HttpRequest, state: &AppState) -> IpAddr {
+    let peer = req
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+    let proxies = &state.settings.trusted_proxies;
+    if proxies.is_empty() {
+        return peer;
+    }
+    let nets: Vec<_> = proxies
+        .iter()
+        .filter_map(|p| crate::config::parse_net(p))
+        .collect();
+    let trusted = |ip: IpAddr| nets.iter().any(|net| crate::config::in_net(ip, *net));
+    if !trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !trusted(client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 fn refusal(e: Refusal) -> ApiError {
@@ -148,7 +184,10 @@ pub async fn admit_connection(
 ) -> Result<(Grant, Permit), ApiError> {
     check_origin(req, state)?;
     let grant = authorize(req, state, room, Access::Read).await?;
-    let permit = state.admission.admit(peer_ip(req), room).map_err(refusal)?;
+    let permit = state
+        .admission
+        .admit(peer_ip(req, state), room)
+        .map_err(refusal)?;
     Ok((grant, permit))
 }
 
@@ -159,11 +198,17 @@ pub fn hold_long_poll(
     state: &AppState,
     room: &std::sync::Arc<str>,
 ) -> Result<Permit, ApiError> {
-    state.admission.hold(peer_ip(req), room).map_err(refusal)
+    state
+        .admission
+        .hold(peer_ip(req, state), room)
+        .map_err(refusal)
 }
 
 /// The per-client rate limit on plain HTTP requests (429 beyond it), checked before
 /// anything else so that floods of bad or unauthorized requests are limited too.
 pub fn limit_request(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    state.admission.request(peer_ip(req)).map_err(refusal)
+    state
+        .admission
+        .request(peer_ip(req, state))
+        .map_err(refusal)
 }
