@@ -328,7 +328,7 @@ impl Collabd {
     ) -> Result<Vec<crate::protocol::json::RoomSummary>, http::error::ApiError> {
         let limit = limit.clamp(1, crate::store::MAX_LISTING);
         let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
-        http::rooms::list_rooms(&self.inner.state, prefix, after, limit).await
+        http::admin::list_rooms(&self.inner.state, prefix, after, limit).await
     }
 
     /// Revokes a subject's tokens or one token (what `POST /admin/revoke` does): stored,

@@ -85,7 +85,7 @@ impl RoomHandle {
     /// wrote deleted content, which the room refuses to take back.
     pub async fn delete(&self) -> Result<Option<crate::protocol::json::Deleted>, ApiError> {
         let mut writer = self.writer.lock().await;
-        let deleted = rooms::delete_room(&self.state, &self.name).await;
+        let deleted = crate::http::admin::delete_room(&self.state, &self.name).await;
         *writer = Doc::new().client_id();
         deleted
     }

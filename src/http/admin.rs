@@ -1,7 +1,12 @@
-//! `POST /admin/revoke`: revoking a subject's tokens or one token (see
-//! [`crate::revocation`]). Needs an admin token for every room (`room: "*"`).
+//! What administrators do: list rooms (`GET /rooms`), delete one (`DELETE
+//! /rooms/{room}`; admin for the rooms concerned) and revoke access (`POST
+//! /admin/revoke`, revoking a subject's tokens or one token, see [`crate::revocation`];
+//! admin for every room, `room: "*"`).
+
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::CACHE_CONTROL;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,9 +14,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::rooms::query_param;
 use super::{AppState, access};
 use crate::auth::{Access, Sub, now_secs};
 use crate::revocation::{Revocation, token_hash};
+use crate::room::messages::DeleteRoom;
 
 /// What may be revoked: exactly one of the two.
 #[derive(Deserialize)]
@@ -112,4 +119,81 @@ fn expiry_of(token: &str) -> Option<u64> {
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
     claims.get("exp")?.as_u64()
+}
+
+/// `DELETE /rooms/{room}` (admin): removes everything stored of the room and starts its
+/// next epoch. Its sessions are closed with 4410 and its SSE streams reset; a client
+/// holding a cursor from before gets a reset and the new (empty) state.
+pub async fn delete(state: web::Data<AppState>, room: Arc<str>) -> Result<HttpResponse, ApiError> {
+    match delete_room(&state, &room).await? {
+        Some(deleted) => Ok(HttpResponse::Ok().json(deleted)),
+        None => Err(ApiError::not_found(format!(
+            "room {room:?} has nothing stored"
+        ))),
+    }
+}
+
+/// Deletes `room` (see [`delete`]); `None` when nothing of it is stored.
+pub async fn delete_room(
+    state: &AppState,
+    room: &Arc<str>,
+) -> Result<Option<crate::protocol::json::Deleted>, ApiError> {
+    let deleted = state
+        .registry
+        .send(DeleteRoom { name: room.clone() })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(deleted.map(|epoch| crate::protocol::json::Deleted {
+        room: room.to_string(),
+        epoch: epoch.number,
+        seq: epoch.base,
+    }))
+}
+
+/// The stored rooms whose name starts with `prefix`, after `after`, at most `limit`
+/// (1 to [`crate::store::MAX_LISTING`]): durable (the store is flushed first).
+pub async fn list_rooms(
+    state: &AppState,
+    prefix: String,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Vec<crate::store::RoomSummary>, ApiError> {
+    let store = state.store.clone();
+    Ok(web::block(move || {
+        // What a listing shows is durable: flush what rooms appended (free when nothing).
+        store.flush()?;
+        store.rooms(&prefix, after.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??)
+}
+
+/// `GET /rooms?prefix=&after=&limit=` (admin for the prefix): rooms with anything stored,
+/// by name, with seq, stored size, last change and epoch; `next` is the `after` of the
+/// next page (null on the last).
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let prefix = query_param(&req, "prefix")?.unwrap_or_default();
+    let after = query_param(&req, "after")?;
+    let limit = match query_param(&req, "limit")? {
+        None => 100,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::store::MAX_LISTING).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_limit",
+                    format!(
+                        "limit must be 1 to {}, got {v:?}",
+                        crate::store::MAX_LISTING
+                    ),
+                )
+            })?,
+    };
+    let rooms = list_rooms(&state, prefix, after, limit).await?;
+    let next = (rooms.len() == limit).then(|| rooms.last().map(|r| r.room.clone()));
+    Ok(HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(json!({ "rooms": rooms, "next": next.flatten() })))
 }

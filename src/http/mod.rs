@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod history;
 pub mod patch;
+pub mod poll;
 pub mod presence;
 pub mod rooms;
 pub mod sse;
@@ -216,7 +217,7 @@ async fn get_room(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         },
         "/history" => history::history(req.clone(), state.clone(), name).await,
         "/versions" => history::list_versions(state.clone(), name).await,
-        "/updates" => rooms::poll(req.clone(), state.clone(), name).await,
+        "/updates" => poll::poll(req.clone(), state.clone(), name).await,
         "/awareness" => presence::get(state.clone(), name).await,
         _ => rooms::info(state.clone(), name).await,
     }
@@ -276,7 +277,7 @@ async fn list_rooms(
         ));
     }
     access::authorize(&req, &state, &format!("{prefix}*"), Access::Admin).await?;
-    rooms::list(req, state).await
+    admin::list(req, state).await
 }
 
 /// `DELETE /rooms/{room}` (admin).
@@ -288,7 +289,7 @@ async fn delete_room(
     let tail = raw_tail(&req, &state, "/rooms/");
     let name = room_name(tail)?;
     access::authorize(&req, &state, &name, Access::Admin).await?;
-    rooms::delete(state, name).await
+    admin::delete(state, name).await
 }
 
 /// `PATCH /rooms/{room}/json`: JSON operations, for clients that do not speak Yjs.

@@ -1,33 +1,25 @@
-//! `/rooms/{room}…`: metadata, state (binary or JSON), polling and HTTP writes. Every
+//! `/rooms/{room}…`: metadata, state (binary or JSON) and HTTP writes (polling is
+//! `poll.rs`, listing and deletion `admin.rs`), and what they share. Every
 //! handler is stateless: the cursor is the client's, so any node could answer. Reads
 //! never create a room: one that is neither loaded nor stored answers as an empty room
 //! (seq 0) from [`crate::room::absent`]; only writes, joins and held long polls load one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use log::debug;
 use serde_json::json;
 
+use super::AppState;
 use super::error::ApiError;
-use super::{AppState, access};
-use crate::metrics::{ConnectionGauge, metrics};
+use crate::metrics::metrics;
 use crate::room::actor::Refused;
 use crate::room::cursor::{self, CatchUp};
-use crate::room::doc_json::JsonView;
-use crate::room::history::{self, At};
-use crate::room::messages::{
-    ApplyUpdate, DeleteRoom, DocState, Durable, GetDurableSeq, GetInfo, GetJson, GetState,
-    SyncWithLog, WaitDurable,
-};
+use crate::room::messages::{ApplyUpdate, DocState, GetInfo, GetJson, GetState, SyncWithLog};
 use crate::room::{absent, ask, ask_existing};
 use crate::store::StoreError;
 
@@ -155,109 +147,6 @@ pub async fn doc_json(
         .json(value))
 }
 
-/// `GET /rooms/{room}/updates?since=SEQ&wait=SECS`: polling (`wait=0`, the default) and
-/// long polling (`wait` > 0: held until an update is durable or `wait` passes). A held
-/// poll counts as a connection and needs the room loaded, so that it hears of the next
-/// write; a poll answered at once loads nothing.
-pub async fn poll(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    room: Arc<str>,
-) -> Result<HttpResponse, ApiError> {
-    let since = query_param(&req, "since")?
-        .map(|v| parse_seq("since", &v))
-        .transpose()?;
-    let json_form = json_format(&req)?;
-    let wait = match query_param(&req, "wait")? {
-        None => Duration::ZERO,
-        Some(v) => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
-            .ok_or_else(|| {
-                ApiError::bad_request("bad_wait", format!("wait must be seconds >= 0, got {v:?}"))
-            })?,
-    }
-    .min(state.settings.poll_max_wait());
-
-    let found = ask_existing(&state.registry, &state.store, &room, GetDurableSeq).await?;
-    let Durable {
-        seq: mut durable,
-        epoch,
-    } = found.map_or_else(Durable::default, |(_, durable)| durable);
-    // A cursor from a deleted epoch: the answer says so and carries the new state.
-    let reset = epoch.is_stale(since);
-    let since = if reset { None } else { since };
-    let stamp = |mut answer: serde_json::Value| {
-        if reset {
-            answer["reset"] = true.into();
-            answer["epoch"] = epoch.number.into();
-        }
-        HttpResponse::Ok().json(answer)
-    };
-    if let Some(since) = since
-        && since == durable
-        && !wait.is_zero()
-    {
-        let _permit = access::hold_long_poll(&req, &state, &room)?;
-        debug!("room {room:?}: long poll held at seq {since} for up to {wait:?}");
-        let _held = ConnectionGauge::open("longpoll");
-        let (_, woken) = ask(&state.registry, &room, WaitDurable { seq: since + 1 }).await?;
-        if let Ok(Ok(seq)) = actix_rt::time::timeout(wait, woken).await {
-            durable = seq;
-        }
-    }
-
-    let limit = state.settings.poll_batch_limit;
-    let mut caught_up = catch_up(&state, &room, since, durable, limit).await?;
-    if json_form {
-        // The changes of the first update need the document before it.
-        let mut view = None;
-        if let CatchUp::Updates(_) = &caught_up {
-            let (store, name, base) = (state.store.clone(), room.clone(), since.unwrap_or(0));
-            if let Ok(Ok(At::State(doc))) =
-                web::block(move || history::state_at(&*store, &name, base)).await
-            {
-                view = Some(JsonView::of(doc));
-            } else {
-                caught_up = CatchUp::Snapshot;
-            }
-        }
-        return match (caught_up, view) {
-            (CatchUp::Updates(updates), Some(mut view)) => {
-                let updates: Vec<_> = updates
-                    .iter()
-                    .map(|u| json!({ "seq": u.seq, "changes": view.apply(&u.update) }))
-                    .collect();
-                Ok(stamp(json!({ "seq": durable, "updates": updates })))
-            }
-            _ => {
-                let doc = full_state(&state, &room).await?;
-                let mut view = JsonView::of(yrs::Doc::new());
-                let json = view.reset(&doc.state).clone();
-                Ok(stamp(json!({ "seq": doc.seq, "state": json })))
-            }
-        };
-    }
-    match caught_up {
-        CatchUp::Updates(updates) => {
-            let updates: Vec<_> = updates
-                .iter()
-                .map(|u| json!({ "seq": u.seq, "update": BASE64.encode(&u.update) }))
-                .collect();
-            Ok(stamp(json!({ "seq": durable, "updates": updates })))
-        }
-        CatchUp::Snapshot => {
-            let doc = full_state(&state, &room).await?;
-            Ok(stamp(
-                json!({ "seq": doc.seq, "snapshot": BASE64.encode(&doc.state) }),
-            ))
-        }
-    }
-}
-
 /// `POST /rooms/{room}/updates`: body is one Yjs update v1; answers `{"seq": n}` once
 /// the update is durable.
 pub async fn post_update(
@@ -335,83 +224,6 @@ pub async fn apply(
         }
         None => not_stored(),
     })
-}
-
-/// `DELETE /rooms/{room}` (admin): removes everything stored of the room and starts its
-/// next epoch. Its sessions are closed with 4410 and its SSE streams reset; a client
-/// holding a cursor from before gets a reset and the new (empty) state.
-pub async fn delete(state: web::Data<AppState>, room: Arc<str>) -> Result<HttpResponse, ApiError> {
-    match delete_room(&state, &room).await? {
-        Some(deleted) => Ok(HttpResponse::Ok().json(deleted)),
-        None => Err(ApiError::not_found(format!(
-            "room {room:?} has nothing stored"
-        ))),
-    }
-}
-
-/// Deletes `room` (see [`delete`]); `None` when nothing of it is stored.
-pub async fn delete_room(
-    state: &AppState,
-    room: &Arc<str>,
-) -> Result<Option<crate::protocol::json::Deleted>, ApiError> {
-    let deleted = state
-        .registry
-        .send(DeleteRoom { name: room.clone() })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(deleted.map(|epoch| crate::protocol::json::Deleted {
-        room: room.to_string(),
-        epoch: epoch.number,
-        seq: epoch.base,
-    }))
-}
-
-/// The stored rooms whose name starts with `prefix`, after `after`, at most `limit`
-/// (1 to [`crate::store::MAX_LISTING`]): durable (the store is flushed first).
-pub async fn list_rooms(
-    state: &AppState,
-    prefix: String,
-    after: Option<String>,
-    limit: usize,
-) -> Result<Vec<crate::store::RoomSummary>, ApiError> {
-    let store = state.store.clone();
-    Ok(web::block(move || {
-        // What a listing shows is durable: flush what rooms appended (free when nothing).
-        store.flush()?;
-        store.rooms(&prefix, after.as_deref(), limit)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??)
-}
-
-/// `GET /rooms?prefix=&after=&limit=` (admin for the prefix): rooms with anything stored,
-/// by name, with seq, stored size, last change and epoch; `next` is the `after` of the
-/// next page (null on the last).
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let prefix = query_param(&req, "prefix")?.unwrap_or_default();
-    let after = query_param(&req, "after")?;
-    let limit = match query_param(&req, "limit")? {
-        None => 100,
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=crate::store::MAX_LISTING).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "bad_limit",
-                    format!(
-                        "limit must be 1 to {}, got {v:?}",
-                        crate::store::MAX_LISTING
-                    ),
-                )
-            })?,
-    };
-    let rooms = list_rooms(&state, prefix, after, limit).await?;
-    let next = (rooms.len() == limit).then(|| rooms.last().map(|r| r.room.clone()));
-    Ok(HttpResponse::Ok()
-        .insert_header((CACHE_CONTROL, "no-store"))
-        .json(json!({ "rooms": rooms, "next": next.flatten() })))
 }
 
 /// Reads a request body of at most `limit` bytes; larger ones get a JSON 413. The buffer
