@@ -237,7 +237,8 @@ settings! {
     /// Every this many updates a snapshot is also kept as a checkpoint, for time travel
     /// (`?at=`) beyond the replay window: a seq older than the window is reachable
     /// exactly at a checkpoint's seq, and a replay starts from the nearest checkpoint.
-    /// 0 keeps none. Embedded store (sled) only.
+    /// 0 keeps none. Kept by sled, PostgreSQL, and in cluster mode by the PostgreSQL
+    /// archive.
     checkpoint_every: u64 = 10_000;
 
     /// How long checkpoints are kept, in milliseconds (default 30 days).
@@ -450,9 +451,10 @@ settings! {
     /// At least once, driven by the op log: each room's delivery cursor is stored
     /// durably, so a restart or a receiver outage loses no change; retries back off
     /// exponentially with jitter. Each delivery carries an `Idempotency-Key`
-    /// (`room:from:to`) and, with `webhook_secret`, an HMAC-SHA256 signature. Needs the
-    /// embedded store (sled). Plain http: put a TLS-terminating proxy in front of an
-    /// https receiver.
+    /// (`room:from:to`) and, with `webhook_secret`, an HMAC-SHA256 signature. A
+    /// deleted room's deletion is delivered instead of its deleted changes. Every store;
+    /// in cluster mode one node at a time delivers a room. Plain http: put a
+    /// TLS-terminating proxy in front of an https receiver.
     webhook_url: Option<String> = None, example "http://127.0.0.1:8080/collabd";
 
     /// Secret for the webhook signature: `X-Collabd-Signature: sha256=HEX`, the

@@ -197,6 +197,8 @@ pub struct Admission {
     per_ip_bucket: Mutex<PerClient>,
     /// Each client's plain HTTP request rate.
     http: Mutex<PerClient>,
+    /// `trusted_proxies`, parsed once: (network, prefix length).
+    pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
 }
 
 impl Admission {
@@ -215,6 +217,11 @@ impl Admission {
                 settings.admission_burst_per_ip,
             ),
             http: PerClient::new(settings.http_rate_per_ip, settings.http_burst_per_ip),
+            trusted_proxies: settings
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| crate::config::parse_net(p))
+                .collect(),
         })
     }
 

@@ -228,6 +228,72 @@ async fn every_acknowledgement_follows_an_fsync_of_its_record() {
     assert_each_ack_follows_an_fsync_of_its_record(&calls, &acks);
 }
 
+/// The administrators' answers are durable too: a revocation's answer and a deletion's
+/// follow an fsync of the data file after the record they describe was written (the
+/// revocation's key, the deleted room's new epoch), so neither is undone by a power cut.
+#[actix_rt::test]
+async fn revocations_and_deletions_are_answered_after_an_fsync() {
+    use collabd::auth::{Access, Claims, expiry_in, mint};
+    const SECRET: &str = "durability-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let mut server = TestServer::start_traced_env(
+        &dir.path().join("data"),
+        &[],
+        &[("COLLABD_AUTH_SECRET", SECRET)],
+        SYSCALLS,
+        &trace,
+    );
+    let claims = Claims {
+        room: "*".into(),
+        perm: Access::Admin,
+        exp: expiry_in(std::time::Duration::from_secs(600)),
+        sub: Some("ops".into()),
+        aud: None,
+        iss: None,
+        iat: None,
+    };
+    let admin = mint(SECRET, &claims).unwrap();
+    let client = awc::Client::new();
+    let nonce = nonce();
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let marker = format!("revoked-{i}-{nonce}");
+        let mut res = client
+            .post(server.url("/admin/revoke"))
+            .insert_header(("Authorization", format!("Bearer {admin}")))
+            .send_json(&serde_json::json!({ "sub": marker }))
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{:?}", res.body().await);
+        acks.push((marker.clone(), format!("\"sub\":\"{marker}\"").into_bytes()));
+    }
+    for i in 0..5 {
+        let room = format!("deleted-{i}-{nonce}");
+        let writer = HttpWriter::new();
+        let mut res = client
+            .post(server.url(&format!("/rooms/{room}/updates")))
+            .insert_header(("Authorization", format!("Bearer {admin}")))
+            .send_body(writer.append("t", "x"))
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{:?}", res.body().await);
+        let mut res = client
+            .delete(server.url(&format!("/rooms/{room}")))
+            .insert_header(("Authorization", format!("Bearer {admin}")))
+            .send()
+            .await
+            .unwrap();
+        let body = res.body().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{body:?}");
+        // The epoch's key is the room's name; the answer names the room.
+        acks.push((room.clone(), format!("{{\"room\":\"{room}\"").into_bytes()));
+    }
+    assert!(server.terminate().success());
+    let calls = read_trace(&trace);
+    assert_each_ack_follows_an_fsync_of_its_record(&calls, &acks);
+}
+
 // The same promise one level up, where the disk can be modelled: the room actor over the
 // in-memory store, whose `power_cut` keeps exactly what the last successful flush covered.
 

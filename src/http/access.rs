@@ -137,14 +137,10 @@ fn peer_ip(req: &HttpRequest, state: &AppState) -> IpAddr {
     let peer = req
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
-    let proxies = &state.settings.trusted_proxies;
-    if proxies.is_empty() {
+    let nets = &state.admission.trusted_proxies;
+    if nets.is_empty() {
         return peer;
     }
-    let nets: Vec<_> = proxies
-        .iter()
-        .filter_map(|p| crate::config::parse_net(p))
-        .collect();
     let trusted = |ip: IpAddr| nets.iter().any(|net| crate::config::in_net(ip, *net));
     if !trusted(peer) {
         return peer;

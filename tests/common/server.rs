@@ -43,6 +43,17 @@ impl TestServer {
         syscalls: &str,
         trace: &Path,
     ) -> TestServer {
+        TestServer::start_traced_env(data_dir, args, &[], syscalls, trace)
+    }
+
+    /// [`TestServer::start_traced`] with extra environment.
+    pub fn start_traced_env(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        syscalls: &str,
+        trace: &Path,
+    ) -> TestServer {
         let trace = trace.to_str().unwrap();
         let tracer = [
             "strace",
@@ -58,7 +69,7 @@ impl TestServer {
             "-o",
             trace,
         ];
-        TestServer::start_under(&tracer, data_dir, args, &[])
+        TestServer::start_under(&tracer, data_dir, args, env)
     }
 
     /// Starts on `addr` (e.g. the address of a server that was killed: a restart that
